@@ -1,0 +1,158 @@
+"""Delivery: from the outbox to the rooms, exactly once.
+
+Each room has one worker that sends its pending deliveries one at a time, oldest first.
+The protocol that makes it exactly-once:
+1. the delivery is in the outbox (committed with the poll that found the entry);
+2. an attempt is recorded before sending;
+3. it is sent with a transaction id derived from the delivery key, so a resend after a
+   crash returns the first event instead of creating a second one;
+4. it is marked sent only once the homeserver returned an event id.
+Homeservers forget transaction ids after a while (Synapse: ~30 minutes), so a delivery
+whose first attempt is older than that is first looked for in the room's history, by the
+delivery key every event carries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from bot.clock import Clock
+from bot.errors import (
+    AuthError,
+    RateLimitedError,
+    RoomUnavailableError,
+    TemporaryTransportError,
+)
+from bot.model import Delivery, Message
+from bot.store import Store
+from bot.transport.base import DELIVERY_KEY_FIELD, Transport
+
+log = logging.getLogger(__name__)
+
+# Less than Synapse's 30 minutes, to leave room for clock drift and slow requests.
+TXN_MEMORY_SECONDS = 25 * 60
+
+
+def event_content(message: Message, *, msgtype: str, key: str) -> dict[str, object]:
+    return {
+        "msgtype": msgtype,
+        "body": message.body,
+        "format": "org.matrix.custom.html",
+        "formatted_body": message.html,
+        "m.mentions": {},   # a feed item never pings anyone
+        DELIVERY_KEY_FIELD: key,
+    }
+
+
+def txn_id_for(key: str) -> str:
+    return f"newsbot.{key}"
+
+
+class Deliverer:
+    def __init__(self, store: Store, transport: Transport, clock: Clock, *,
+                 retry_base: float = 1.0, retry_cap: float = 300.0,
+                 unavailable_retry: float = 300.0) -> None:
+        self._store = store
+        self._transport = transport
+        self._clock = clock
+        self._retry_base = retry_base
+        self._retry_cap = retry_cap
+        self._unavailable_retry = unavailable_retry
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._stopping = asyncio.Event()
+        self.delivered = 0
+
+    def wake(self, rooms: list[str]) -> None:
+        """New deliveries are waiting in these rooms."""
+        for room in rooms:
+            self._wakeup(room).set()
+
+    def wake_all(self) -> None:
+        for event in self._wakeups.values():
+            event.set()
+
+    def stop(self) -> None:
+        """Finish the send in flight, then return; pending items stay in the outbox."""
+        self._stopping.set()
+        self.wake_all()
+
+    def _wakeup(self, room: str) -> asyncio.Event:
+        return self._wakeups.setdefault(room, asyncio.Event())
+
+    async def _pause(self, room: str, seconds: float) -> None:
+        """Sleep, but wake early when stopping or when told this room has news."""
+        wakeup = self._wakeup(room)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wakeup.wait(), timeout=seconds)
+
+    async def run_room(self, room: str) -> None:
+        room_id: str | None = None
+        failures = 0
+        unavailable_logged = False
+        wakeup = self._wakeup(room)
+        while not self._stopping.is_set():
+            try:
+                if room_id is None:
+                    room_id = await self._transport.join_room(room)
+                    if unavailable_logged:
+                        log.info("room %s is reachable again", room)
+                    unavailable_logged = False
+                wakeup.clear()
+                delivery = self._store.next_pending(room)
+                if delivery is None:
+                    await wakeup.wait()
+                    continue
+                await self._deliver(room_id, delivery)
+                failures = 0
+            except RateLimitedError as exc:
+                delay = exc.retry_after or self._retry_base
+                log.info("room %s: rate limited by the homeserver; waiting %.1f s", room, delay)
+                await self._pause_unless_stopping(room, delay, interruptible=False)
+            except TemporaryTransportError as exc:
+                failures += 1
+                delay = min(self._retry_base * 2 ** (failures - 1), self._retry_cap)
+                log.warning("room %s: %s; retrying in %.0f s", room, exc, delay)
+                await self._pause_unless_stopping(room, delay, interruptible=False)
+            except RoomUnavailableError as exc:
+                if not unavailable_logged:
+                    log.error("room %s: %s; its deliveries wait (retrying every %.0f s)",
+                              room, exc, self._unavailable_retry)
+                    unavailable_logged = True
+                room_id = None
+                await self._pause_unless_stopping(room, self._unavailable_retry, interruptible=True)
+            except AuthError:
+                raise
+
+    async def _pause_unless_stopping(self, room: str, seconds: float, *,
+                                     interruptible: bool) -> None:
+        if self._stopping.is_set():
+            return
+        if interruptible:
+            await self._pause(room, seconds)
+            return
+        # A wake-up for new items must not cut a rate-limit or backoff wait short;
+        # only stopping does.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _deliver(self, room_id: str, delivery: Delivery) -> None:
+        now = self._clock.now()
+        if delivery.first_attempt_at is not None and \
+                now - delivery.first_attempt_at > TXN_MEMORY_SECONDS:
+            # The homeserver may have forgotten our transaction id: a resend could
+            # duplicate. Look for the event first.
+            found = await self._transport.find_delivery(room_id, delivery.key)
+            if found is not None:
+                self._store.mark_sent(delivery.key, found, now)
+                log.info("room %s: item %s of feed %s was already delivered (%s)",
+                         delivery.room, delivery.entry_id, delivery.feed, found)
+                return
+        self._store.mark_attempt(delivery.key, now)
+        event_id = await self._transport.send_message(room_id, delivery.content,
+                                                      txn_id_for(delivery.key))
+        self._store.mark_sent(delivery.key, event_id, self._clock.now())
+        self.delivered += 1
+        log.info("room %s: posted item %s of feed %s (%s)", delivery.room, delivery.entry_id,
+                 delivery.feed, event_id)

@@ -1,0 +1,54 @@
+"""What to post from a parsed feed: a pure decision, no I/O.
+
+Given the entries of a fetch and which of them were never seen, decide which to post and
+in which order. Kept pure so every rule (first sight, backfill, floods) is tested directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from bot.model import Entry
+
+_NO_DATE = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    to_post: tuple[Entry, ...]       # oldest first
+    to_mark_seen: tuple[str, ...]    # every unseen id of this fetch, posted or not
+    skipped: int                     # unseen entries deliberately not posted
+    flood: bool                      # more unseen entries than max_per_poll on a known feed
+
+
+def chronological(entries: tuple[Entry, ...] | list[Entry]) -> list[Entry]:
+    """Oldest first. Feeds list newest first, so document order reversed breaks date ties
+    and orders undated entries."""
+    indexed = list(enumerate(entries))
+    total = len(indexed)
+
+    def key(item: tuple[int, Entry]) -> tuple[datetime, int]:
+        index, entry = item
+        date = entry.published or entry.updated or _NO_DATE
+        return (date, total - index)
+
+    dated = all((e.published or e.updated) is not None for e in entries)
+    if dated:
+        return [e for _, e in sorted(indexed, key=key)]
+    return [e for _, e in reversed(indexed)]
+
+
+def decide(entries: tuple[Entry, ...] | list[Entry], unseen_ids: set[str], *,
+           first_sight: bool, backfill: int, max_per_poll: int) -> Decision:
+    unseen = [e for e in chronological(entries) if e.entry_id in unseen_ids]
+    mark = tuple(e.entry_id for e in unseen)
+    if first_sight:
+        chosen = unseen[-backfill:] if backfill > 0 else []
+        return Decision(tuple(chosen), mark, len(unseen) - len(chosen), flood=False)
+    if len(unseen) > max_per_poll:
+        # A feed that rewrote its ids looks like a flood of "new" items: post only the
+        # newest few, never the whole archive again.
+        chosen = unseen[-max_per_poll:]
+        return Decision(tuple(chosen), mark, len(unseen) - len(chosen), flood=True)
+    return Decision(tuple(unseen), mark, 0, flood=False)

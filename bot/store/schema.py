@@ -1,0 +1,54 @@
+"""The SQLite schema as numbered migrations; the version lives in ``PRAGMA user_version``.
+
+A migration is appended, never edited: databases in the field have run the old ones.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: feed state, seen entries, the outbox, small key/value facts (sync token).
+    """
+    CREATE TABLE feed_state (
+        name            TEXT PRIMARY KEY,
+        url             TEXT NOT NULL,      -- where we fetch now (follows 301/308)
+        configured_url  TEXT NOT NULL,      -- the config's URL when url was last set from it
+        etag            TEXT,
+        last_modified   TEXT,
+        body_hash       TEXT,               -- skips parsing when a server ignores validators
+        initialized     INTEGER NOT NULL DEFAULT 0,
+        title           TEXT,
+        last_fetch      REAL,
+        last_success    REAL,
+        last_error      TEXT,
+        failures        INTEGER NOT NULL DEFAULT 0,
+        next_fetch      REAL
+    );
+    CREATE TABLE seen (
+        feed        TEXT NOT NULL,
+        entry_id    TEXT NOT NULL,
+        seen_at     REAL NOT NULL,
+        PRIMARY KEY (feed, entry_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE outbox (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        key              TEXT NOT NULL UNIQUE,
+        feed             TEXT NOT NULL,
+        entry_id         TEXT NOT NULL,
+        room             TEXT NOT NULL,
+        content          TEXT NOT NULL,     -- the event content, JSON, fixed at enqueue time
+        created_at       REAL NOT NULL,
+        first_attempt_at REAL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        state            TEXT NOT NULL DEFAULT 'pending',   -- pending | sent
+        event_id         TEXT,
+        sent_at          REAL
+    );
+    CREATE INDEX outbox_pending ON outbox (room, seq) WHERE state = 'pending';
+    CREATE TABLE kv (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)

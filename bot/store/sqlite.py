@@ -1,0 +1,308 @@
+"""The bot's state in one SQLite database (WAL mode): feed state, seen entries, outbox, sync token.
+
+Every write that must be atomic with another happens in one transaction: a poll's seen
+entries, its outbox rows and the feed's new ETag commit together or not at all, so a crash
+at any point either redoes the whole poll or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.errors import StorageError
+from bot.model import Delivery, delivery_key
+from bot.store.schema import MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+DB_FILENAME = "newsbot.sqlite3"
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    name: str
+    url: str
+    configured_url: str
+    etag: str | None
+    last_modified: str | None
+    body_hash: str | None
+    initialized: bool
+    title: str | None
+    last_fetch: float | None
+    last_success: float | None
+    last_error: str | None
+    failures: int
+    next_fetch: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    entry_id: str
+    room: str
+    content: dict[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class PollOutcome:
+    """Everything a successful poll changes, written in one transaction."""
+
+    feed: str
+    now: float
+    next_fetch: float
+    etag: str | None
+    last_modified: str | None
+    body_hash: str | None
+    title: str | None
+    new_url: str | None              # set after a permanent redirect
+    seen_entry_ids: Sequence[str]
+    deliveries: Sequence[NewDelivery]
+
+
+def _storage_error(path: Path, exc: sqlite3.Error) -> StorageError:
+    text = str(exc)
+    if "disk is full" in text or "disk I/O" in text:
+        hint = "free some disk space; nothing was half-written (the transaction was rolled back)"
+    elif "readonly" in text or "read-only" in text:
+        hint = "the storage directory must be writable by the bot"
+    elif "not a database" in text or "malformed" in text:
+        hint = ("the file is damaged: restore it from a backup, or move it aside to start "
+                "afresh (the bot will then treat every feed as new and post only its backfill)")
+    else:
+        hint = "check the file and its directory"
+    return StorageError(f"state database {path}: {text}; {hint}")
+
+
+class Store:
+    """Synchronous SQLite access. Calls are short; they run on the event loop thread."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    # -- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: Path) -> Store:
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise StorageError(f"cannot create storage directory {directory}: {exc.strerror}") \
+                from exc
+        path = directory / DB_FILENAME
+        try:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _storage_error(path, exc) from exc
+        store = cls(conn, path)
+        try:
+            store._prepare()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _storage_error(path, exc) from exc
+        return store
+
+    def _prepare(self) -> None:
+        c = self._conn
+        c.execute("PRAGMA busy_timeout = 5000")
+        mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("SQLite refused WAL mode (%s); continuing in %s mode", self.path, mode)
+        # FULL: a committed outbox row survives power loss, not just a process crash.
+        c.execute("PRAGMA synchronous = FULL")
+        c.execute("PRAGMA foreign_keys = ON")
+        check = c.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed ({check})")
+        version = c.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"state database {self.path} has schema version {version}, newer than this "
+                f"newsbot understands ({SCHEMA_VERSION}); upgrade newsbot")
+        for number in range(version, SCHEMA_VERSION):
+            with self._transaction():
+                for statement in _split_statements(MIGRATIONS[number]):
+                    c.execute(statement)
+                c.execute(f"PRAGMA user_version = {number + 1}")
+            log.info("state database migrated to schema version %d", number + 1)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        c = self._conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        else:
+            c.execute("COMMIT")
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _storage_error(self.path, exc) from exc
+
+    # -- feeds -------------------------------------------------------------------------
+
+    def ensure_feed(self, name: str, configured_url: str) -> FeedState:
+        """The feed's state, created on first sight. A changed config URL replaces the
+        stored one (and its validators) but keeps everything seen: identity is the name."""
+        with self._guard(), self._transaction() as c:
+            row = c.execute("SELECT configured_url FROM feed_state WHERE name = ?",
+                            (name,)).fetchone()
+            if row is None:
+                c.execute("INSERT INTO feed_state (name, url, configured_url) VALUES (?, ?, ?)",
+                          (name, configured_url, configured_url))
+            elif row[0] != configured_url:
+                c.execute("UPDATE feed_state SET url = ?, configured_url = ?, etag = NULL, "
+                          "last_modified = NULL WHERE name = ?",
+                          (configured_url, configured_url, name))
+        state = self.feed_state(name)
+        assert state is not None
+        return state
+
+    def feed_state(self, name: str) -> FeedState | None:
+        with self._guard():
+            row = self._conn.execute(
+                "SELECT name, url, configured_url, etag, last_modified, body_hash, initialized, title, "
+                "last_fetch, last_success, last_error, failures, next_fetch "
+                "FROM feed_state WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return None
+        return FeedState(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7],
+                         row[8], row[9], row[10], row[11], row[12])
+
+    def feed_names(self) -> list[str]:
+        with self._guard():
+            return [r[0] for r in self._conn.execute("SELECT name FROM feed_state ORDER BY name")]
+
+    def unseen(self, feed: str, entry_ids: Iterable[str]) -> set[str]:
+        """Those of ``entry_ids`` never seen in this feed."""
+        ids = list(dict.fromkeys(entry_ids))
+        seen: set[str] = set()
+        with self._guard():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                seen.update(r[0] for r in self._conn.execute(
+                    f"SELECT entry_id FROM seen WHERE feed = ? AND entry_id IN ({marks})",
+                    (feed, *chunk)))
+        return {i for i in ids if i not in seen}
+
+    def record_poll(self, outcome: PollOutcome) -> list[str]:
+        """Commit a successful poll atomically. Returns the rooms that got new deliveries."""
+        rooms: list[str] = []
+        with self._guard(), self._transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO seen (feed, entry_id, seen_at) VALUES (?, ?, ?)",
+                          [(outcome.feed, e, outcome.now) for e in outcome.seen_entry_ids])
+            for d in outcome.deliveries:
+                key = delivery_key(outcome.feed, d.entry_id, d.room)
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO outbox (key, feed, entry_id, room, content, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (key, outcome.feed, d.entry_id, d.room,
+                     json.dumps(d.content, ensure_ascii=False), outcome.now))
+                if cur.rowcount and d.room not in rooms:
+                    rooms.append(d.room)
+            c.execute(
+                "UPDATE feed_state SET etag = ?, last_modified = ?, body_hash = ?, initialized = 1, "
+                "title = COALESCE(?, title), url = COALESCE(?, url), last_fetch = ?, "
+                "last_success = ?, last_error = NULL, failures = 0, next_fetch = ? WHERE name = ?",
+                (outcome.etag, outcome.last_modified, outcome.body_hash, outcome.title, outcome.new_url, outcome.now,
+                 outcome.now, outcome.next_fetch, outcome.feed))
+        return rooms
+
+    def record_not_modified(self, feed: str, *, now: float, next_fetch: float,
+                            etag: str | None = None, last_modified: str | None = None) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute("UPDATE feed_state SET last_fetch = ?, last_success = ?, last_error = NULL, "
+                      "failures = 0, next_fetch = ?, etag = COALESCE(?, etag), "
+                      "last_modified = COALESCE(?, last_modified) WHERE name = ?",
+                      (now, now, next_fetch, etag, last_modified, feed))
+
+    def record_failure(self, feed: str, error: str, *, now: float, next_fetch: float) -> int:
+        """Store a failed poll; returns the number of consecutive failures."""
+        with self._guard(), self._transaction() as c:
+            c.execute("UPDATE feed_state SET last_fetch = ?, last_error = ?, "
+                      "failures = failures + 1, next_fetch = ? WHERE name = ?",
+                      (now, error, next_fetch, feed))
+            row = c.execute("SELECT failures FROM feed_state WHERE name = ?", (feed,)).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- outbox ------------------------------------------------------------------------
+
+    def next_pending(self, room: str) -> Delivery | None:
+        """The oldest undelivered item for ``room``: items go out in the order they were found."""
+        with self._guard():
+            row = self._conn.execute(
+                "SELECT key, feed, entry_id, room, content, created_at, first_attempt_at, attempts "
+                "FROM outbox WHERE room = ? AND state = 'pending' ORDER BY seq LIMIT 1",
+                (room,)).fetchone()
+        if row is None:
+            return None
+        return Delivery(key=row[0], feed=row[1], entry_id=row[2], room=row[3],
+                        content=json.loads(row[4]), created_at=row[5], first_attempt_at=row[6],
+                        attempts=row[7])
+
+    def pending_rooms(self) -> list[str]:
+        with self._guard():
+            return [r[0] for r in self._conn.execute(
+                "SELECT DISTINCT room FROM outbox WHERE state = 'pending'")]
+
+    def pending_count(self, room: str | None = None) -> int:
+        with self._guard():
+            if room is None:
+                row = self._conn.execute(
+                    "SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()
+            else:
+                row = self._conn.execute(
+                    "SELECT COUNT(*) FROM outbox WHERE state = 'pending' AND room = ?",
+                    (room,)).fetchone()
+        return int(row[0])
+
+    def mark_attempt(self, key: str, now: float) -> None:
+        """Recorded *before* sending, so a crash mid-send is known on restart."""
+        with self._guard(), self._transaction() as c:
+            c.execute("UPDATE outbox SET attempts = attempts + 1, "
+                      "first_attempt_at = COALESCE(first_attempt_at, ?) WHERE key = ?", (now, key))
+
+    def mark_sent(self, key: str, event_id: str, now: float) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute("UPDATE outbox SET state = 'sent', event_id = ?, sent_at = ? WHERE key = ?",
+                      (event_id, now, key))
+
+    def prune_sent(self, older_than: float) -> int:
+        """Forget delivered rows; ``seen`` alone keeps entries from being posted again."""
+        with self._guard(), self._transaction() as c:
+            cur = c.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?",
+                            (older_than,))
+        return cur.rowcount
+
+    # -- small facts -------------------------------------------------------------------
+
+    def get(self, key: str) -> str | None:
+        with self._guard():
+            row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put(self, key: str, value: str) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute("INSERT INTO kv (key, value) VALUES (?, ?) "
+                      "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def _split_statements(script: str) -> list[str]:
+    # Migrations hold plain DDL without semicolons inside literals, so a split is enough
+    # and lets each statement run inside our own transaction (executescript would commit).
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,43 @@
+"""The seam a chat network plugs into. Matrix implements it now; XMPP can later.
+
+Implementations turn their library's errors into the bot's own (bot.errors): callers only
+ever see TemporaryTransportError (retry later), RateLimitedError (retry after a delay),
+RoomUnavailableError (this room refuses us) and AuthError (credentials refused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+# Called for an invitation: (room_id, inviter) -> accept?
+InviteHandler = Callable[[str, str], Awaitable[bool]]
+
+# Every event we send carries its delivery key under this content key, so a delivery whose
+# acknowledgement was lost can be recognised in the room's history.
+DELIVERY_KEY_FIELD = "org.interhop.newsbot.delivery"
+
+
+class Transport(Protocol):
+    async def connect(self) -> None:
+        """Wait for the server (retrying with backoff) and authenticate."""
+        ...
+
+    async def join_room(self, room: str) -> str:
+        """Join a room by id or alias; returns the room id."""
+        ...
+
+    async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
+        """Send one message; the same ``txn_id`` sent twice yields one event. Returns its id."""
+        ...
+
+    async def find_delivery(self, room_id: str, key: str, *, max_events: int = 500) -> str | None:
+        """The id of a recent event of ours carrying delivery ``key``, if any."""
+        ...
+
+    async def run_sync(self, on_invite: InviteHandler) -> None:
+        """Follow the server's event stream until cancelled."""
+        ...
+
+    async def close(self) -> None:
+        ...

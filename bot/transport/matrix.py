@@ -1,0 +1,299 @@
+"""Matrix through matrix-nio. The only module that imports nio.
+
+nio returns errors as values; ``_check`` turns every one of them, and every connection
+failure, into the bot's own exceptions, so nothing above this module inspects nio types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import nio
+
+from bot import USER_AGENT
+from bot.config import MatrixConfig
+from bot.errors import (
+    AuthError,
+    RateLimitedError,
+    RoomUnavailableError,
+    TemporaryTransportError,
+    TransportError,
+)
+from bot.store import Store
+from bot.transport.base import DELIVERY_KEY_FIELD, InviteHandler
+
+log = logging.getLogger(__name__)
+
+SESSION_FILENAME = "matrix-session.json"
+SYNC_TOKEN_KEY = "matrix.sync_token"
+
+# Keep the sync light: no presence, no account data, no typing/receipts, members lazily.
+SYNC_FILTER: dict[str, Any] = {
+    "presence": {"types": []},
+    "account_data": {"types": []},
+    "room": {
+        "timeline": {"limit": 0},
+        "ephemeral": {"types": []},
+        "account_data": {"types": []},
+        "state": {"lazy_load_members": True, "types": ["m.room.encryption", "m.room.member"]},
+    },
+}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    user_id: str
+    device_id: str
+    access_token: str
+
+
+class MatrixTransport:
+    def __init__(self, config: MatrixConfig, store: Store, storage_dir: Path, *,
+                 max_connect_wait: float = 60.0, sync_timeout_ms: int = 30_000) -> None:
+        self._config = config
+        self._store = store
+        self._session_path = storage_dir / SESSION_FILENAME
+        self._max_connect_wait = max_connect_wait
+        self._sync_timeout_ms = sync_timeout_ms
+        self._client = nio.AsyncClient(
+            config.homeserver,
+            config.user_id,
+            device_id=config.device_id or "",
+            config=nio.AsyncClientConfig(
+                # We decide about rate limits and outages ourselves (delivery waits, the
+                # outbox keeps the item); nio's own retry loops would hide them and can
+                # stall shutdown.
+                max_limit_exceeded=0,
+                max_timeouts=0,
+                request_timeout=self._sync_timeout_ms / 1000 + 30,
+                custom_headers={"User-Agent": USER_AGENT},
+            ),
+        )
+        self._room_ids: dict[str, str] = {}
+        self._encrypted: set[str] = set()
+
+    @property
+    def user_id(self) -> str:
+        return self._config.user_id
+
+    # -- errors ------------------------------------------------------------------------
+
+    async def _call(self, what: str, request: Awaitable[T]) -> T:
+        try:
+            response = await request
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise TemporaryTransportError(f"{what}: homeserver unreachable ({_describe(exc)})") \
+                from exc
+        if isinstance(response, nio.ErrorResponse):
+            raise _error_for(what, response)
+        return response
+
+    # -- connecting --------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Authenticate, waiting for an unreachable homeserver instead of crashing."""
+        delay = 1.0
+        while True:
+            try:
+                await self._authenticate()
+                break
+            except TemporaryTransportError as exc:
+                log.warning("%s; retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_connect_wait)
+        log.info("logged in as %s (device %s)", self._client.user_id, self._client.device_id)
+        if self._config.display_name:
+            await self._set_display_name(self._config.display_name)
+
+    async def _authenticate(self) -> None:
+        cfg = self._config
+        if cfg.access_token:
+            self._client.restore_login(cfg.user_id, cfg.device_id or "", cfg.access_token)
+            await self._whoami()
+            return
+        session = self._load_session()
+        if session is not None:
+            self._client.restore_login(session.user_id, session.device_id, session.access_token)
+            try:
+                await self._whoami()
+                return
+            except AuthError:
+                log.warning("stored Matrix session was refused; logging in again with the "
+                            "configured password")
+        await self._password_login()
+
+    async def _whoami(self) -> None:
+        resp = await self._call("checking the access token", self._client.whoami())
+        if resp.user_id != self._config.user_id:
+            raise AuthError(f"the access token belongs to {resp.user_id}, "
+                            f"not to matrix.user_id {self._config.user_id}")
+
+    async def _password_login(self) -> None:
+        if not self._config.password:
+            raise AuthError("no usable credentials: the access token was refused")
+        try:
+            resp = await self._call("logging in", self._client.login(self._config.password,
+                                                                      device_name="newsbot"))
+        except RoomUnavailableError as exc:  # M_FORBIDDEN here means a wrong password
+            raise AuthError(str(exc)) from exc
+        self._save_session(Session(resp.user_id, resp.device_id, resp.access_token))
+
+    def _load_session(self) -> Session | None:
+        try:
+            data = json.loads(self._session_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable %s (%s); logging in again",
+                        self._session_path, type(exc).__name__)
+            return None
+        if data.get("homeserver") != self._config.homeserver or \
+                data.get("user_id") != self._config.user_id:
+            return None
+        return Session(data["user_id"], data["device_id"], data["access_token"])
+
+    def _save_session(self, session: Session) -> None:
+        data = {"homeserver": self._config.homeserver, "user_id": session.user_id,
+                "device_id": session.device_id, "access_token": session.access_token}
+        tmp = self._session_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._session_path)
+
+    async def _set_display_name(self, name: str) -> None:
+        try:
+            current = await self._call("reading the display name",
+                                       self._client.get_displayname(self._config.user_id))
+            if current.displayname != name:
+                await self._call("setting the display name", self._client.set_displayname(name))
+        except TransportError as exc:
+            log.warning("could not set the display name: %s", exc)
+
+    # -- rooms -------------------------------------------------------------------------
+
+    async def join_room(self, room: str) -> str:
+        room_id = self._room_ids.get(room)
+        if room_id is None:
+            if room.startswith("#"):
+                resolved = await self._call(f"resolving {room}",
+                                            self._client.room_resolve_alias(room))
+                room_id = resolved.room_id
+            else:
+                room_id = room
+        await self._call(f"joining {room}", self._client.join(room_id))
+        try:
+            await self._call(f"reading {room}'s encryption",
+                             self._client.room_get_state_event(room_id, "m.room.encryption"))
+            self._encrypted.add(room_id)
+        except RoomUnavailableError:
+            self._encrypted.discard(room_id)  # no such state event: a clear room
+        self._room_ids[room] = room_id
+        return room_id
+
+    async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
+        if room_id in self._encrypted:
+            # Sending here would put the news in clear text into an encrypted room.
+            raise RoomUnavailableError(
+                f"{room_id} is end-to-end encrypted and this newsbot cannot encrypt; "
+                "refusing to post in the clear")
+        resp = await self._call(f"sending to {room_id}",
+                                self._client.room_send(room_id, "m.room.message", dict(content),
+                                                       tx_id=txn_id))
+        return str(resp.event_id)
+
+    async def find_delivery(self, room_id: str, key: str, *, max_events: int = 500) -> str | None:
+        token: str | None = None
+        scanned = 0
+        event_filter = {"types": ["m.room.message"], "senders": [self._config.user_id]}
+        while scanned < max_events:
+            resp = await self._call(
+                f"reading {room_id}'s history",
+                self._client.room_messages(room_id, start=token, limit=100,
+                                           message_filter=event_filter))
+            for event in resp.chunk:
+                content = event.source.get("content", {})
+                if isinstance(content, dict) and content.get(DELIVERY_KEY_FIELD) == key:
+                    return str(event.event_id)
+            scanned += len(resp.chunk)
+            if not resp.chunk or not resp.end or resp.end == token:
+                return None
+            token = resp.end
+        return None
+
+    # -- the event stream --------------------------------------------------------------
+
+    async def run_sync(self, on_invite: InviteHandler) -> None:
+        since = self._store.get(SYNC_TOKEN_KEY)
+        delay = 1.0
+        while True:
+            try:
+                resp = await self._call("syncing", self._client.sync(
+                    timeout=self._sync_timeout_ms, sync_filter=SYNC_FILTER, since=since))
+            except TemporaryTransportError as exc:
+                log.warning("%s; retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_connect_wait)
+                continue
+            delay = 1.0
+            for room_id, info in resp.rooms.invite.items():
+                await self._handle_invite(room_id, info, on_invite)
+            for room_id, joined in resp.rooms.join.items():
+                for event in joined.state:
+                    if isinstance(event, nio.RoomEncryptionEvent):
+                        self._encrypted.add(room_id)
+            since = resp.next_batch
+            self._store.put(SYNC_TOKEN_KEY, since)
+
+    async def _handle_invite(self, room_id: str, info: Any, on_invite: InviteHandler) -> None:
+        inviter = ""
+        for event in info.invite_state:
+            if getattr(event, "state_key", None) == self._config.user_id and \
+                    getattr(event, "membership", None) == "invite":
+                inviter = event.sender
+        try:
+            if await on_invite(room_id, inviter):
+                await self._call(f"joining {room_id}", self._client.join(room_id))
+            else:
+                await self._call(f"rejecting the invite to {room_id}",
+                                 self._client.room_leave(room_id))
+        except TransportError as exc:
+            log.warning("invite to %s from %s: %s", room_id, inviter or "?", exc)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}"
+    return type(exc).__name__
+
+
+def _error_for(what: str, resp: nio.ErrorResponse) -> TransportError:
+    transport = getattr(resp, "transport_response", None)
+    status = getattr(transport, "status", None)
+    code = resp.status_code or ""
+    text = f"{what}: {code or 'HTTP ' + str(status)} {resp.message}".strip()
+    if code == "M_LIMIT_EXCEEDED" or status == 429:
+        retry = (resp.retry_after_ms or 5000) / 1000
+        return RateLimitedError(text, retry_after=retry)
+    if code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN") or status == 401:
+        return AuthError(text)
+    if code in ("M_FORBIDDEN", "M_NOT_FOUND") or status in (403, 404):
+        return RoomUnavailableError(text)
+    return TemporaryTransportError(text)
