@@ -1,0 +1,154 @@
+"""Command line: ``newsbot run | check-config | preview | demo``.
+
+Exit codes: 0 clean stop, 1 runtime failure, 2 configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from bot import __version__
+from bot.errors import ConfigError, FeedError, NewsbotError
+
+log = logging.getLogger("bot")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="newsbot",
+        description="Posts every new item of news feeds into Matrix rooms, exactly once.")
+    parser.add_argument("--version", action="version", version=f"newsbot {__version__}")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="one readable line per event (default) or JSON lines")
+    parser.add_argument("--log-level", default=None,
+                        help="DEBUG, INFO, WARNING or ERROR (default: the config's, or INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the bot")
+    run.add_argument("-c", "--config", type=Path, required=True, help="the YAML config file")
+
+    check = sub.add_parser("check-config", help="validate a config file and list every problem")
+    check.add_argument("-c", "--config", type=Path, required=True)
+
+    preview = sub.add_parser("preview", help="print the messages a feed's newest entries give")
+    preview.add_argument("url")
+    preview.add_argument("-n", "--entries", type=int, default=3,
+                         help="how many of the newest entries (default 3)")
+    preview.add_argument("--language", choices=("en", "fr"), default="en")
+    preview.add_argument("--html", action="store_true", help="print the HTML too")
+    preview.add_argument("--allow-private-networks", action="store_true",
+                         help="allow URLs on loopback or private addresses (e.g. a local test)")
+
+    demo = sub.add_parser("demo", help="run the bot against a throwaway local Synapse and "
+                                       "print what a member receives (needs the test extra)")
+    demo.add_argument("--keep", type=Path, default=None,
+                      help="keep the demo's files in this directory instead of a temporary one")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.config)
+        if args.command == "preview":
+            _setup_logs(args, "WARNING", ())
+            return asyncio.run(_preview(args))
+        if args.command == "demo":
+            _setup_logs(args, "WARNING", ())
+            from bot.demo import run_demo
+            return asyncio.run(run_demo(args.keep))
+        return _run(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _setup_logs(args: argparse.Namespace, default_level: str, secrets: tuple[str, ...]) -> None:
+    from bot.logs import setup_logging
+    setup_logging(fmt=args.log_format, level=args.log_level or default_level, secrets=secrets)
+
+
+def _check_config(path: Path) -> int:
+    from bot.config import load_config
+    try:
+        config, warnings = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    rooms = {room for feed in config.feeds for room in feed.rooms}
+    print(f"{path}: OK ({len(config.feeds)} feed(s), {len(rooms)} room(s))")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bot.config import load_config
+    try:
+        config, warnings = load_config(args.config)
+    except ConfigError as exc:
+        print(f"{args.config}: the configuration has {len(exc.problems)} problem(s):",
+              file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    secrets = tuple(s for s in (config.matrix.access_token, config.matrix.password) if s)
+    _setup_logs(args, config.log_level, secrets)
+    for warning in warnings:
+        log.warning("config: %s", warning)
+    try:
+        asyncio.run(_run_app(config))
+    except NewsbotError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    except Exception:
+        log.exception("newsbot stopped on an unexpected error")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _run_app(config: object) -> None:
+    from bot.app import App
+    from bot.config import Config
+    assert isinstance(config, Config)
+    try:
+        await App(config).run()
+    except* NewsbotError as group:
+        # The supervisor wraps a loop's failure in an ExceptionGroup; report the cause.
+        raise group.exceptions[0] from None
+
+
+async def _preview(args: argparse.Namespace) -> int:
+    from bot.feeds.decide import chronological
+    from bot.feeds.fetch import Fetcher
+    from bot.feeds.parse import parse_feed_async
+    from bot.render import render_entry
+    try:
+        async with Fetcher(allow_private_networks=args.allow_private_networks) as fetcher:
+            result = await fetcher.fetch(args.url)
+        assert result.body is not None
+        parsed = await parse_feed_async(result.body, content_type=result.content_type,
+                                        url=result.final_url)
+    except FeedError as exc:
+        print(f"{args.url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    newest = chronological(parsed.entries)[-args.entries:] if args.entries > 0 else []
+    print(f"{parsed.title or args.url}: {len(parsed.entries)} entries; "
+          f"the newest {len(newest)} would be posted as:\n")
+    for entry in newest:
+        message = render_entry(entry, feed_title=parsed.title or None, language=args.language)
+        print("-" * 72)
+        print(message.body)
+        if args.html:
+            print("\n[html]\n" + message.html)
+    if newest:
+        print("-" * 72)
+    return EXIT_OK

@@ -1,0 +1,126 @@
+"""``newsbot demo``: the main job end to end on loopback, with nothing to configure.
+
+A throwaway Synapse, a local feed of an association's news, the bot posting into a room,
+and a member's own client printing each message as it receives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import yaml
+
+from bot.app import App
+from bot.config import load_config
+
+DEMO_ITEMS = [
+    ("Lettre techno-juridique n° 12 : l'hébergement des données de santé",
+     "<p>Le point sur l'entrepôt national des données de santé et la souveraineté "
+     "numérique&nbsp;: ce qui change cette année.</p>"),
+    ("Goupile 3.0 : formulaires libres pour la recherche clinique",
+     "<p>Une nouvelle version de notre outil libre de conception de formulaires.</p>"),
+    ("Assemblée générale : l'ordre du jour",
+     "<p>Rendez-vous le 14 décembre, en ligne et à Paris.</p>"),
+]
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+@contextlib.contextmanager
+def _workdir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix="newsbot-demo-") as tmp:
+        yield Path(tmp)
+
+
+async def run_demo(keep: Path | None = None) -> int:
+    try:
+        from bot.testing import FeedItem, FeedServer, MemberClient, SynapseServer
+    except ImportError as exc:  # matrix-synapse comes with the test extra
+        _say(f"the demo needs the test extra (pip install -e '.[test]'): {exc}")
+        return 1
+    with _workdir(keep) as work:
+        return await _demo(work, FeedItem, FeedServer, MemberClient, SynapseServer)
+
+
+async def _demo(work: Path, FeedItem: type, FeedServer: type, MemberClient: type,  # noqa: N803
+                SynapseServer: type) -> int:
+    started = time.monotonic()
+    _say("Starting a throwaway Synapse homeserver on 127.0.0.1 ...")
+    async with SynapseServer(work / "synapse") as hs, FeedServer() as feeds:
+        bot_user = await hs.register("newsbot", password="demo-bot-password")
+        alice = await hs.register("alice", password="demo-alice-password", admin=True)
+        _say(f"  homeserver {hs.base_url}; bot {bot_user.user_id}; member {alice.user_id}")
+
+        base = datetime.now(UTC) - timedelta(days=3)
+        items = [FeedItem(guid=f"urn:demo:{i}", title=title, link=f"{feeds.base_url}/n/{i}",
+                          summary=summary, published=base + timedelta(days=i))
+                 for i, (title, summary) in enumerate(DEMO_ITEMS[:2])]
+        feeds.set_feed("/actualites.xml", list(reversed(items)), title="InterHop — Actualités")
+
+        async with MemberClient(hs.base_url, alice) as member:
+            room_id = await member.create_room(name="Actualités", alias_localpart="actualites")
+            config_path = work / "config.yaml"
+            config_path.write_text(yaml.safe_dump({
+                "matrix": {"homeserver": hs.base_url, "user_id": bot_user.user_id,
+                           "password": "${DEMO_BOT_PASSWORD}",
+                           "display_name": "Actualités InterHop"},
+                "storage": {"path": str(work / "state")},
+                "fetch": {"allow_private_networks": True},
+                "language": "fr",
+                "admins": [alice.user_id],
+                "feeds": [{"name": "actualites", "url": feeds.url("/actualites.xml"),
+                           "rooms": ["#actualites:localhost"], "interval": "2s",
+                           "backfill": 2}],
+            }, allow_unicode=True, sort_keys=False))
+            config, _ = load_config(config_path,
+                                    environ={"DEMO_BOT_PASSWORD": bot_user.password})
+            _say(f"  feed {feeds.url('/actualites.xml')} -> room #actualites:localhost\n")
+
+            logging.getLogger("bot").setLevel(logging.WARNING)
+            app = App(config)
+            bot_task = asyncio.create_task(app.run(), name="newsbot")
+            try:
+                _say("The bot sees the feed for the first time and posts its newest 2 items.")
+                _say("What the member's client receives:\n")
+                seen = await member.wait_for_messages(room_id, 2, sender=bot_user.user_id,
+                                                      timeout=60)
+                for event in seen:
+                    _print_event(event)
+
+                _say("A new issue is published in the feed ...\n")
+                fresh = FeedItem(guid="urn:demo:2", title=DEMO_ITEMS[2][0],
+                                 link=f"{feeds.base_url}/n/2", summary=DEMO_ITEMS[2][1],
+                                 published=datetime.now(UTC))
+                feeds.set_feed("/actualites.xml", [fresh, *reversed(items)],
+                               title="InterHop — Actualités")
+                seen = await member.wait_for_messages(room_id, 3, sender=bot_user.user_id,
+                                                      timeout=60)
+                _print_event(seen[-1])
+            finally:
+                app.request_stop()
+                await asyncio.wait_for(bot_task, timeout=30)
+            total = len(await member.messages(room_id, sender=bot_user.user_id))
+    _say(f"Done in {time.monotonic() - started:.1f} s: {total} messages, each posted once.")
+    return 0
+
+
+def _print_event(event: dict[str, object]) -> None:
+    content = event.get("content")
+    assert isinstance(content, dict)
+    _say(f"  [{content.get('msgtype')}] from {event.get('sender')}")
+    for line in str(content.get("body", "")).splitlines():
+        _say(f"  | {line}")
+    _say("")

@@ -1,0 +1,61 @@
+from datetime import UTC, datetime, timedelta
+
+from bot.feeds.decide import chronological, decide
+from bot.model import Entry
+
+
+def entry(n: int, *, dated: bool = True) -> Entry:
+    published = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(days=n) if dated else None
+    return Entry(entry_id=f"id{n}", title=f"t{n}", link=None, summary_html="",
+                 content_html="", published=published)
+
+
+def newest_first(count: int, *, dated: bool = True) -> list[Entry]:
+    return [entry(n, dated=dated) for n in reversed(range(count))]
+
+
+def ids(entries: tuple[Entry, ...] | list[Entry]) -> list[str]:
+    return [e.entry_id for e in entries]
+
+
+def test_chronological_by_date_even_when_document_order_is_mixed() -> None:
+    mixed = [entry(2), entry(0), entry(3), entry(1)]
+    assert ids(chronological(mixed)) == ["id0", "id1", "id2", "id3"]
+
+
+def test_chronological_without_dates_reverses_document_order() -> None:
+    assert ids(chronological(newest_first(3, dated=False))) == ["id0", "id1", "id2"]
+
+
+def test_first_sight_marks_everything_and_posts_backfill_oldest_first() -> None:
+    entries = newest_first(10)
+    decision = decide(entries, {e.entry_id for e in entries}, first_sight=True,
+                      backfill=3, max_per_poll=5)
+    assert ids(decision.to_post) == ["id7", "id8", "id9"]
+    assert sorted(decision.to_mark_seen) == sorted(ids(entries))
+    assert decision.skipped == 7
+
+
+def test_first_sight_without_backfill_posts_nothing() -> None:
+    entries = newest_first(4)
+    decision = decide(entries, {e.entry_id for e in entries}, first_sight=True,
+                      backfill=0, max_per_poll=5)
+    assert decision.to_post == ()
+    assert len(decision.to_mark_seen) == 4
+
+
+def test_known_feed_posts_only_unseen_oldest_first() -> None:
+    entries = newest_first(6)
+    decision = decide(entries, {"id5", "id4"}, first_sight=False, backfill=0, max_per_poll=5)
+    assert ids(decision.to_post) == ["id4", "id5"]
+    assert not decision.flood
+
+
+def test_flood_is_capped_to_the_newest_and_flagged() -> None:
+    entries = newest_first(20)
+    decision = decide(entries, {e.entry_id for e in entries}, first_sight=False,
+                      backfill=0, max_per_poll=5)
+    assert decision.flood
+    assert ids(decision.to_post) == ["id15", "id16", "id17", "id18", "id19"]
+    assert len(decision.to_mark_seen) == 20
+    assert decision.skipped == 15

@@ -1,0 +1,122 @@
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.errors import StorageError
+from bot.model import delivery_key
+from bot.store import NewDelivery, PollOutcome, Store
+from bot.store.schema import SCHEMA_VERSION
+from bot.store.sqlite import DB_FILENAME
+
+
+def outcome(feed: str, entries: list[str], rooms: list[str], *, now: float = 100.0,
+            etag: str | None = "e1") -> PollOutcome:
+    return PollOutcome(
+        feed=feed, now=now, next_fetch=now + 60, etag=etag, last_modified=None,
+        body_hash="h", title="T", new_url=None, seen_entry_ids=entries,
+        deliveries=[NewDelivery(e, r, {"body": e, "room": r}) for e in entries for r in rooms])
+
+
+def test_schema_version_and_wal(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    conn = sqlite3.connect(tmp_path / DB_FILENAME)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    store.close()
+
+
+def test_poll_is_recorded_atomically_and_survives_reopen(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.ensure_feed("news", "http://a/feed")
+    rooms = store.record_poll(outcome("news", ["a", "b"], ["!r1:x", "!r2:x"]))
+    assert rooms == ["!r1:x", "!r2:x"]
+    store.close()
+
+    store = Store.open(tmp_path)
+    state = store.feed_state("news")
+    assert state is not None and state.initialized and state.etag == "e1"
+    assert store.unseen("news", ["a", "b", "c"]) == {"c"}
+    first = store.next_pending("!r1:x")
+    assert first is not None and first.entry_id == "a"
+    assert first.key == delivery_key("news", "a", "!r1:x")
+    assert store.pending_count() == 4
+
+
+def test_outbox_is_ordered_and_sent_items_leave_it(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.ensure_feed("news", "http://a/feed")
+    store.record_poll(outcome("news", ["a", "b"], ["!r:x"]))
+    store.record_poll(outcome("news", ["c"], ["!r:x"], now=200))
+    order = []
+    while (d := store.next_pending("!r:x")) is not None:
+        store.mark_attempt(d.key, 300)
+        store.mark_sent(d.key, f"$ev{d.entry_id}", 301)
+        order.append(d.entry_id)
+    assert order == ["a", "b", "c"]
+    assert store.pending_count() == 0
+
+
+def test_same_delivery_enqueued_twice_is_one_row(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.ensure_feed("news", "http://a/feed")
+    store.record_poll(outcome("news", ["a"], ["!r:x"]))
+    assert store.record_poll(outcome("news", ["a"], ["!r:x"])) == []
+    assert store.pending_count() == 1
+
+
+def test_attempt_is_remembered(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.ensure_feed("news", "http://a/feed")
+    store.record_poll(outcome("news", ["a"], ["!r:x"]))
+    d = store.next_pending("!r:x")
+    assert d is not None
+    store.mark_attempt(d.key, 500.0)
+    store.mark_attempt(d.key, 900.0)
+    again = store.next_pending("!r:x")
+    assert again is not None and again.first_attempt_at == 500.0 and again.attempts == 2
+
+
+def test_changed_url_keeps_seen_entries_and_drops_validators(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.ensure_feed("news", "http://old/feed")
+    store.record_poll(outcome("news", ["a"], []))
+    state = store.ensure_feed("news", "http://new/feed")
+    assert state.url == "http://new/feed" and state.etag is None
+    assert store.unseen("news", ["a"]) == set()
+
+
+def test_failed_write_leaves_nothing_half_done(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.ensure_feed("news", "http://a/feed")
+    bad = outcome("news", ["a", "b"], ["!r:x"])
+    object.__setattr__(bad, "deliveries", [*bad.deliveries, NewDelivery("z", "!r:x", {"x": {1}})])
+    with pytest.raises(TypeError):
+        store.record_poll(bad)
+    assert store.unseen("news", ["a", "b"]) == {"a", "b"}
+    assert store.pending_count() == 0
+
+
+def test_corrupt_database_refuses_to_start_with_advice(tmp_path: Path) -> None:
+    (tmp_path / DB_FILENAME).write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StorageError, match="restore it from a backup"):
+        Store.open(tmp_path)
+    # Nothing was reset behind the user's back.
+    assert (tmp_path / DB_FILENAME).read_bytes().startswith(b"this is not sqlite")
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    Store.open(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / DB_FILENAME)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(StorageError, match="upgrade newsbot"):
+        Store.open(tmp_path)
+
+
+def test_kv_roundtrip(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.put("k", "1")
+    store.put("k", "2")
+    assert store.get("k") == "2"
+    assert store.get("missing") is None
