@@ -1,0 +1,86 @@
+"""Shared fixtures: one real Synapse and one feed server per session, fresh users per test.
+
+Session-scoped servers keep the suite fast (Synapse takes ~2 s to start); tests stay
+independent by registering their own users and creating their own rooms and feed paths.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+# The project is not installed in the venv and `.venv/bin/pytest` does not put the repo
+# root on sys.path; `pythonpath = ["."]` in pyproject would make this unnecessary.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from bot.testing import (  # noqa: E402
+    FeedServer,
+    MemberClient,
+    MemberFactory,
+    NewUserFactory,
+    RegisteredUser,
+    SynapseServer,
+)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[SynapseServer]:
+    """A running Synapse with relaxed rate limits, shared by the whole session."""
+    workdir: Path = tmp_path_factory.mktemp("synapse")
+    async with SynapseServer(workdir) as server:
+        yield server
+
+
+@pytest_asyncio.fixture(scope="session")
+async def feed_server() -> AsyncIterator[FeedServer]:
+    """A running FeedServer shared by the session: use paths unique to your test
+    (see ``feed_path``)."""
+    async with FeedServer() as server:
+        yield server
+
+
+@pytest.fixture
+def feed_path(request: pytest.FixtureRequest) -> str:
+    """A path on ``feed_server`` no other test uses, e.g. ``/test_foo-1a2b3c/feed``."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)
+    return f"/{name}-{uuid.uuid4().hex[:6]}/feed"
+
+
+@pytest_asyncio.fixture
+async def new_user(synapse: SynapseServer) -> NewUserFactory:
+    """``await new_user("alice", admin=False, password=None)``: a freshly registered user
+    whose localpart starts with the given name and is unique in the session."""
+
+    async def register(name: str = "user", *, admin: bool = False,
+                       password: str | None = None) -> RegisteredUser:
+        # Matrix localparts are lowercase; a random suffix keeps them unique even across
+        # restarts of a Synapse whose database persists.
+        base = re.sub(r"[^a-z0-9._=-]+", "-", name.lower()) or "user"
+        localpart = f"{base}-{uuid.uuid4().hex[:8]}"
+        return await synapse.register(localpart, password, admin)
+
+    return register
+
+
+@pytest_asyncio.fixture
+async def member(synapse: SynapseServer) -> AsyncIterator[MemberFactory]:
+    """``await member(user)``: an open MemberClient for ``user``, closed after the test."""
+    clients: list[MemberClient] = []
+
+    async def make(user: RegisteredUser) -> MemberClient:
+        client = MemberClient(synapse.base_url, user)
+        await client.__aenter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
