@@ -10,27 +10,41 @@ from collections.abc import Iterable
 
 MASK = "***"
 
+# Secrets learnt at run time (e.g. the access token a password login returns).
+_RUNTIME_SECRETS: set[str] = set()
+
+
+def add_secret(secret: str) -> None:
+    """Mask this string in every log line from now on."""
+    if secret:
+        _RUNTIME_SECRETS.add(secret)
+
 
 class SecretFilter(logging.Filter):
     """Belt and braces: even if a secret reaches a log call, it never reaches the output."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
+        self._configured = set(secrets)
+
+    def _secrets(self) -> list[str]:
         # Short strings would mask innocent words; real tokens and passwords are longer.
-        self._secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        every = {s for s in self._configured | _RUNTIME_SECRETS if s and len(s) >= 4}
+        return sorted(every, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._secrets:
+        secrets = self._secrets()
+        if not secrets:
             return True
         message = record.getMessage()
         masked = message
-        for secret in self._secrets:
+        for secret in secrets:
             masked = masked.replace(secret, MASK)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         exc_text = record.exc_text
         if exc_text:
-            for secret in self._secrets:
+            for secret in secrets:
                 exc_text = exc_text.replace(secret, MASK)
             record.exc_text = exc_text
         if masked != message:
@@ -66,6 +80,7 @@ def setup_logging(*, fmt: str = "text", level: str = "INFO",
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    # nio logs every retry and sync at INFO; our own lines say what matters.
+    # nio logs every retry and sync at INFO, and whole responses (tokens included) at
+    # DEBUG: it stays at WARNING whatever our level; our own lines say what matters.
     for noisy in ("nio", "peewee", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -43,7 +43,8 @@ def jittered(interval: float, rng: random.Random) -> float:
 class FeedPoller:
     def __init__(self, feed: FeedConfig, *, store: Store, fetcher: Fetcher, clock: Clock,
                  fetch_config: FetchConfig, language: str, limiter: asyncio.Semaphore,
-                 on_enqueued: Callable[[list[str]], None], rng: random.Random | None = None) -> None:
+                 on_enqueued: Callable[[list[str]], None],
+                 rng: random.Random | None = None) -> None:
         self.feed = feed
         self._store = store
         self._fetcher = fetcher

@@ -175,8 +175,8 @@ class Store:
     def feed_state(self, name: str) -> FeedState | None:
         with self._guard():
             row = self._conn.execute(
-                "SELECT name, url, configured_url, etag, last_modified, body_hash, initialized, title, "
-                "last_fetch, last_success, last_error, failures, next_fetch "
+                "SELECT name, url, configured_url, etag, last_modified, body_hash, initialized, "
+                "title, last_fetch, last_success, last_error, failures, next_fetch "
                 "FROM feed_state WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
@@ -216,11 +216,12 @@ class Store:
                 if cur.rowcount and d.room not in rooms:
                     rooms.append(d.room)
             c.execute(
-                "UPDATE feed_state SET etag = ?, last_modified = ?, body_hash = ?, initialized = 1, "
-                "title = COALESCE(?, title), url = COALESCE(?, url), last_fetch = ?, "
-                "last_success = ?, last_error = NULL, failures = 0, next_fetch = ? WHERE name = ?",
-                (outcome.etag, outcome.last_modified, outcome.body_hash, outcome.title, outcome.new_url, outcome.now,
-                 outcome.now, outcome.next_fetch, outcome.feed))
+                "UPDATE feed_state SET etag = ?, last_modified = ?, body_hash = ?, "
+                "initialized = 1, title = COALESCE(?, title), url = COALESCE(?, url), "
+                "last_fetch = ?, last_success = ?, last_error = NULL, failures = 0, "
+                "next_fetch = ? WHERE name = ?",
+                (outcome.etag, outcome.last_modified, outcome.body_hash, outcome.title,
+                 outcome.new_url, outcome.now, outcome.now, outcome.next_fetch, outcome.feed))
         return rooms
 
     def record_not_modified(self, feed: str, *, now: float, next_fetch: float,

@@ -27,6 +27,7 @@ from bot.errors import (
     TemporaryTransportError,
     TransportError,
 )
+from bot.logs import add_secret
 from bot.store import Store
 from bot.transport.base import DELIVERY_KEY_FIELD, InviteHandler
 
@@ -111,6 +112,7 @@ class MatrixTransport:
                 log.warning("%s; retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_connect_wait)
+        add_secret(self._client.access_token)
         log.info("logged in as %s (device %s)", self._client.user_id, self._client.device_id)
         if self._config.display_name:
             await self._set_display_name(self._config.display_name)
