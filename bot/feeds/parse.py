@@ -1,0 +1,400 @@
+"""Pure feed parsing: bytes (+ content type and URL) -> ParsedFeed. No I/O.
+
+RSS 0.9x/1.0/2.0 and Atom go through feedparser; JSON Feed 1.x is read here with
+``json``. Whatever the format, entries get a stable ``entry_id`` and come back in
+document order; problems that still leave usable entries become warnings, anything
+that is not a feed at all raises ParseError with one clear line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import html
+import io
+import json
+import re
+import warnings as _warnings
+import xml.sax
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import urljoin
+
+import feedparser
+
+from bot.errors import ParseError
+from bot.model import Entry, ParsedFeed
+
+__all__ = ["parse_feed", "parse_feed_async"]
+
+_JSON_MIME_TYPES = frozenset({"application/feed+json", "application/json"})
+_JSONFEED_VERSION_PREFIX = "https://jsonfeed.org/version/1"
+# Only used to word the error once a document is known not to be a feed.
+_HTML_MARKER = re.compile(rb"<!doctype\s+html|<html[\s>]", re.IGNORECASE)
+_XML_DECLARATION = re.compile(rb"^(\xef\xbb\xbf)?<\?xml")
+_AUTHOR_EMAIL_NAME = re.compile(r"^\S+@\S+\s*\((?P<name>[^()]+)\)$")
+_AUTHOR_NAME_EMAIL = re.compile(r"^(?P<name>[^<>@]+?)\s*<\S+@\S+>$")
+
+
+@dataclass(frozen=True, slots=True)
+class _RawEntry:
+    """An entry before identity is settled (shared by the feedparser and JSON paths)."""
+
+    explicit_id: str
+    title: str
+    link: str | None
+    summary_html: str
+    content_html: str
+    author: str | None
+    published: datetime | None
+    updated: datetime | None
+    categories: tuple[str, ...]
+
+
+def parse_feed(body: bytes, *, content_type: str | None = None, url: str = "") -> ParsedFeed:
+    """Parse a feed document; raise ParseError if it is not one we can read.
+
+    ``content_type`` is the HTTP Content-Type (it may carry the charset) and ``url``
+    the address the body came from (base for relative links).
+    """
+    if not body.strip():
+        raise ParseError("empty body")
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    if mime in _JSON_MIME_TYPES or body.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+        return _parse_json_feed(body, url)
+    return _parse_xml_feed(body, content_type, url)
+
+
+async def parse_feed_async(
+    body: bytes, *, content_type: str | None = None, url: str = ""
+) -> ParsedFeed:
+    """``parse_feed`` in a worker thread: feedparser is CPU-bound and would block the loop."""
+    return await asyncio.to_thread(parse_feed, body, content_type=content_type, url=url)
+
+
+# --- RSS and Atom (feedparser) ----------------------------------------------------
+
+
+def _parse_xml_feed(body: bytes, content_type: str | None, url: str) -> ParsedFeed:
+    # No Content-Location on purpose: with it feedparser resolves relative guids and
+    # Atom ids against the feed's URL, so ids would change whenever the feed moves.
+    # Links are resolved against the URL below instead; xml:base still applies.
+    headers = {"content-type": content_type} if content_type else {}
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")  # feedparser's own deprecation chatter
+            # A stream, never the bytes themselves: given bytes or str, feedparser
+            # tries them as a file name (and str as a URL) before as a document.
+            result = feedparser.parse(io.BytesIO(body), response_headers=headers)
+    except Exception as exc:  # feedparser has no error contract; keep ours
+        raise ParseError(f"feed parser failed: {type(exc).__name__}") from exc
+
+    version: str = result.get("version") or ""
+    raw_entries = result.get("entries") or []
+    problem = _bozo_problem(result, body)
+
+    if not raw_entries:
+        if not version:
+            if _looks_like_html(body, content_type):
+                raise ParseError("not a feed: looks like an HTML page")
+            detail = f" ({problem})" if problem else ""
+            raise ParseError(f"not a feed: no RSS, Atom or JSON Feed structure found{detail}")
+        if problem and isinstance(result.get("bozo_exception"), xml.sax.SAXException):
+            # Feed-shaped but broken before any entry (typically truncated).
+            raise ParseError(problem)
+
+    warnings: list[str] = []
+    if problem:
+        warnings.append(f"{problem}; read with the lenient parser")
+    if not version:
+        warnings.append("unrecognised feed format; entries read on a best-effort basis")
+
+    feed: Mapping[str, Any] = result.get("feed") or {}
+    entries = [_entry_from_feedparser(e, url) for e in raw_entries]
+    return ParsedFeed(
+        title=_plain_text(_str(feed.get("title")), _detail_type(feed, "title")),
+        link=_web_link(_absolute(_str(feed.get("link")), url)),
+        entries=_settle_identity(entries, warnings),
+        language=_str(feed.get("language")).strip() or None,
+        warnings=tuple(warnings),
+    )
+
+
+def _bozo_problem(result: Mapping[str, Any], body: bytes) -> str | None:
+    """The bozo exception as one line, or None if there is none worth reporting."""
+    if not result.get("bozo"):
+        return None
+    exc = result.get("bozo_exception")
+    if exc is None:
+        return None
+    name = type(exc).__name__
+    if name == "NonXMLContentType":
+        return None  # feeds served as text/plain or text/html are common and harmless
+    if name == "CharacterEncodingOverride" and "declared as us-ascii" in str(exc):
+        # RFC 3023's default for text/xml without a charset, not a real declaration.
+        return None
+    if isinstance(exc, xml.sax.SAXParseException):
+        line = exc.getLineNumber()
+        # feedparser prepends an XML declaration line when the document has none.
+        if isinstance(line, int) and not _XML_DECLARATION.match(body.lstrip()):
+            line = max(1, line - 1)
+        return f"XML error at line {line}: {_one_line(exc.getMessage())}"
+    return _one_line(str(exc)) or name
+
+
+def _looks_like_html(body: bytes, content_type: str | None) -> bool:
+    mime = (content_type or "").split(";", 1)[0].strip().lower()
+    return mime in {"text/html", "application/xhtml+xml"} or bool(_HTML_MARKER.search(body[:1024]))
+
+
+def _entry_from_feedparser(e: dict[str, Any], url: str) -> _RawEntry:
+    contents = [_as_html(_str(c.get("value")), _str(c.get("type"))) for c in e.get("content") or []]
+    content_html = max(contents, key=len, default="")
+    summary_html = _as_html(_str(e.get("summary")), _detail_type(e, "summary"))
+    if summary_html in contents:
+        summary_html = ""  # feedparser copies the content into a missing summary
+    tags = e.get("tags") or []
+    explicit_id = _str(e.get("id")).strip()
+    link = _absolute(_str(e.get("link")), url)
+    if e.get("guidislink") and link is not None and not _is_web_url(explicit_id):
+        # feedparser copies a guid into the link when there is no <link>, as RSS
+        # says guids are permalinks by default; "12345" as a link is nonsense.
+        link = None
+    return _RawEntry(
+        explicit_id=explicit_id,
+        title=_plain_text(_str(e.get("title")), _detail_type(e, "title")),
+        link=link,
+        summary_html=summary_html,
+        content_html=content_html,
+        author=_author_name(e),
+        # dict.get, not FeedParserDict.get: the latter answers "updated" with the
+        # published date when there is none, which is not what the feed said.
+        published=_from_struct_time(dict.get(e, "published_parsed")),
+        updated=_from_struct_time(dict.get(e, "updated_parsed")),
+        categories=_unique(_str(t.get("label")) or _str(t.get("term")) for t in tags),
+    )
+
+
+def _author_name(e: Mapping[str, Any]) -> str | None:
+    raw = _str(e.get("author")).strip()
+    # RSS 2.0 writes "email (Name)": show the name, not the address. Done here as
+    # feedparser's own split assumes 2-4 letter TLDs and mangles ".paris" or ".bzh".
+    match = _AUTHOR_EMAIL_NAME.match(raw) or _AUTHOR_NAME_EMAIL.match(raw)
+    if match:
+        return match["name"].strip() or None
+    detail = e.get("author_detail") or {}
+    name = _str(detail.get("name")).strip()
+    # Atom's structured <name> (feedparser's "author" is then "name (email)").
+    if name and raw.startswith(name):
+        return name
+    return raw or None
+
+
+def _detail_type(d: Mapping[str, Any], key: str) -> str:
+    detail = d.get(f"{key}_detail") or {}
+    return _str(detail.get("type"))
+
+
+def _from_struct_time(value: object) -> datetime | None:
+    # feedparser's *_parsed are already normalised to UTC.
+    if not isinstance(value, tuple) or len(value) < 6:
+        return None
+    year, month, day, hour, minute, second = value[:6]
+    try:
+        # A leap second (60) is valid in struct_time but not in datetime.
+        return datetime(year, month, day, hour, minute, min(second, 59), tzinfo=UTC)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+# --- JSON Feed ----------------------------------------------------------------------
+
+
+def _parse_json_feed(body: bytes, url: str) -> ParsedFeed:
+    try:
+        doc = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ParseError(f"JSON error at line {exc.lineno}: {exc.msg}") from exc
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ParseError(f"not a feed: unreadable JSON ({type(exc).__name__})") from exc
+    if not isinstance(doc, dict):
+        raise ParseError("not a feed: JSON document is not an object")
+    version = doc.get("version")
+    if not isinstance(version, str) or not version.startswith(_JSONFEED_VERSION_PREFIX):
+        raise ParseError("not a feed: JSON without a JSON Feed version")
+    items = doc.get("items")
+    if not isinstance(items, list):
+        raise ParseError("not a feed: JSON Feed without an items list")
+
+    warnings: list[str] = []
+    base = url or _str(doc.get("feed_url"))
+    entries: list[_RawEntry] = []
+    for index, item in enumerate(items, start=1):
+        if not isinstance(item, dict):
+            warnings.append(f"item {index} is not an object; skipped")
+            continue
+        entries.append(_entry_from_json(item, base))
+    home = _str(doc.get("home_page_url")).strip()
+    return ParsedFeed(
+        title=_plain_text(_str(doc.get("title")), "text/plain"),
+        link=urljoin(base, home) if home else None,
+        entries=_settle_identity(entries, warnings),
+        language=_str(doc.get("language")).strip() or None,
+        warnings=tuple(warnings),
+    )
+
+
+def _entry_from_json(item: Mapping[str, Any], base: str) -> _RawEntry:
+    raw_id = item.get("id")
+    # The spec wants a string, but numbers are common in the wild and just as stable.
+    usable = isinstance(raw_id, str | int) and not isinstance(raw_id, bool)
+    explicit_id = str(raw_id).strip() if usable else ""
+    link = _str(item.get("url")).strip() or _str(item.get("external_url")).strip()
+    content_html = _str(item.get("content_html"))
+    if not content_html and _str(item.get("content_text")):
+        content_html = _as_html(_str(item.get("content_text")), "text/plain")
+    authors = item.get("authors")
+    if not isinstance(authors, list):
+        single = item.get("author")  # JSON Feed 1.0
+        authors = [single] if isinstance(single, dict) else []
+    names = [_str(a.get("name")).strip() for a in authors if isinstance(a, dict)]
+    tags = item.get("tags")
+    return _RawEntry(
+        explicit_id=explicit_id,
+        title=_plain_text(_str(item.get("title")), "text/plain"),
+        link=urljoin(base, link) if link else None,
+        summary_html=_as_html(_str(item.get("summary")), "text/plain"),
+        content_html=content_html,
+        author=", ".join(n for n in names if n) or None,
+        published=_parse_rfc3339(item.get("date_published")),
+        updated=_parse_rfc3339(item.get("date_modified")),
+        categories=_unique(_str(t) for t in tags) if isinstance(tags, list) else (),
+    )
+
+
+def _parse_rfc3339(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)  # RFC 3339 requires an offset; assume UTC
+    try:
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+# --- Shared -------------------------------------------------------------------------
+
+
+def _settle_identity(entries: Iterable[_RawEntry], warnings: list[str]) -> tuple[Entry, ...]:
+    """Give each entry its id (explicit id, else link, else content hash); drop repeats."""
+    seen: set[str] = set()
+    settled: list[Entry] = []
+    for position, raw in enumerate(entries, start=1):
+        entry_id = raw.explicit_id or raw.link or _content_hash(raw)
+        if entry_id in seen:
+            warnings.append(f"entry {position} repeats id {entry_id!r}; kept the first")
+            continue
+        seen.add(entry_id)
+        settled.append(
+            Entry(
+                entry_id=entry_id,
+                title=raw.title,
+                link=raw.link,
+                summary_html=raw.summary_html,
+                content_html=raw.content_html,
+                author=raw.author,
+                published=raw.published,
+                updated=raw.updated,
+                categories=raw.categories,
+            )
+        )
+    return tuple(settled)
+
+
+def _content_hash(raw: _RawEntry) -> str:
+    # Hash the visible text, not the HTML: feedparser rewrites relative URLs against
+    # the feed's address, which would change every id when a feed moves.
+    text = _plain_text(raw.content_html or raw.summary_html, "text/html")
+    digest = hashlib.sha256(json.dumps([raw.title, text]).encode()).hexdigest()
+    return f"sha256:{digest}"
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "style"):
+            self._skip += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("script", "style") and self._skip:
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def _plain_text(value: str, content_type: str) -> str:
+    """Text as people read it: tags stripped, entities decoded, whitespace collapsed."""
+    if not value:
+        return ""
+    if "html" in content_type or not content_type:
+        extractor = _TextExtractor()
+        extractor.feed(value)
+        extractor.close()
+        value = "".join(extractor.parts)
+    return _one_line(value)
+
+
+def _as_html(value: str, content_type: str) -> str:
+    """HTML for a value that may be plain text (escaped, line breaks kept)."""
+    if not value:
+        return ""
+    if content_type == "text/plain":
+        return html.escape(value, quote=False).replace("\n", "<br>\n")
+    return value
+
+
+def _absolute(link: str, base: str) -> str | None:
+    link = link.strip()
+    if not link:
+        return None
+    return urljoin(base, link) if base else link
+
+
+def _web_link(link: str | None) -> str | None:
+    # feedparser falls back to the feed's <id> (often a urn:) when there is no link.
+    return link if link is not None and _is_web_url(link) else None
+
+
+def _is_web_url(value: str) -> bool:
+    return value.lower().startswith(("http://", "https://"))
+
+
+def _unique(values: Iterable[str]) -> tuple[str, ...]:
+    out: dict[str, None] = {}
+    for value in values:
+        value = value.strip()
+        if value:
+            out.setdefault(value, None)
+    return tuple(out)
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
