@@ -1,0 +1,118 @@
+"""kill -9 and abrupt deaths at every step of delivery: each item exactly once, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.testing import (
+    FeedServer,
+    MemberClient,
+    MemberFactory,
+    NewUserFactory,
+    RegisteredUser,
+    SynapseServer,
+    make_items,
+)
+from tests.botkit import ROOT, BotProcess, bot_config, write_config
+
+
+async def assert_exactly_once(alice: MemberClient, rooms: list[str], bot: RegisteredUser,
+                              expected_titles: list[str]) -> None:
+    for room in rooms:
+        await alice.wait_for_messages(room, len(expected_titles), sender=bot.user_id,
+                                      timeout=60)
+    await asyncio.sleep(1.5)   # anything extra would show up now
+    for room in rooms:
+        seen = await alice.messages(room, sender=bot.user_id)
+        titles = [e["content"]["body"].splitlines()[0] for e in seen]
+        assert titles == expected_titles, f"room {room}: duplicates or losses"
+
+
+async def test_kill_9_at_random_points_over_many_cycles(
+        synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+    bot = await new_user("newsbot")
+    alice = await member(await new_user("alice"))
+    rooms = [await alice.create_room(name=f"crash {i}") for i in range(3)]
+    all_items = make_items(24 * 3 + 1)          # newest first
+    published = 1
+    feed_server.set_feed(feed_path, all_items[-published:])
+    config_path = write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+        feeds=[{"name": "news", "url": feed_server.url(feed_path), "rooms": rooms,
+                "interval": "1s", "backfill": 1, "max_per_poll": 10}]))
+    # The feed is known (first sight done, its backfill posted) before the crashes begin.
+    process = BotProcess(config_path, bot, tmp_path / "bot.log")
+    await process.start()
+    for room in rooms:
+        await alice.wait_for_messages(room, 1, sender=bot.user_id)
+    assert await process.terminate() == 0
+    rng = random.Random(20261128)
+    cycles = 24
+    for _ in range(cycles):
+        process = BotProcess(config_path, bot, tmp_path / "bot.log")
+        await process.start()
+        published += 3                           # three new items for three rooms
+        feed_server.set_feed(feed_path, all_items[-published:])
+        await asyncio.sleep(rng.uniform(0.6, 2.2))
+        process.kill9()
+        await process.wait()
+    process = BotProcess(config_path, bot, tmp_path / "bot.log")
+    await process.start()
+    try:
+        expected = [item.title for item in reversed(all_items[-published:])]
+        await assert_exactly_once(alice, rooms, bot, expected)
+    finally:
+        assert await process.terminate() == 0
+
+
+CRASH_POINTS = [
+    ("record_poll", "before"),     # fetched and parsed, nothing committed
+    ("record_poll", "after"),      # outbox committed, nothing sent
+    ("mark_attempt", "after"),     # attempt recorded, not sent
+    ("mark_sent", "before"),       # event in the room, outbox still says pending
+    ("mark_sent", "after"),        # recorded as sent
+]
+
+
+@pytest.mark.parametrize(("point", "when"), CRASH_POINTS)
+async def test_abrupt_death_between_each_step(
+        point: str, when: str, synapse: SynapseServer, feed_server: FeedServer,
+        feed_path: str, new_user: NewUserFactory, member: MemberFactory,
+        tmp_path: Path) -> None:
+    bot = await new_user("newsbot")
+    alice = await member(await new_user("alice"))
+    rooms = [await alice.create_room(name="steps")]
+    items = make_items(4)
+    feed_server.set_feed(feed_path, items[2:])
+    config_path = write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+        feeds=[{"name": "news", "url": feed_server.url(feed_path), "rooms": rooms,
+                "backfill": 2}]))
+    # A first, normal run: the feed is known and its backfill delivered.
+    process = BotProcess(config_path, bot, tmp_path / "bot.log")
+    await process.start()
+    await alice.wait_for_messages(rooms[0], 2, sender=bot.user_id)
+    assert await process.terminate() == 0
+
+    # Two new items; the bot dies at the chosen step while handling them.
+    feed_server.set_feed(feed_path, items)
+    env = {**process.env, "CRASH_POINT": point, "CRASH_WHEN": when, "CRASH_AT": "1",
+           "PYTHONPATH": str(ROOT)}
+    crashing = await asyncio.create_subprocess_exec(
+        sys.executable, str(ROOT / "tests" / "crashbot.py"), "run", "-c", str(config_path),
+        env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    assert await asyncio.wait_for(crashing.wait(), 60) == 137, "crash point not reached"
+
+    process = BotProcess(config_path, bot, tmp_path / "bot.log")
+    await process.start()
+    try:
+        await assert_exactly_once(alice, rooms, bot, [i.title for i in reversed(items)])
+    finally:
+        assert await process.terminate() == 0
