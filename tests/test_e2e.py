@@ -235,7 +235,8 @@ async def test_lost_acknowledgement_is_found_in_history_not_resent(
 
 
 async def test_rate_limited_homeserver_gets_everything_in_order(
-        tmp_path: Path, feed_server: FeedServer, feed_path: str) -> None:
+        tmp_path: Path, feed_server: FeedServer, feed_path: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A homeserver with the default-like message limit: every item arrives, in order."""
     async with SynapseServer(tmp_path / "hs", rate_limits={
             "rc_message": {"per_second": 2, "burst_count": 2}}) as hs:
@@ -249,9 +250,12 @@ async def test_rate_limited_homeserver_gets_everything_in_order(
                 homeserver=hs.base_url, bot=bot, storage=tmp_path / "state",
                 feeds=[{"name": "news", "url": feed_server.url(feed_path), "rooms": [room],
                         "backfill": 8, "max_per_poll": 8}])), bot)
+            caplog.set_level(logging.INFO)
             async with InProcessBot(cfg):
                 seen = await alice.wait_for_messages(room, 8, sender=bot.user_id, timeout=60)
             assert bodies(seen) == [i.title for i in reversed(items)]
+            assert any("rate limited by the homeserver" in r.getMessage()
+                       for r in caplog.records), "the test never hit the rate limit"
             assert len(await alice.messages(room, sender=bot.user_id)) == 8
 
 
@@ -313,3 +317,36 @@ async def test_no_secret_in_debug_logs_and_sigterm_exits_cleanly(
     assert "posted item" in log and "stopped" in log
     assert bot.password not in log
     assert token not in log
+
+
+async def test_rooms_by_alias_unjoinable_rooms_named_display_name_and_sync_token(
+        synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    bot = await new_user("newsbot")
+    alice = await member(await new_user("alice"))
+    alias_local = f"actus-{bot.localpart}"
+    by_alias = await alice.create_room(name="actus", alias_localpart=alias_local)
+    private = await alice.create_room(name="closed", preset="private_chat")
+    feed_server.set_feed(feed_path, make_items(1))
+    cfg = load(write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+        feeds=[{"name": "news", "url": feed_server.url(feed_path), "backfill": 1,
+                "rooms": [f"#{alias_local}:localhost", "#nowhere-to-be-found:localhost",
+                          private]}],
+        matrix={"homeserver": synapse.base_url, "user_id": bot.user_id,
+                "access_token": "${BOT_TOKEN}", "device_id": bot.device_id,
+                "display_name": "Actualités InterHop"})), bot)
+    caplog.set_level(logging.INFO)
+    async with InProcessBot(cfg) as running:
+        seen = await alice.wait_for_messages(by_alias, 1, sender=bot.user_id)
+        await asyncio.sleep(1)
+        assert running.app is not None
+        assert running.app.store.pending_count() == 2   # kept for the rooms it cannot join
+    assert bodies(seen) == [make_items(1)[0].title]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("#nowhere-to-be-found:localhost" in e for e in errors)
+    assert any(private in e for e in errors)
+    assert await alice.display_name(bot.user_id) == "Actualités InterHop"
+    store = Store.open(tmp_path / "state")
+    assert store.get("matrix.sync_token")
