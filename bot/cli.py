@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from bot import __version__
-from bot.errors import ConfigError, FeedError, NewsbotError
+from bot.errors import BlockedURLError, ConfigError, FeedError, NewsbotError
 
 log = logging.getLogger("bot")
 
@@ -138,7 +138,11 @@ async def _preview(args: argparse.Namespace) -> int:
         parsed = await parse_feed_async(result.body, content_type=result.content_type,
                                         url=result.final_url)
     except FeedError as exc:
-        print(f"{args.url}: {exc}", file=sys.stderr)
+        message = str(exc)
+        if isinstance(exc, BlockedURLError) and "allow_private_networks" in message:
+            # The fetcher names the config key; preview reads no config, it has a flag.
+            message += " (preview: pass --allow-private-networks)"
+        print(f"{args.url}: {message}", file=sys.stderr)
         return EXIT_FAILURE
     newest = chronological(parsed.entries)[-args.entries:] if args.entries > 0 else []
     print(f"{parsed.title or args.url}: {len(parsed.entries)} entries; "
