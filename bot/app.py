@@ -114,8 +114,10 @@ class App:
                            for room in rooms]
                 background = [tg.create_task(p.run(), name=f"poll {p.feed.name}")
                               for p in pollers]
-                background.append(tg.create_task(self.transport.run_sync(self._on_invite),
-                                                 name="sync"))
+                background.append(tg.create_task(
+                    self.transport.run_sync(self._on_invite,
+                                            lambda _room_id: self.deliverer.wake_all()),
+                    name="sync"))
                 background.append(tg.create_task(self._maintain(), name="maintenance"))
                 await self._stop.wait()
                 for task in background:

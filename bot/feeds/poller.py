@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import html
 import logging
+import math
 import random
 from collections.abc import Callable
 
@@ -17,11 +19,12 @@ from bot.config import FeedConfig, FetchConfig
 from bot.delivery import event_content
 from bot.errors import FeedError, FetchError
 from bot.feeds.decide import decide
-from bot.feeds.fetch import Fetcher
+from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
-from bot.model import delivery_key
+from bot.i18n import text
+from bot.model import Message, delivery_key
 from bot.render import render_entry
-from bot.store import NewDelivery, PollOutcome, Store
+from bot.store import FeedState, NewDelivery, PollOutcome, Store
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,10 @@ class FeedPoller:
 
     async def run(self) -> None:
         state = self._store.ensure_feed(self.feed.name, self.feed.url)
+        if state.disabled:
+            log.warning("feed %s is not polled: %s; give it a new url in the config to "
+                        "poll it again", self.feed.name, state.disabled)
+            return
         now = self._clock.now()
         if state.next_fetch is None or state.next_fetch <= now:
             # Spread the first polls a little so a restart does not hit every server at once.
@@ -67,10 +74,12 @@ class FeedPoller:
         while True:
             async with self._limiter:
                 delay = await self.poll_once()
+            if math.isinf(delay):
+                return
             await asyncio.sleep(delay)
 
     async def poll_once(self) -> float:
-        """Poll now; returns the seconds to wait before the next poll."""
+        """Poll now; returns the seconds to wait before the next poll (inf: never again)."""
         feed = self.feed
         state = self._store.feed_state(feed.name) or self._store.ensure_feed(feed.name, feed.url)
         now = self._clock.now()
@@ -79,20 +88,25 @@ class FeedPoller:
                                                last_modified=state.last_modified)
             if result.status == 304 or result.body is None:
                 delay = jittered(feed.interval, self._rng)
-                self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay)
+                if not self._moved_unchanged(state, result, now, delay, state.body_hash):
+                    self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay)
                 log.debug("feed %s: not modified", feed.name)
                 return delay
             body_hash = hashlib.sha256(result.body).hexdigest()
             if body_hash == state.body_hash and state.initialized:
                 delay = jittered(feed.interval, self._rng)
-                self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay,
-                                                etag=result.etag,
-                                                last_modified=result.last_modified)
+                if not self._moved_unchanged(state, result, now, delay, body_hash):
+                    self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay,
+                                                    etag=result.etag,
+                                                    last_modified=result.last_modified)
                 log.debug("feed %s: same body as last time", feed.name)
                 return delay
             parsed = await parse_feed_async(result.body, content_type=result.content_type,
                                             url=result.final_url)
         except FeedError as exc:
+            if isinstance(exc, FetchError) and exc.status == 410:
+                self._gone(state.url, now)
+                return math.inf
             return self._failed(exc, now, state.failures + 1)
 
         for warning in parsed.warnings:
@@ -132,6 +146,25 @@ class FeedPoller:
             self._on_enqueued(rooms)
         return delay
 
+    def _gone(self, url: str, now: float) -> None:
+        """410 Gone: the publisher says the feed will not come back. Stop, and tell the
+        rooms once (through the outbox, so the notice too is sent exactly once)."""
+        feed = self.feed
+        notices = []
+        for room in feed.rooms:
+            body = text("feed_gone", self._language, name=feed.name, url=url)
+            html_body = html.escape(body, quote=False)
+            entry_id = f"newsbot:gone:{url}"
+            key = delivery_key(feed.name, entry_id, room)
+            notices.append(NewDelivery(entry_id, room, event_content(
+                Message(body, html_body), msgtype="m.notice", key=key)))
+        rooms = self._store.disable_feed(feed.name, f"HTTP 410 Gone at {url}", now=now,
+                                         notices=notices)
+        log.error("feed %s: HTTP 410 Gone at %s; polling stopped and %d room(s) told",
+                  feed.name, url, len(rooms))
+        if rooms:
+            self._on_enqueued(rooms)
+
     def _failed(self, exc: FeedError, now: float, failures: int) -> float:
         retry_after = exc.retry_after if isinstance(exc, FetchError) else None
         delay = failure_delay(self.feed.interval, failures, self._fetch_config.max_backoff,
@@ -140,3 +173,18 @@ class FeedPoller:
         log.warning("feed %s: %s (failure %d in a row; next try in %.0f s)",
                     self.feed.name, exc, failures, delay)
         return delay
+
+    def _moved_unchanged(self, state: FeedState, result: FetchResult, now: float, delay: float,
+                         body_hash: str | None) -> bool:
+        """A permanent redirect to the same content (a 304 or the same body) still moves
+        the feed: record the new URL with the not-modified poll. False if it did not move."""
+        new_url = result.permanent_url
+        if not state.initialized or new_url is None or new_url == state.url:
+            return False
+        log.warning("feed %s moved permanently to %s; fetching from there from now on",
+                    self.feed.name, new_url)
+        self._store.record_poll(PollOutcome(
+            feed=self.feed.name, now=now, next_fetch=now + delay, etag=result.etag,
+            last_modified=result.last_modified, body_hash=body_hash, title=None,
+            new_url=new_url, seen_entry_ids=(), deliveries=()))
+        return True

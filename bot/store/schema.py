@@ -16,6 +16,7 @@ MIGRATIONS: tuple[str, ...] = (
         last_modified   TEXT,
         body_hash       TEXT,               -- skips parsing when a server ignores validators
         initialized     INTEGER NOT NULL DEFAULT 0,
+        disabled        TEXT,               -- why polling stopped for good (e.g. 410 Gone)
         title           TEXT,
         last_fetch      REAL,
         last_success    REAL,

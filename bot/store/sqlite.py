@@ -33,6 +33,7 @@ class FeedState:
     last_modified: str | None
     body_hash: str | None
     initialized: bool
+    disabled: str | None
     title: str | None
     last_fetch: float | None
     last_success: float | None
@@ -165,8 +166,9 @@ class Store:
                 c.execute("INSERT INTO feed_state (name, url, configured_url) VALUES (?, ?, ?)",
                           (name, configured_url, configured_url))
             elif row[0] != configured_url:
+                # A new address is also how an operator revives a feed that was gone.
                 c.execute("UPDATE feed_state SET url = ?, configured_url = ?, etag = NULL, "
-                          "last_modified = NULL WHERE name = ?",
+                          "last_modified = NULL, disabled = NULL WHERE name = ?",
                           (configured_url, configured_url, name))
         state = self.feed_state(name)
         assert state is not None
@@ -176,12 +178,12 @@ class Store:
         with self._guard():
             row = self._conn.execute(
                 "SELECT name, url, configured_url, etag, last_modified, body_hash, initialized, "
-                "title, last_fetch, last_success, last_error, failures, next_fetch "
+                "disabled, title, last_fetch, last_success, last_error, failures, next_fetch "
                 "FROM feed_state WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
         return FeedState(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7],
-                         row[8], row[9], row[10], row[11], row[12])
+                         row[8], row[9], row[10], row[11], row[12], row[13])
 
     def feed_names(self) -> list[str]:
         with self._guard():
@@ -202,19 +204,10 @@ class Store:
 
     def record_poll(self, outcome: PollOutcome) -> list[str]:
         """Commit a successful poll atomically. Returns the rooms that got new deliveries."""
-        rooms: list[str] = []
         with self._guard(), self._transaction() as c:
             c.executemany("INSERT OR IGNORE INTO seen (feed, entry_id, seen_at) VALUES (?, ?, ?)",
                           [(outcome.feed, e, outcome.now) for e in outcome.seen_entry_ids])
-            for d in outcome.deliveries:
-                key = delivery_key(outcome.feed, d.entry_id, d.room)
-                cur = c.execute(
-                    "INSERT OR IGNORE INTO outbox (key, feed, entry_id, room, content, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (key, outcome.feed, d.entry_id, d.room,
-                     json.dumps(d.content, ensure_ascii=False), outcome.now))
-                if cur.rowcount and d.room not in rooms:
-                    rooms.append(d.room)
+            rooms = self._enqueue(c, outcome.feed, outcome.deliveries, outcome.now)
             c.execute(
                 "UPDATE feed_state SET etag = ?, last_modified = ?, body_hash = ?, "
                 "initialized = 1, title = COALESCE(?, title), url = COALESCE(?, url), "
@@ -231,6 +224,29 @@ class Store:
                       "failures = 0, next_fetch = ?, etag = COALESCE(?, etag), "
                       "last_modified = COALESCE(?, last_modified) WHERE name = ?",
                       (now, now, next_fetch, etag, last_modified, feed))
+
+    def disable_feed(self, feed: str, reason: str, *, now: float,
+                     notices: Sequence[NewDelivery]) -> list[str]:
+        """Stop polling a feed for good and queue the rooms' notices, in one transaction."""
+        with self._guard(), self._transaction() as c:
+            c.execute("UPDATE feed_state SET disabled = ?, last_fetch = ?, last_error = ?, "
+                      "failures = failures + 1, next_fetch = NULL WHERE name = ?",
+                      (reason, now, reason, feed))
+            rooms = self._enqueue(c, feed, notices, now)
+        return rooms
+
+    def _enqueue(self, c: sqlite3.Connection, feed: str, deliveries: Sequence[NewDelivery],
+                 now: float) -> list[str]:
+        rooms: list[str] = []
+        for d in deliveries:
+            key = delivery_key(feed, d.entry_id, d.room)
+            cur = c.execute(
+                "INSERT OR IGNORE INTO outbox (key, feed, entry_id, room, content, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key, feed, d.entry_id, d.room, json.dumps(d.content, ensure_ascii=False), now))
+            if cur.rowcount and d.room not in rooms:
+                rooms.append(d.room)
+        return rooms
 
     def record_failure(self, feed: str, error: str, *, now: float, next_fetch: float) -> int:
         """Store a failed poll; returns the number of consecutive failures."""

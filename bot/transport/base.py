@@ -35,8 +35,10 @@ class Transport(Protocol):
         """The id of a recent event of ours carrying delivery ``key``, if any."""
         ...
 
-    async def run_sync(self, on_invite: InviteHandler) -> None:
-        """Follow the server's event stream until cancelled."""
+    async def run_sync(self, on_invite: InviteHandler,
+                       on_joined: Callable[[str], None] | None = None) -> None:
+        """Follow the server's event stream until cancelled. ``on_joined(room_id)`` is
+        called after an accepted invitation was joined."""
         ...
 
     async def close(self) -> None:

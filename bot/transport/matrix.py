@@ -7,10 +7,11 @@ failure, into the bot's own exceptions, so nothing above this module inspects ni
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,13 +36,15 @@ log = logging.getLogger(__name__)
 
 SESSION_FILENAME = "matrix-session.json"
 SYNC_TOKEN_KEY = "matrix.sync_token"
+REMOVED_ROOMS_KEY = "matrix.removed_rooms"
 
 # Keep the sync light: no presence, no account data, no typing/receipts, members lazily.
 SYNC_FILTER: dict[str, Any] = {
     "presence": {"types": []},
     "account_data": {"types": []},
     "room": {
-        "timeline": {"limit": 0},
+        # Only our own membership changes matter here (a kick, a ban).
+        "timeline": {"limit": 20, "types": ["m.room.member"]},
         "ephemeral": {"types": []},
         "account_data": {"types": []},
         "state": {"lazy_load_members": True, "types": ["m.room.encryption", "m.room.member"]},
@@ -82,6 +85,8 @@ class MatrixTransport:
         )
         self._room_ids: dict[str, str] = {}
         self._encrypted: set[str] = set()
+        self._removed: dict[str, str] | None = None
+        self._login_lock = asyncio.Lock()
 
     @property
     def user_id(self) -> str:
@@ -89,11 +94,34 @@ class MatrixTransport:
 
     # -- errors ------------------------------------------------------------------------
 
-    async def _call(self, what: str, request: Awaitable[T]) -> T:
+    async def _call(self, what: str, request: Callable[[], Awaitable[T]], *,
+                    relogin: bool = True) -> T:
+        """One request, its failure turned into the bot's own exception. When the token is
+        refused and a password is configured, log in again once and repeat the request."""
+        token_used = self._client.access_token
         try:
-            response = await request
+            return await self._request(what, request)
+        except AuthError as exc:
+            if not (relogin and self._config.password and not self._config.access_token):
+                raise AuthError(f"{exc}; the homeserver refused newsbot's access token: give "
+                                "it a valid one (or configure a password)") from exc
+            async with self._login_lock:
+                # The sync and the delivery workers may all hit the revoked token: one
+                # login serves them all.
+                if self._client.access_token == token_used:
+                    log.warning("%s; logging in again with the configured password", exc)
+                    await self._password_login()
+                    add_secret(self._client.access_token)
+            return await self._request(what, request)
+
+    async def _request(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
+        try:
+            response = await request()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise TemporaryTransportError(f"{what}: homeserver unreachable ({_describe(exc)})") \
+                from exc
+        except ValueError as exc:   # a body that is not the JSON nio expected (a proxy page)
+            raise TemporaryTransportError(f"{what}: unreadable answer ({type(exc).__name__})") \
                 from exc
         if isinstance(response, nio.ErrorResponse):
             raise _error_for(what, response)
@@ -135,7 +163,8 @@ class MatrixTransport:
         await self._password_login()
 
     async def _whoami(self) -> None:
-        resp = await self._call("checking the access token", self._client.whoami())
+        resp = await self._call("checking the access token", self._client.whoami,
+                                relogin=False)
         if resp.user_id != self._config.user_id:
             raise AuthError(f"the access token belongs to {resp.user_id}, "
                             f"not to matrix.user_id {self._config.user_id}")
@@ -144,8 +173,10 @@ class MatrixTransport:
         if not self._config.password:
             raise AuthError("no usable credentials: the access token was refused")
         try:
-            resp = await self._call("logging in", self._client.login(self._config.password,
-                                                                      device_name="newsbot"))
+            password = self._config.password
+            resp = await self._call(
+                "logging in", lambda: self._client.login(password, device_name="newsbot"),
+                relogin=False)
         except RoomUnavailableError as exc:  # M_FORBIDDEN here means a wrong password
             raise AuthError(str(exc)) from exc
         self._save_session(Session(resp.user_id, resp.device_id, resp.access_token))
@@ -177,10 +208,12 @@ class MatrixTransport:
 
     async def _set_display_name(self, name: str) -> None:
         try:
-            current = await self._call("reading the display name",
-                                       self._client.get_displayname(self._config.user_id))
+            current = await self._call(
+                "reading the display name",
+                lambda: self._client.get_displayname(self._config.user_id))
             if current.displayname != name:
-                await self._call("setting the display name", self._client.set_displayname(name))
+                await self._call("setting the display name",
+                                 lambda: self._client.set_displayname(name))
         except TransportError as exc:
             log.warning("could not set the display name: %s", exc)
 
@@ -191,14 +224,20 @@ class MatrixTransport:
         if room_id is None:
             if room.startswith("#"):
                 resolved = await self._call(f"resolving {room}",
-                                            self._client.room_resolve_alias(room))
-                room_id = resolved.room_id
+                                            lambda: self._client.room_resolve_alias(room))
+                room_id = str(resolved.room_id)
             else:
                 room_id = room
-        await self._call(f"joining {room}", self._client.join(room_id))
+        target = room_id
+        removed = self._removed_rooms().get(target)
+        if removed:
+            # Rejoining a room we were kicked from would override the moderators' decision.
+            raise RoomUnavailableError(f"{removed}; invite newsbot again to resume")
+        await self._call(f"joining {room}", lambda: self._client.join(target))
         try:
-            await self._call(f"reading {room}'s encryption",
-                             self._client.room_get_state_event(room_id, "m.room.encryption"))
+            await self._call(
+                f"reading {room}'s encryption",
+                lambda: self._client.room_get_state_event(target, "m.room.encryption"))
             self._encrypted.add(room_id)
         except RoomUnavailableError:
             self._encrypted.discard(room_id)  # no such state event: a clear room
@@ -206,14 +245,16 @@ class MatrixTransport:
         return room_id
 
     async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
+        removed = self._removed_rooms().get(room_id)
+        if removed:
+            raise RoomUnavailableError(f"{removed}; invite newsbot again to resume")
         if room_id in self._encrypted:
             # Sending here would put the news in clear text into an encrypted room.
             raise RoomUnavailableError(
                 f"{room_id} is end-to-end encrypted and this newsbot cannot encrypt; "
                 "refusing to post in the clear")
-        resp = await self._call(f"sending to {room_id}",
-                                self._client.room_send(room_id, "m.room.message", dict(content),
-                                                       tx_id=txn_id))
+        resp = await self._call(f"sending to {room_id}", lambda: self._client.room_send(
+            room_id, "m.room.message", dict(content), tx_id=txn_id))
         return str(resp.event_id)
 
     async def find_delivery(self, room_id: str, key: str, *, max_events: int = 500) -> str | None:
@@ -223,8 +264,8 @@ class MatrixTransport:
         while scanned < max_events:
             resp = await self._call(
                 f"reading {room_id}'s history",
-                self._client.room_messages(room_id, start=token, limit=100,
-                                           message_filter=event_filter))
+                functools.partial(self._client.room_messages, room_id, start=token, limit=100,
+                                  message_filter=event_filter))
             for event in resp.chunk:
                 content = event.source.get("content", {})
                 if isinstance(content, dict) and content.get(DELIVERY_KEY_FIELD) == key:
@@ -237,13 +278,15 @@ class MatrixTransport:
 
     # -- the event stream --------------------------------------------------------------
 
-    async def run_sync(self, on_invite: InviteHandler) -> None:
+    async def run_sync(self, on_invite: InviteHandler,
+                       on_joined: Callable[[str], None] | None = None) -> None:
         since = self._store.get(SYNC_TOKEN_KEY)
         delay = 1.0
         while True:
             try:
-                resp = await self._call("syncing", self._client.sync(
-                    timeout=self._sync_timeout_ms, sync_filter=SYNC_FILTER, since=since))
+                resp = await self._call("syncing", functools.partial(
+                    self._client.sync, timeout=self._sync_timeout_ms, sync_filter=SYNC_FILTER,
+                    since=since))
             except TemporaryTransportError as exc:
                 log.warning("%s; retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
@@ -251,7 +294,10 @@ class MatrixTransport:
                 continue
             delay = 1.0
             for room_id, info in resp.rooms.invite.items():
-                await self._handle_invite(room_id, info, on_invite)
+                if await self._handle_invite(room_id, info, on_invite) and on_joined:
+                    on_joined(room_id)
+            for room_id, left in resp.rooms.leave.items():
+                self._note_removal(room_id, left.timeline.events)
             for room_id, joined in resp.rooms.join.items():
                 for event in joined.state:
                     if isinstance(event, nio.RoomEncryptionEvent):
@@ -259,7 +305,7 @@ class MatrixTransport:
             since = resp.next_batch
             self._store.put(SYNC_TOKEN_KEY, since)
 
-    async def _handle_invite(self, room_id: str, info: Any, on_invite: InviteHandler) -> None:
+    async def _handle_invite(self, room_id: str, info: Any, on_invite: InviteHandler) -> bool:
         inviter = ""
         for event in info.invite_state:
             if getattr(event, "state_key", None) == self._config.user_id and \
@@ -267,12 +313,47 @@ class MatrixTransport:
                 inviter = event.sender
         try:
             if await on_invite(room_id, inviter):
-                await self._call(f"joining {room_id}", self._client.join(room_id))
-            else:
-                await self._call(f"rejecting the invite to {room_id}",
-                                 self._client.room_leave(room_id))
+                self._set_removed(room_id, None)
+                await self._call(f"joining {room_id}", lambda: self._client.join(room_id))
+                return True
+            await self._call(f"rejecting the invite to {room_id}",
+                             lambda: self._client.room_leave(room_id))
         except TransportError as exc:
             log.warning("invite to %s from %s: %s", room_id, inviter or "?", exc)
+        return False
+
+    def _note_removal(self, room_id: str, events: list[Any]) -> None:
+        """Remember a kick or ban (across restarts): the room's deliveries then wait."""
+        for event in events:
+            if not isinstance(event, nio.RoomMemberEvent) or \
+                    event.state_key != self._config.user_id:
+                continue
+            if event.membership == "ban":
+                reason = f"newsbot was banned from {room_id} by {event.sender}"
+            elif event.membership == "leave" and event.sender != self._config.user_id:
+                reason = f"newsbot was removed from {room_id} by {event.sender}"
+            else:
+                continue
+            why = event.content.get("reason") if isinstance(event.content, dict) else None
+            if why:
+                reason += f" ({str(why)[:200]})"
+            self._set_removed(room_id, reason)
+            log.error("%s; its deliveries wait until newsbot is invited again", reason)
+
+    def _removed_rooms(self) -> dict[str, str]:
+        if self._removed is None:
+            raw = self._store.get(REMOVED_ROOMS_KEY)
+            self._removed = json.loads(raw) if raw else {}
+        return self._removed
+
+    def _set_removed(self, room_id: str, reason: str | None) -> None:
+        rooms = self._removed_rooms()
+        if reason is None:
+            if rooms.pop(room_id, None) is None:
+                return
+        else:
+            rooms[room_id] = reason
+        self._store.put(REMOVED_ROOMS_KEY, json.dumps(rooms))
 
     async def close(self) -> None:
         await self._client.close()
