@@ -138,11 +138,11 @@ async def _preview(args: argparse.Namespace) -> int:
         parsed = await parse_feed_async(result.body, content_type=result.content_type,
                                         url=result.final_url)
     except FeedError as exc:
-        message = str(exc)
-        if isinstance(exc, BlockedURLError) and "allow_private_networks" in message:
+        reason = str(exc)
+        if isinstance(exc, BlockedURLError) and "allow_private_networks" in reason:
             # The fetcher names the config key; preview reads no config, it has a flag.
-            message += " (preview: pass --allow-private-networks)"
-        print(f"{args.url}: {message}", file=sys.stderr)
+            reason += " (preview: pass --allow-private-networks)"
+        print(reason if args.url in reason else f"{args.url}: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     newest = chronological(parsed.entries)[-args.entries:] if args.entries > 0 else []
     print(f"{parsed.title or args.url}: {len(parsed.entries)} entries; "

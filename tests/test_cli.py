@@ -339,7 +339,7 @@ async def test_preview_refuses_a_private_address_without_the_flag(
     assert result.code == 1, result
     assert result.out == ""
     [line] = result.err.splitlines()
-    assert line.startswith(f"{url}: refused ")
+    assert line.startswith(f"refused {url}: ")  # the URL once, not twice
     assert "127.0.0.1 is a loopback address" in line
     assert "allow_private_networks" in line
     assert line.endswith("(preview: pass --allow-private-networks)")  # this command's remedy

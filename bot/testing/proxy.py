@@ -42,9 +42,7 @@ class FaultyProxy:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None and server.sockets  # type: ignore[union-attr]
-        self._port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:
