@@ -13,11 +13,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from bot.clock import Clock, SystemClock
 from bot.config import Config
 from bot.delivery import Deliverer
+from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher
 from bot.feeds.poller import FeedPoller
 from bot.store import Store
@@ -61,8 +63,11 @@ class App:
         if task.done():
             return task.result()
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise       # the cancellation was aimed at us, not at ``work``
         return None
 
     async def _on_invite(self, room_id: str, inviter: str) -> bool:
@@ -95,10 +100,31 @@ class App:
         await self.transport.connect()
         return True
 
+    async def _same_rooms(self) -> dict[str, str]:
+        """Map each configured room to one name per actual room: an alias and the id of
+        the same room must not make two deliveries of every item."""
+        first_by_id: dict[str, str] = {}
+        canonical: dict[str, str] = {}
+        for ref in dict.fromkeys(r for feed in self.config.feeds for r in feed.rooms):
+            try:
+                room_id = await self.transport.resolve_room(ref)
+            except TransportError:
+                canonical[ref] = ref     # resolved again when its worker joins
+                continue
+            first = first_by_id.setdefault(room_id, ref)
+            if first != ref:
+                log.warning("rooms %s and %s are the same room (%s): posting there once",
+                            first, ref, room_id)
+            canonical[ref] = first
+        return canonical
+
     async def _supervise(self) -> None:
         cfg = self.config
+        canonical = await self._same_rooms()
+        feeds = [replace(feed, rooms=tuple(dict.fromkeys(canonical[r] for r in feed.rooms)))
+                 for feed in cfg.feeds]
         rooms = list(dict.fromkeys(
-            [room for feed in cfg.feeds for room in feed.rooms] + self.store.pending_rooms()))
+            [room for feed in feeds for room in feed.rooms] + self.store.pending_rooms()))
         limiter = asyncio.Semaphore(cfg.fetch.concurrency)
         async with Fetcher(allow_private_networks=cfg.fetch.allow_private_networks,
                            max_body_bytes=cfg.fetch.max_body_bytes,
@@ -107,7 +133,7 @@ class App:
             pollers = [FeedPoller(feed, store=self.store, fetcher=fetcher, clock=self.clock,
                                   fetch_config=cfg.fetch, language=cfg.language,
                                   limiter=limiter, on_enqueued=self.deliverer.wake)
-                       for feed in cfg.feeds]
+                       for feed in feeds]
             log.info("watching %d feed(s) for %d room(s)", len(pollers), len(rooms))
             async with asyncio.TaskGroup() as tg:
                 workers = [tg.create_task(self.deliverer.run_room(room), name=f"deliver {room}")

@@ -20,7 +20,7 @@ import logging
 
 from bot.clock import Clock
 from bot.errors import (
-    AuthError,
+    MessageRejectedError,
     RateLimitedError,
     RoomUnavailableError,
     TemporaryTransportError,
@@ -62,6 +62,9 @@ class Deliverer:
         self._unavailable_retry = unavailable_retry
         self._wakeups: dict[str, asyncio.Event] = {}
         self._stopping = asyncio.Event()
+        # Login generation of each attempt made by this process: after a re-login the
+        # homeserver may no longer recognise our earlier transaction ids.
+        self._attempt_generation: dict[str, int] = {}
         self.delivered = 0
 
     def wake(self, rooms: list[str]) -> None:
@@ -93,18 +96,22 @@ class Deliverer:
         unavailable_logged = False
         wakeup = self._wakeup(room)
         while not self._stopping.is_set():
+            # Cleared before any work: a wake-up that arrives during the work is kept, and
+            # a stale one cannot make the waits below return at once, again and again.
+            wakeup.clear()
             try:
                 if room_id is None:
                     room_id = await self._transport.join_room(room)
-                    if unavailable_logged:
-                        log.info("room %s is reachable again", room)
-                    unavailable_logged = False
-                wakeup.clear()
+                    if self._stopping.is_set():
+                        break
                 delivery = self._store.next_pending(room)
                 if delivery is None:
                     await wakeup.wait()
                     continue
                 await self._deliver(room_id, delivery)
+                if unavailable_logged:
+                    log.info("room %s: delivering again", room)
+                    unavailable_logged = False
                 failures = 0
             except RateLimitedError as exc:
                 delay = exc.retry_after or self._retry_base
@@ -120,10 +127,8 @@ class Deliverer:
                     log.error("room %s: %s; its deliveries wait (retrying every %.0f s)",
                               room, exc, self._unavailable_retry)
                     unavailable_logged = True
-                room_id = None
+                room_id = None   # join again, resolving the alias again (it may have moved)
                 await self._pause_unless_stopping(room, self._unavailable_retry, interruptible=True)
-            except AuthError:
-                raise
 
     async def _pause_unless_stopping(self, room: str, seconds: float, *,
                                      interruptible: bool) -> None:
@@ -137,11 +142,18 @@ class Deliverer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
+    def _txn_may_be_forgotten(self, delivery: Delivery, now: float) -> bool:
+        if delivery.first_attempt_at is None:
+            return False           # never tried: nothing to find
+        if now - delivery.first_attempt_at > TXN_MEMORY_SECONDS:
+            return True
+        # Attempts by an earlier process ran under login generation 0.
+        return self._attempt_generation.get(delivery.key, 0) != self._transport.login_generation
+
     async def _deliver(self, room_id: str, delivery: Delivery) -> None:
         now = self._clock.now()
-        if delivery.first_attempt_at is not None and \
-                now - delivery.first_attempt_at > TXN_MEMORY_SECONDS:
-            # The homeserver may have forgotten our transaction id: a resend could
+        if self._txn_may_be_forgotten(delivery, now):
+            # The homeserver may not recognise our transaction id any more: a resend could
             # duplicate. Look for the event first.
             found = await self._transport.find_delivery(room_id, delivery.key)
             if found is not None:
@@ -150,8 +162,17 @@ class Deliverer:
                          delivery.room, delivery.entry_id, delivery.feed, found)
                 return
         self._store.mark_attempt(delivery.key, now)
-        event_id = await self._transport.send_message(room_id, delivery.content,
-                                                      txn_id_for(delivery.key))
+        self._attempt_generation[delivery.key] = self._transport.login_generation
+        try:
+            event_id = await self._transport.send_message(room_id, delivery.content,
+                                                          txn_id_for(delivery.key))
+        except MessageRejectedError as exc:
+            # Retrying cannot help and would hold back every later item of the room.
+            self._store.mark_rejected(delivery.key, str(exc), self._clock.now())
+            log.error("room %s: item %s of feed %s was refused by the homeserver and is "
+                      "skipped: %s", delivery.room, delivery.entry_id, delivery.feed, exc)
+            return
+        self._attempt_generation.pop(delivery.key, None)
         self._store.mark_sent(delivery.key, event_id, self._clock.now())
         self.delivered += 1
         log.info("room %s: posted item %s of feed %s (%s)", delivery.room, delivery.entry_id,

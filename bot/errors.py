@@ -60,6 +60,14 @@ class RateLimitedError(TemporaryTransportError):
 class RoomUnavailableError(TransportError):
     """The room refuses us (not joined, kicked, banned, unknown): retrying now will not help."""
 
+    def __init__(self, message: str, *, errcode: str | None = None) -> None:
+        super().__init__(message)
+        self.errcode = errcode
+
+
+class MessageRejectedError(TransportError):
+    """The homeserver will never accept this message (too large, malformed): skip it."""
+
 
 class AuthError(TransportError):
     """The credentials are refused (M_UNKNOWN_TOKEN, wrong password)."""

@@ -59,3 +59,23 @@ def test_flood_is_capped_to_the_newest_and_flagged() -> None:
     assert ids(decision.to_post) == ["id15", "id16", "id17", "id18", "id19"]
     assert len(decision.to_mark_seen) == 20
     assert decision.skipped == 15
+
+
+def test_entries_dated_after_the_last_poll_are_not_capped() -> None:
+    """The bot was down while 8 issues appeared: all 8 are new for sure."""
+    entries = newest_first(20)
+    last_poll = datetime(2025, 1, 1, tzinfo=UTC) + timedelta(days=11, hours=12)
+    unseen = {f"id{n}" for n in range(12, 20)}
+    decision = decide(entries, unseen, first_sight=False, backfill=0, max_per_poll=5,
+                      known_until=last_poll)
+    assert ids(decision.to_post) == [f"id{n}" for n in range(12, 20)]
+    assert not decision.flood
+
+
+def test_fresh_allowance_has_a_ceiling() -> None:
+    entries = newest_first(100)
+    unseen = {e.entry_id for e in entries}
+    decision = decide(entries, unseen, first_sight=False, backfill=0, max_per_poll=5,
+                      known_until=datetime(2000, 1, 1, tzinfo=UTC))
+    assert len(decision.to_post) == 20
+    assert decision.flood

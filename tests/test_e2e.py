@@ -350,3 +350,29 @@ async def test_rooms_by_alias_unjoinable_rooms_named_display_name_and_sync_token
     assert await alice.display_name(bot.user_id) == "Actualités InterHop"
     store = Store.open(tmp_path / "state")
     assert store.get("matrix.sync_token")
+
+
+async def test_one_room_named_by_alias_and_by_id_gets_each_item_once(
+        synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    bot = await new_user("newsbot")
+    alice = await member(await new_user("alice"))
+    alias_local = f"same-{bot.localpart}"
+    room = await alice.create_room(name="same", alias_localpart=alias_local)
+    alias = f"#{alias_local}:localhost"
+    feed_server.set_feed(feed_path, make_items(2))
+    other_path = feed_path + "-other"
+    feed_server.set_feed(other_path, make_items(1, prefix="autre"))
+    cfg = load(write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+        feeds=[{"name": "news", "url": feed_server.url(feed_path), "backfill": 2,
+                "rooms": [alias, room]},
+               {"name": "other", "url": feed_server.url(other_path), "backfill": 1,
+                "rooms": [room]}])), bot)
+    caplog.set_level(logging.INFO)
+    async with InProcessBot(cfg):
+        await alice.wait_for_messages(room, 3, sender=bot.user_id)
+        await asyncio.sleep(2)
+    assert len(await alice.messages(room, sender=bot.user_id)) == 3
+    assert any("are the same room" in r.getMessage() for r in caplog.records)

@@ -120,3 +120,60 @@ def test_kv_roundtrip(tmp_path: Path) -> None:
     store.put("k", "2")
     assert store.get("k") == "2"
     assert store.get("missing") is None
+
+
+def test_a_version_1_database_is_migrated_keeping_its_data(tmp_path: Path) -> None:
+    from bot.store.schema import MIGRATIONS
+    from bot.store.sqlite import _split_statements
+    conn = sqlite3.connect(tmp_path / DB_FILENAME)
+    for statement in _split_statements(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("INSERT INTO feed_state (name, url, configured_url) VALUES ('n', 'u', 'u')")
+    conn.execute("INSERT INTO seen VALUES ('n', 'e1', 1.0)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = Store.open(tmp_path)
+    state = store.feed_state("n")
+    assert state is not None and state.disabled is None
+    assert store.unseen("n", ["e1", "e2"]) == {"e2"}
+
+
+def test_disabling_a_feed_queues_its_notices_once(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.ensure_feed("news", "http://a/feed")
+    notice = [NewDelivery("gone", "!r:x", {"body": "gone"})]
+    assert store.disable_feed("news", "410", now=1.0, notices=notice) == ["!r:x"]
+    assert store.disable_feed("news", "410", now=2.0, notices=notice) == []
+    state = store.feed_state("news")
+    assert state is not None and state.disabled == "410"
+    # A new URL in the config brings the feed back with a clean record.
+    state = store.ensure_feed("news", "http://b/feed")
+    assert state.disabled is None and state.failures == 0
+
+
+def test_full_storage_is_a_clear_error_and_leaves_nothing_half_written(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.ensure_feed("news", "http://a/feed")
+    # A database that cannot grow any more behaves like a full disk.
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")
+    big = {"body": "x" * 200_000}
+    with pytest.raises(StorageError, match="free some disk space"):
+        store.record_poll(PollOutcome(
+            feed="news", now=1.0, next_fetch=2.0, etag="e", last_modified=None,
+            body_hash=None, title=None, new_url=None, seen_entry_ids=["a"],
+            deliveries=[NewDelivery("a", "!r:x", big)]))
+    assert store.unseen("news", ["a"]) == {"a"}
+    assert store.pending_count() == 0
+    state = store.feed_state("news")
+    assert state is not None and state.etag is None
+
+
+def test_read_only_storage_is_a_clear_error(tmp_path: Path) -> None:
+    Store.open(tmp_path).close()
+    conn = sqlite3.connect(f"file:{tmp_path / DB_FILENAME}?mode=ro", uri=True,
+                           isolation_level=None)
+    store = Store(conn, tmp_path / DB_FILENAME)
+    with pytest.raises(StorageError, match="must be writable"):
+        store.ensure_feed("news", "http://a/feed")

@@ -39,16 +39,28 @@ def chronological(entries: tuple[Entry, ...] | list[Entry]) -> list[Entry]:
     return [e for _, e in reversed(indexed)]
 
 
+# Entries dated after the last successful poll are new for sure (the bot was down, or
+# the feed was busy) and are not held to max_per_poll, up to this many times it.
+FRESH_ALLOWANCE = 4
+
+
 def decide(entries: tuple[Entry, ...] | list[Entry], unseen_ids: set[str], *,
-           first_sight: bool, backfill: int, max_per_poll: int) -> Decision:
+           first_sight: bool, backfill: int, max_per_poll: int,
+           known_until: datetime | None = None) -> Decision:
     unseen = [e for e in chronological(entries) if e.entry_id in unseen_ids]
     mark = tuple(e.entry_id for e in unseen)
     if first_sight:
         chosen = unseen[-backfill:] if backfill > 0 else []
         return Decision(tuple(chosen), mark, len(unseen) - len(chosen), flood=False)
-    if len(unseen) > max_per_poll:
-        # A feed that rewrote its ids looks like a flood of "new" items: post only the
-        # newest few, never the whole archive again.
-        chosen = unseen[-max_per_poll:]
-        return Decision(tuple(chosen), mark, len(unseen) - len(chosen), flood=True)
-    return Decision(tuple(unseen), mark, 0, flood=False)
+    if len(unseen) <= max_per_poll:
+        return Decision(tuple(unseen), mark, 0, flood=False)
+    # A feed that rewrote its ids looks like a flood of "new" items with old dates: post
+    # only the newest few, never the whole archive again. Items dated after the last
+    # successful poll are genuinely new and are kept, within a generous ceiling.
+    fresh = 0
+    if known_until is not None:
+        fresh = sum(1 for e in unseen if (e.published or e.updated or _NO_DATE) > known_until)
+    limit = max(max_per_poll, min(fresh, max_per_poll * FRESH_ALLOWANCE))
+    chosen = unseen[-limit:]
+    return Decision(tuple(chosen), mark, len(unseen) - len(chosen),
+                    flood=len(chosen) < len(unseen))

@@ -13,11 +13,12 @@ import logging
 import math
 import random
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from bot.clock import Clock
 from bot.config import FeedConfig, FetchConfig
 from bot.delivery import event_content
-from bot.errors import FeedError, FetchError
+from bot.errors import FeedError, FetchError, StorageError
 from bot.feeds.decide import decide
 from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
@@ -84,36 +85,51 @@ class FeedPoller:
         state = self._store.feed_state(feed.name) or self._store.ensure_feed(feed.name, feed.url)
         now = self._clock.now()
         try:
-            result = await self._fetcher.fetch(state.url, etag=state.etag,
-                                               last_modified=state.last_modified)
-            if result.status == 304 or result.body is None:
-                delay = jittered(feed.interval, self._rng)
-                if not self._moved_unchanged(state, result, now, delay, state.body_hash):
-                    self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay)
-                log.debug("feed %s: not modified", feed.name)
-                return delay
-            body_hash = hashlib.sha256(result.body).hexdigest()
-            if body_hash == state.body_hash and state.initialized:
-                delay = jittered(feed.interval, self._rng)
-                if not self._moved_unchanged(state, result, now, delay, body_hash):
-                    self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay,
-                                                    etag=result.etag,
-                                                    last_modified=result.last_modified)
-                log.debug("feed %s: same body as last time", feed.name)
-                return delay
-            parsed = await parse_feed_async(result.body, content_type=result.content_type,
-                                            url=result.final_url)
+            return await self._poll(state, now)
         except FeedError as exc:
             if isinstance(exc, FetchError) and exc.status == 410:
                 self._gone(state.url, now)
                 return math.inf
             return self._failed(exc, now, state.failures + 1)
+        except StorageError:
+            raise       # the state cannot be written: the bot must stop, not skip
+        except Exception as exc:
+            # An input nobody foresaw (or a bug) costs this feed a poll, never the bot.
+            log.debug("feed %s: unexpected error", feed.name, exc_info=True)
+            error = FeedError(f"unexpected error while reading the feed "
+                              f"({type(exc).__name__}: {str(exc)[:200]})")
+            return self._failed(error, now, state.failures + 1)
+
+    async def _poll(self, state: FeedState, now: float) -> float:
+        feed = self.feed
+        result = await self._fetcher.fetch(state.url, etag=state.etag,
+                                           last_modified=state.last_modified)
+        if result.status == 304 or result.body is None:
+            delay = jittered(feed.interval, self._rng)
+            if not self._moved_unchanged(state, result, now, delay, state.body_hash):
+                self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay)
+            log.debug("feed %s: not modified", feed.name)
+            return delay
+        body_hash = hashlib.sha256(result.body).hexdigest()
+        if body_hash == state.body_hash and state.initialized:
+            delay = jittered(feed.interval, self._rng)
+            if not self._moved_unchanged(state, result, now, delay, body_hash):
+                self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay,
+                                                etag=result.etag,
+                                                last_modified=result.last_modified)
+            log.debug("feed %s: same body as last time", feed.name)
+            return delay
+        parsed = await parse_feed_async(result.body, content_type=result.content_type,
+                                        url=result.final_url)
 
         for warning in parsed.warnings:
             log.info("feed %s: %s", feed.name, warning)
         unseen = self._store.unseen(feed.name, (e.entry_id for e in parsed.entries))
+        known_until = (datetime.fromtimestamp(state.last_success, UTC)
+                       if state.last_success else None)
         decision = decide(parsed.entries, unseen, first_sight=not state.initialized,
-                          backfill=feed.backfill, max_per_poll=feed.max_per_poll)
+                          backfill=feed.backfill, max_per_poll=feed.max_per_poll,
+                          known_until=known_until)
         if decision.flood:
             log.warning("feed %s: %d entries appeared at once (did the feed rewrite its ids?); "
                         "posting the newest %d and marking the rest as seen",

@@ -16,7 +16,6 @@ MIGRATIONS: tuple[str, ...] = (
         last_modified   TEXT,
         body_hash       TEXT,               -- skips parsing when a server ignores validators
         initialized     INTEGER NOT NULL DEFAULT 0,
-        disabled        TEXT,               -- why polling stopped for good (e.g. 410 Gone)
         title           TEXT,
         last_fetch      REAL,
         last_success    REAL,
@@ -40,7 +39,7 @@ MIGRATIONS: tuple[str, ...] = (
         created_at       REAL NOT NULL,
         first_attempt_at REAL,
         attempts         INTEGER NOT NULL DEFAULT 0,
-        state            TEXT NOT NULL DEFAULT 'pending',   -- pending | sent
+        state            TEXT NOT NULL DEFAULT 'pending',   -- pending | sent | rejected
         event_id         TEXT,
         sent_at          REAL
     );
@@ -49,6 +48,11 @@ MIGRATIONS: tuple[str, ...] = (
         key    TEXT PRIMARY KEY,
         value  TEXT NOT NULL
     );
+    """,
+    # 2: a feed can be switched off for good (410 Gone); why a message was refused.
+    """
+    ALTER TABLE feed_state ADD COLUMN disabled TEXT;
+    ALTER TABLE outbox ADD COLUMN error TEXT;
     """,
 )
 

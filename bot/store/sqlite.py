@@ -114,8 +114,10 @@ class Store:
         mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             log.warning("SQLite refused WAL mode (%s); continuing in %s mode", self.path, mode)
-        # FULL: a committed outbox row survives power loss, not just a process crash.
-        c.execute("PRAGMA synchronous = FULL")
+        # NORMAL in WAL mode: a commit survives a process crash; a power loss may undo the
+        # last commits, which the delivery protocol tolerates (a poll is redone, a resend
+        # is deduplicated or found in the room's history), and polls cost no fsync.
+        c.execute("PRAGMA synchronous = NORMAL")
         c.execute("PRAGMA foreign_keys = ON")
         check = c.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
@@ -142,7 +144,10 @@ class Store:
         try:
             yield c
         except BaseException:
-            c.execute("ROLLBACK")
+            # SQLite rolls back by itself on some errors (a full disk): a second
+            # rollback would fail and hide the real reason.
+            if c.in_transaction:
+                c.execute("ROLLBACK")
             raise
         else:
             c.execute("COMMIT")
@@ -168,7 +173,8 @@ class Store:
             elif row[0] != configured_url:
                 # A new address is also how an operator revives a feed that was gone.
                 c.execute("UPDATE feed_state SET url = ?, configured_url = ?, etag = NULL, "
-                          "last_modified = NULL, disabled = NULL WHERE name = ?",
+                          "last_modified = NULL, disabled = NULL, failures = 0, "
+                          "last_error = NULL, next_fetch = NULL WHERE name = ?",
                           (configured_url, configured_url, name))
         state = self.feed_state(name)
         assert state is not None
@@ -178,12 +184,15 @@ class Store:
         with self._guard():
             row = self._conn.execute(
                 "SELECT name, url, configured_url, etag, last_modified, body_hash, initialized, "
-                "disabled, title, last_fetch, last_success, last_error, failures, next_fetch "
+                "title, last_fetch, last_success, last_error, failures, next_fetch, disabled "
                 "FROM feed_state WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
-        return FeedState(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7],
-                         row[8], row[9], row[10], row[11], row[12], row[13])
+        return FeedState(name=row[0], url=row[1], configured_url=row[2], etag=row[3],
+                         last_modified=row[4], body_hash=row[5], initialized=bool(row[6]),
+                         title=row[7], last_fetch=row[8], last_success=row[9],
+                         last_error=row[10], failures=row[11], next_fetch=row[12],
+                         disabled=row[13])
 
     def feed_names(self) -> list[str]:
         with self._guard():
@@ -299,10 +308,15 @@ class Store:
             c.execute("UPDATE outbox SET state = 'sent', event_id = ?, sent_at = ? WHERE key = ?",
                       (event_id, now, key))
 
+    def mark_rejected(self, key: str, error: str, now: float) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute("UPDATE outbox SET state = 'rejected', error = ?, sent_at = ? WHERE key = ?",
+                      (error[:500], now, key))
+
     def prune_sent(self, older_than: float) -> int:
         """Forget delivered rows; ``seen`` alone keeps entries from being posted again."""
         with self._guard(), self._transaction() as c:
-            cur = c.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?",
+            cur = c.execute("DELETE FROM outbox WHERE state != 'pending' AND sent_at < ?",
                             (older_than,))
         return cur.rowcount
 

@@ -19,8 +19,16 @@ DELIVERY_KEY_FIELD = "org.interhop.newsbot.delivery"
 
 
 class Transport(Protocol):
+    # Bumped whenever the session was replaced (a new login): transaction ids sent under
+    # an earlier session may not be recognised any more.
+    login_generation: int
+
     async def connect(self) -> None:
         """Wait for the server (retrying with backoff) and authenticate."""
+        ...
+
+    async def resolve_room(self, room: str) -> str:
+        """The room id for a room id or alias."""
         ...
 
     async def join_room(self, room: str) -> str:

@@ -23,6 +23,7 @@ from bot import USER_AGENT
 from bot.config import MatrixConfig
 from bot.errors import (
     AuthError,
+    MessageRejectedError,
     RateLimitedError,
     RoomUnavailableError,
     TemporaryTransportError,
@@ -83,10 +84,10 @@ class MatrixTransport:
                 custom_headers={"User-Agent": USER_AGENT},
             ),
         )
-        self._room_ids: dict[str, str] = {}
         self._encrypted: set[str] = set()
         self._removed: dict[str, str] | None = None
         self._login_lock = asyncio.Lock()
+        self.login_generation = 0     # bumped by each re-login after a refused token
 
     @property
     def user_id(self) -> str:
@@ -112,6 +113,7 @@ class MatrixTransport:
                     log.warning("%s; logging in again with the configured password", exc)
                     await self._password_login()
                     add_secret(self._client.access_token)
+                    self.login_generation += 1
             return await self._request(what, request)
 
     async def _request(self, what: str, request: Callable[[], Awaitable[T]]) -> T:
@@ -136,7 +138,9 @@ class MatrixTransport:
             try:
                 await self._authenticate()
                 break
-            except TemporaryTransportError as exc:
+            except AuthError:
+                raise
+            except TransportError as exc:
                 log.warning("%s; retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_connect_wait)
@@ -219,29 +223,31 @@ class MatrixTransport:
 
     # -- rooms -------------------------------------------------------------------------
 
+    async def resolve_room(self, room: str) -> str:
+        """The room id of an alias (resolved anew each time: aliases move)."""
+        if not room.startswith("#"):
+            return room
+        resolved = await self._call(f"resolving {room}",
+                                    lambda: self._client.room_resolve_alias(room))
+        return str(resolved.room_id)
+
     async def join_room(self, room: str) -> str:
-        room_id = self._room_ids.get(room)
-        if room_id is None:
-            if room.startswith("#"):
-                resolved = await self._call(f"resolving {room}",
-                                            lambda: self._client.room_resolve_alias(room))
-                room_id = str(resolved.room_id)
-            else:
-                room_id = room
-        target = room_id
-        removed = self._removed_rooms().get(target)
+        room_id = await self.resolve_room(room)
+        removed = self._removed_rooms().get(room_id)
         if removed:
             # Rejoining a room we were kicked from would override the moderators' decision.
             raise RoomUnavailableError(f"{removed}; invite newsbot again to resume")
-        await self._call(f"joining {room}", lambda: self._client.join(target))
+        # Joining by the alias lets the homeserver use the servers the alias names.
+        await self._call(f"joining {room}", lambda: self._client.join(room))
         try:
             await self._call(
                 f"reading {room}'s encryption",
-                lambda: self._client.room_get_state_event(target, "m.room.encryption"))
+                lambda: self._client.room_get_state_event(room_id, "m.room.encryption"))
             self._encrypted.add(room_id)
-        except RoomUnavailableError:
+        except RoomUnavailableError as exc:
+            if exc.errcode != "M_NOT_FOUND":
+                raise
             self._encrypted.discard(room_id)  # no such state event: a clear room
-        self._room_ids[room] = room_id
         return room_id
 
     async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
@@ -287,7 +293,10 @@ class MatrixTransport:
                 resp = await self._call("syncing", functools.partial(
                     self._client.sync, timeout=self._sync_timeout_ms, sync_filter=SYNC_FILTER,
                     since=since))
-            except TemporaryTransportError as exc:
+            except AuthError:
+                raise
+            except TransportError as exc:
+                # Whatever a restarting homeserver or its proxy answers, the stream resumes.
                 log.warning("%s; retrying in %.0f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._max_connect_wait)
@@ -367,16 +376,25 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+_REJECTED_CODES = {"M_TOO_LARGE", "M_BAD_JSON", "M_NOT_JSON", "M_INVALID_PARAM"}
+
+
 def _error_for(what: str, resp: nio.ErrorResponse) -> TransportError:
     transport = getattr(resp, "transport_response", None)
     status = getattr(transport, "status", None)
     code = resp.status_code or ""
-    text = f"{what}: {code or 'HTTP ' + str(status)} {resp.message}".strip()
     if code == "M_LIMIT_EXCEEDED" or status == 429:
         retry = (resp.retry_after_ms or 5000) / 1000
-        return RateLimitedError(text, retry_after=retry)
-    if code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN") or status == 401:
+        return RateLimitedError(f"{what}: rate limited", retry_after=retry)
+    if not code.startswith("M_"):
+        # No Matrix error code: a proxy or a restarting server answered, not the
+        # homeserver's verdict on our request. Worth retrying.
+        return TemporaryTransportError(f"{what}: HTTP {status} from the homeserver's address")
+    text = f"{what}: {code} {resp.message}".strip()
+    if code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
         return AuthError(text)
-    if code in ("M_FORBIDDEN", "M_NOT_FOUND") or status in (403, 404):
-        return RoomUnavailableError(text)
+    if code in ("M_FORBIDDEN", "M_NOT_FOUND"):
+        return RoomUnavailableError(text, errcode=code)
+    if code in _REJECTED_CODES or status == 413:
+        return MessageRejectedError(text)
     return TemporaryTransportError(text)

@@ -1,0 +1,188 @@
+"""The delivery worker's decisions, with a scripted transport (unit-level edge cases; the
+real homeserver paths are in test_e2e, test_faults and test_crash)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import nio
+import pytest
+
+from bot.clock import SystemClock
+from bot.delivery import Deliverer
+from bot.errors import (
+    MessageRejectedError,
+    RateLimitedError,
+    RoomUnavailableError,
+    TemporaryTransportError,
+    TransportError,
+)
+from bot.store import NewDelivery, PollOutcome, Store
+from bot.transport.base import InviteHandler
+from bot.transport.matrix import _error_for
+
+
+class ScriptedTransport:
+    """Sends succeed unless ``fail_send`` says otherwise; joins likewise."""
+
+    def __init__(self) -> None:
+        self.login_generation = 0
+        self.sent: list[str] = []
+        self.joins = 0
+        self.searches: list[str] = []
+        self.fail_send: Callable[[dict[str, object]], Exception | None] = lambda _: None
+        self.fail_join: Exception | None = None
+        self.join_delay = 0.0
+
+    async def connect(self) -> None:
+        pass
+
+    async def resolve_room(self, room: str) -> str:
+        return room
+
+    async def join_room(self, room: str) -> str:
+        self.joins += 1
+        await asyncio.sleep(self.join_delay)
+        if self.fail_join is not None:
+            raise self.fail_join
+        return room
+
+    async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
+        error = self.fail_send(content)
+        if error is not None:
+            raise error
+        self.sent.append(str(content["body"]))
+        return f"$event{len(self.sent)}"
+
+    async def find_delivery(self, room_id: str, key: str, *, max_events: int = 500) -> str | None:
+        self.searches.append(key)
+        return None
+
+    async def run_sync(self, on_invite: InviteHandler,
+                       on_joined: Callable[[str], None] | None = None) -> None:
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        pass
+
+
+def enqueue(store: Store, bodies: list[str], room: str = "!r:x") -> None:
+    store.ensure_feed("news", "http://x/feed")
+    store.record_poll(PollOutcome(
+        feed="news", now=1.0, next_fetch=2.0, etag=None, last_modified=None, body_hash=None,
+        title=None, new_url=None, seen_entry_ids=bodies,
+        deliveries=[NewDelivery(b, room, {"body": b}) for b in bodies]))
+
+
+async def run_until(deliverer: Deliverer, room: str, done: Callable[[], bool],
+                    timeout: float = 5.0) -> None:
+    worker = asyncio.create_task(deliverer.run_room(room))
+    try:
+        async with asyncio.timeout(timeout):
+            while not done():
+                await asyncio.sleep(0.01)
+    finally:
+        deliverer.stop()
+        await asyncio.wait_for(worker, 5)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store.open(tmp_path)
+
+
+async def test_a_refused_message_is_skipped_and_the_next_goes_out(store: Store) -> None:
+    enqueue(store, ["huge", "next"])
+    transport = ScriptedTransport()
+    transport.fail_send = lambda c: MessageRejectedError("M_TOO_LARGE") \
+        if c["body"] == "huge" else None
+    deliverer = Deliverer(store, transport, SystemClock())
+    await run_until(deliverer, "!r:x", lambda: transport.sent == ["next"])
+    assert store.pending_count() == 0
+    row = store._conn.execute("SELECT state, error FROM outbox WHERE entry_id = 'huge'").fetchone()
+    assert row == ("rejected", "M_TOO_LARGE")
+
+
+async def test_rate_limit_and_temporary_errors_keep_the_order(store: Store) -> None:
+    enqueue(store, ["a", "b", "c"])
+    transport = ScriptedTransport()
+    failures = iter([RateLimitedError("slow down", retry_after=0.05),
+                     TemporaryTransportError("502"), None, None, None])
+    transport.fail_send = lambda _: next(failures)
+    deliverer = Deliverer(store, transport, SystemClock(), retry_base=0.05)
+    await run_until(deliverer, "!r:x", lambda: len(transport.sent) == 3)
+    assert transport.sent == ["a", "b", "c"]
+
+
+async def test_an_unavailable_room_does_not_spin_when_woken(store: Store) -> None:
+    """A stale wake-up must not turn the unavailable-room wait into a busy loop."""
+    enqueue(store, ["a"])
+    transport = ScriptedTransport()
+    transport.fail_join = RoomUnavailableError("kicked")
+    deliverer = Deliverer(store, transport, SystemClock(), unavailable_retry=60)
+    worker = asyncio.create_task(deliverer.run_room("!r:x"))
+    deliverer.wake(["!r:x"])
+    await asyncio.sleep(0.5)
+    deliverer.stop()
+    await asyncio.wait_for(worker, 5)
+    assert transport.joins <= 2
+    assert store.pending_count() == 1
+
+
+async def test_after_a_relogin_an_unacknowledged_send_is_looked_for_first(
+        store: Store) -> None:
+    enqueue(store, ["a"])
+    transport = ScriptedTransport()
+    answers = iter([TemporaryTransportError("answer lost"), None])
+    transport.fail_send = lambda _: next(answers)
+    deliverer = Deliverer(store, transport, SystemClock(), retry_base=0.2)
+    worker = asyncio.create_task(deliverer.run_room("!r:x"))
+    await asyncio.sleep(0.1)           # first attempt made, answer lost
+    transport.login_generation = 1     # the token was replaced meanwhile
+    async with asyncio.timeout(5):
+        while transport.sent != ["a"]:
+            await asyncio.sleep(0.01)
+    deliverer.stop()
+    await asyncio.wait_for(worker, 5)
+    assert len(transport.searches) == 1
+
+
+async def test_stop_during_a_slow_join_returns_promptly(store: Store) -> None:
+    enqueue(store, ["a"])
+    transport = ScriptedTransport()
+    transport.join_delay = 0.3
+    deliverer = Deliverer(store, transport, SystemClock())
+    worker = asyncio.create_task(deliverer.run_room("!r:x"))
+    await asyncio.sleep(0.1)
+    deliverer.stop()
+    await asyncio.wait_for(worker, 1)  # not the 10 s drain deadline
+    assert transport.sent == []
+
+
+class _Status:
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+def error(status: int, errcode: str | None, message: str = "x") -> nio.ErrorResponse:
+    resp = nio.ErrorResponse(message, errcode)
+    resp.transport_response = _Status(status)  # type: ignore[assignment]
+    return resp
+
+
+@pytest.mark.parametrize(("status", "errcode", "expected"), [
+    (404, None, TemporaryTransportError),           # a proxy's page while Synapse restarts
+    (401, None, TemporaryTransportError),
+    (502, None, TemporaryTransportError),
+    (429, "M_LIMIT_EXCEEDED", RateLimitedError),
+    (403, "M_FORBIDDEN", RoomUnavailableError),
+    (404, "M_NOT_FOUND", RoomUnavailableError),
+    (413, "M_TOO_LARGE", MessageRejectedError),
+    (400, "M_BAD_JSON", MessageRejectedError),
+    (500, "M_UNKNOWN", TemporaryTransportError),
+])
+def test_matrix_errors_map_to_what_the_bot_should_do(
+        status: int, errcode: str | None, expected: type[TransportError]) -> None:
+    assert type(_error_for("sending", error(status, errcode))) is expected
