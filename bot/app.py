@@ -17,13 +17,14 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 from bot.clock import Clock, SystemClock
-from bot.config import Config
+from bot.commands import CommandRunner, FeedView
+from bot.config import Config, FeedConfig
 from bot.delivery import Deliverer
 from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher
 from bot.feeds.poller import FeedPoller
-from bot.store import Store
-from bot.transport.base import Transport
+from bot.store import RoomFeed, Store
+from bot.transport.base import EventHandlers, Transport
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,13 @@ class App:
         self.transport: Transport = transport
         self.deliverer = Deliverer(self.store, self.transport, self.clock)
         self._stop = asyncio.Event()
+        self._limiter = asyncio.Semaphore(config.fetch.concurrency)
+        self._room_ids: dict[str, str] = {}          # configured room name -> room id
+        self._feeds: dict[str, tuple[FeedConfig, bool]] = {}   # name -> (feed, from config)
+        self._poller_tasks: dict[str, asyncio.Task[None]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._tasks: asyncio.TaskGroup | None = None
+        self._fetcher: Fetcher | None = None
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
@@ -102,7 +110,8 @@ class App:
 
     async def _same_rooms(self) -> dict[str, str]:
         """Map each configured room to one name per actual room: an alias and the id of
-        the same room must not make two deliveries of every item."""
+        the same room must not make two deliveries of every item. Also learns the room
+        id behind each name, so room commands find their feeds."""
         first_by_id: dict[str, str] = {}
         canonical: dict[str, str] = {}
         for ref in dict.fromkeys(r for feed in self.config.feeds for r in feed.rooms):
@@ -111,6 +120,7 @@ class App:
             except TransportError:
                 canonical[ref] = ref     # resolved again when its worker joins
                 continue
+            self._room_ids[ref] = room_id
             first = first_by_id.setdefault(room_id, ref)
             if first != ref:
                 log.warning("rooms %s and %s are the same room (%s): posting there once",
@@ -118,42 +128,107 @@ class App:
             canonical[ref] = first
         return canonical
 
+    # -- the running feeds (bot.commands.FeedBook) ----------------------------------------
+
+    def feeds_in_room(self, room_id: str) -> list[FeedView]:
+        views = []
+        for feed, from_config in self._feeds.values():
+            for ref in feed.rooms:
+                if ref == room_id or self._room_ids.get(ref) == room_id:
+                    views.append(FeedView(feed, ref, from_config))
+                    break
+        return views
+
+    def name_taken(self, name: str) -> bool:
+        # A name that ever had state keeps it (seen entries): never reuse one.
+        return name in self._feeds or self.store.feed_state(name) is not None
+
+    def add_room_feed(self, feed: RoomFeed) -> None:
+        self.store.add_room_feed(feed)
+        log.info("feed %s added to %s by %s: %s", feed.name, feed.room, feed.added_by, feed.url)
+        self._start_feed(self._room_feed_config(feed), from_config=False)
+
+    def remove_room_feed(self, name: str) -> None:
+        task = self._poller_tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+        self._feeds.pop(name, None)
+        self.store.remove_room_feed(name)
+        log.info("feed %s removed", name)
+
+    def _room_feed_config(self, feed: RoomFeed) -> FeedConfig:
+        return FeedConfig(name=feed.name, url=feed.url, rooms=(feed.room,),
+                          interval=feed.interval)
+
+    def _room_language(self, ref: str) -> str | None:
+        return self.store.room_language(self._room_ids.get(ref, ref))
+
+    def _start_feed(self, feed: FeedConfig, *, from_config: bool) -> None:
+        assert self._tasks is not None and self._fetcher is not None
+        self._feeds[feed.name] = (feed, from_config)
+        poller = FeedPoller(feed, store=self.store, fetcher=self._fetcher, clock=self.clock,
+                            fetch_config=self.config.fetch, language=self.config.language,
+                            limiter=self._limiter, on_enqueued=self.deliverer.wake,
+                            room_language=self._room_language)
+        self._poller_tasks[feed.name] = self._tasks.create_task(poller.run(),
+                                                                name=f"poll {feed.name}")
+        for room in feed.rooms:
+            self._start_worker(room)
+
+    def _start_worker(self, room: str) -> None:
+        assert self._tasks is not None
+        if room not in self._workers:
+            self._workers[room] = self._tasks.create_task(self.deliverer.run_room(room),
+                                                          name=f"deliver {room}")
+
+    # -- the task tree ------------------------------------------------------------------
+
     async def _supervise(self) -> None:
         cfg = self.config
         canonical = await self._same_rooms()
-        feeds = [replace(feed, rooms=tuple(dict.fromkeys(canonical[r] for r in feed.rooms)))
-                 for feed in cfg.feeds]
-        rooms = list(dict.fromkeys(
-            [room for feed in feeds for room in feed.rooms] + self.store.pending_rooms()))
-        limiter = asyncio.Semaphore(cfg.fetch.concurrency)
+        configured = [replace(feed, rooms=tuple(dict.fromkeys(canonical[r] for r in feed.rooms)))
+                      for feed in cfg.feeds]
+        config_names = {feed.name for feed in configured}
+        room_feeds = []
+        for added in self.store.room_feeds():
+            if added.name in config_names:
+                log.warning("feed %s was added by command in %s, but the configuration now "
+                            "defines a feed of that name; the configuration wins",
+                            added.name, added.room)
+                continue
+            room_feeds.append(self._room_feed_config(added))
         async with Fetcher(allow_private_networks=cfg.fetch.allow_private_networks,
                            max_body_bytes=cfg.fetch.max_body_bytes,
                            total_timeout=cfg.fetch.timeout,
-                           connect_timeout=cfg.fetch.connect_timeout) as fetcher:
-            pollers = [FeedPoller(feed, store=self.store, fetcher=fetcher, clock=self.clock,
-                                  fetch_config=cfg.fetch, language=cfg.language,
-                                  limiter=limiter, on_enqueued=self.deliverer.wake)
-                       for feed in feeds]
-            log.info("watching %d feed(s) for %d room(s)", len(pollers), len(rooms))
-            async with asyncio.TaskGroup() as tg:
-                workers = [tg.create_task(self.deliverer.run_room(room), name=f"deliver {room}")
-                           for room in rooms]
-                background = [tg.create_task(p.run(), name=f"poll {p.feed.name}")
-                              for p in pollers]
-                background.append(tg.create_task(
-                    self.transport.run_sync(self._on_invite,
-                                            lambda _room_id: self.deliverer.wake_all()),
-                    name="sync"))
-                background.append(tg.create_task(self._maintain(), name="maintenance"))
-                await self._stop.wait()
-                for task in background:
-                    task.cancel()
-                self.deliverer.stop()
-                _, late = await asyncio.wait(workers, timeout=DRAIN_SECONDS)
-                for task in late:
-                    log.warning("%s: send still in flight after %.0f s; it will be retried "
-                                "on the next start", task.get_name(), DRAIN_SECONDS)
-                    task.cancel()
+                           connect_timeout=cfg.fetch.connect_timeout) as fetcher, \
+                asyncio.TaskGroup() as tg:
+            self._tasks, self._fetcher = tg, fetcher
+            for room in self.store.pending_rooms():
+                self._start_worker(room)
+            for config_feed in configured:
+                self._start_feed(config_feed, from_config=True)
+            for room_feed in room_feeds:
+                self._start_feed(room_feed, from_config=False)
+            log.info("watching %d feed(s) for %d room(s)", len(self._feeds),
+                     len(self._workers))
+            commands = CommandRunner(cfg, self.store, self.transport, fetcher, self,
+                                     self.clock)
+            handlers = EventHandlers(on_invite=self._on_invite,
+                                     on_joined=lambda _room_id: self.deliverer.wake_all(),
+                                     on_message=commands.submit)
+            background = [tg.create_task(self.transport.run_sync(handlers), name="sync"),
+                          tg.create_task(commands.run(), name="commands"),
+                          tg.create_task(self._maintain(), name="maintenance")]
+            await self._stop.wait()
+            for task in [*background, *self._poller_tasks.values()]:
+                task.cancel()
+            self.deliverer.stop()
+            _, late = await asyncio.wait(self._workers.values(), timeout=DRAIN_SECONDS)
+            for task in late:
+                log.warning("%s: send still in flight after %.0f s; it will be retried "
+                            "on the next start", task.get_name(), DRAIN_SECONDS)
+                task.cancel()
+        self._tasks = self._fetcher = None
 
     async def _maintain(self) -> None:
         while True:

@@ -25,7 +25,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from .errors import ConfigError
 
 __all__ = [
-    "Config", "FeedConfig", "FetchConfig", "MatrixConfig", "StorageConfig",
+    "CommandsConfig", "Config", "FeedConfig", "FetchConfig", "MatrixConfig", "StorageConfig",
     "load_config", "load_config_text", "parse_duration", "parse_size",
 ]
 
@@ -66,6 +66,16 @@ class FetchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    prefix: str = "!news"
+    min_power_level: int = 50
+    rate_limit: int = 5              # commands per user ...
+    rate_window: float = 10.0        # ... in this many seconds
+    max_feeds_per_room: int = 20
+    default_interval: float = 15 * 60.0   # for feeds added by command
+
+
+@dataclass(frozen=True, slots=True)
 class FeedConfig:
     name: str
     url: str
@@ -86,6 +96,7 @@ class Config:
     feeds: tuple[FeedConfig, ...]
     language: str = "en"
     log_level: str = "INFO"
+    commands: CommandsConfig = CommandsConfig()
     source: Path | None = None
 
 
@@ -169,7 +180,10 @@ _TAG_FLOAT = "tag:yaml.org,2002:float"
 _TAG_BOOL = "tag:yaml.org,2002:bool"
 _TAG_NULL = "tag:yaml.org,2002:null"
 
-_TOP_KEYS = ("matrix", "storage", "fetch", "admins", "feeds", "language", "log_level")
+_TOP_KEYS = ("matrix", "storage", "fetch", "admins", "feeds", "language", "log_level",
+             "commands")
+_COMMANDS_KEYS = ("prefix", "min_power_level", "rate_limit", "rate_window",
+                  "max_feeds_per_room", "default_interval")
 _MATRIX_KEYS = ("homeserver", "user_id", "access_token", "access_token_file", "password",
                 "device_id", "display_name")
 _STORAGE_KEYS = ("path",)
@@ -788,6 +802,35 @@ def _read_feeds(r: _Reader, top: dict[str, Node], root: Node) -> tuple[FeedConfi
     return tuple(f for f in feeds if f is not None)
 
 
+def _read_commands(r: _Reader, top: dict[str, Node], root: Node) -> CommandsConfig | None:
+    defaults = CommandsConfig()
+    found = r.section(top, root, "", "commands", _COMMANDS_KEYS, required=False)
+    if found is None:
+        return None if not _is_null(top.get("commands")) else defaults
+    items, node = found
+    p = "commands"
+    prefix = r.string(items, node, p, "prefix")
+    level = r.integer(items, node, p, "min_power_level", defaults.min_power_level, 0)
+    rate = r.integer(items, node, p, "rate_limit", defaults.rate_limit, 1)
+    window = r.duration(items, node, p, "rate_window", defaults.rate_window, 1.0)
+    cap = r.integer(items, node, p, "max_feeds_per_room", defaults.max_feeds_per_room, 0)
+    interval = r.duration(items, node, p, "default_interval", defaults.default_interval,
+                          _MIN_INTERVAL)
+    prefix_text = defaults.prefix
+    if prefix is not None:
+        prefix_text = prefix[0].strip()
+        if not prefix_text or any(c.isspace() for c in prefix_text):
+            r.problem(prefix[1], "commands.prefix", "must be one word, such as !news")
+            return None
+    elif not _is_null(items.get("prefix")):
+        return None
+    if level is None or rate is None or window is None or cap is None or interval is None:
+        return None
+    return CommandsConfig(prefix=prefix_text, min_power_level=level, rate_limit=rate,
+                          rate_window=window[0], max_feeds_per_room=cap,
+                          default_interval=interval[0])
+
+
 def _read_config(r: _Reader, root: Node) -> Config | None:
     top = r.mapping(root, "", _TOP_KEYS)
     if top is None:
@@ -799,11 +842,12 @@ def _read_config(r: _Reader, root: Node) -> Config | None:
     language = r.choice(top, root, "", "language", _LANGUAGES, "en")
     log_level = r.choice(top, root, "", "log_level", _LOG_LEVELS, "INFO", fold=True)
     feeds = _read_feeds(r, top, root)
+    commands = _read_commands(r, top, root)
     if (matrix is None or storage is None or fetch is None or admins is None
-            or feeds is None or language is None or log_level is None):
+            or feeds is None or language is None or log_level is None or commands is None):
         return None
     return Config(matrix=matrix, storage=storage, fetch=fetch, admins=admins, feeds=feeds,
-                  language=language, log_level=log_level)
+                  language=language, log_level=log_level, commands=commands)
 
 
 # --- entry points -----------------------------------------------------------------------

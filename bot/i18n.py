@@ -11,6 +11,137 @@ LANGUAGES = ("en", "fr")
 MESSAGES: dict[str, dict[str, str]] = {
     "untitled": {"en": "(untitled)", "fr": "(sans titre)"},
     "read_more": {"en": "Read more", "fr": "Lire la suite"},
+    "help": {
+        "en": "newsbot posts every new item of this room's feeds here.\n"
+              "For everyone:\n"
+              "  {p} list: this room's feeds\n"
+              "  {p} latest [n]: the newest n items\n"
+              "  {p} status: when each feed was fetched and will be next\n"
+              "For moderators (power level {level}):\n"
+              "  {p} add URL [name]: follow a feed in this room\n"
+              "  {p} remove NAME\n"
+              "  {p} pause NAME / {p} resume NAME\n"
+              "  {p} interval NAME 30m\n"
+              "  {p} filter NAME include|exclude WORDS / {p} filter NAME clear\n"
+              "  {p} lang fr|en: the language I use in this room",
+        "fr": "newsbot publie ici chaque nouvel article des flux de ce salon.\n"
+              "Pour tout le monde :\n"
+              "  {p} list : les flux de ce salon\n"
+              "  {p} latest [n] : les n derniers articles\n"
+              "  {p} status : quand chaque flux a été lu et le sera de nouveau\n"
+              "Pour les modérateur·ices (niveau de pouvoir {level}) :\n"
+              "  {p} add URL [nom] : suivre un flux dans ce salon\n"
+              "  {p} remove NOM\n"
+              "  {p} pause NOM / {p} resume NOM\n"
+              "  {p} interval NOM 30m\n"
+              "  {p} filter NOM include|exclude MOTS / {p} filter NOM clear\n"
+              "  {p} lang fr|en : la langue que j’utilise dans ce salon",
+    },
+    "unknown_command": {
+        "en": "I don’t know “{command}”. Try “{p} help”.",
+        "fr": "Je ne connais pas « {command} ». Essayez « {p} help ».",
+    },
+    "usage": {"en": "Usage: {usage}", "fr": "Utilisation : {usage}"},
+    "need_power": {
+        "en": "Sorry, you need power level {level} in this room to do that.",
+        "fr": "Désolé, il faut un niveau de pouvoir de {level} dans ce salon pour faire cela.",
+    },
+    "rate_limited": {
+        "en": "Please slow down: at most {count} commands every {seconds} seconds.",
+        "fr": "Doucement s’il vous plaît : au plus {count} commandes toutes les "
+              "{seconds} secondes.",
+    },
+    "feed_cap": {
+        "en": "This room already follows {count} feeds, the most allowed. Remove one first.",
+        "fr": "Ce salon suit déjà {count} flux, le maximum autorisé. Retirez-en un d’abord.",
+    },
+    "no_feeds": {
+        "en": "This room follows no feed yet.",
+        "fr": "Ce salon ne suit encore aucun flux.",
+    },
+    "list_header": {"en": "Feeds of this room:", "fr": "Flux de ce salon :"},
+    "list_line": {
+        "en": "• {name}: {url}, every {interval}; last success: {success}; "
+              "last error: {error}{paused}{origin}",
+        "fr": "• {name} : {url}, toutes les {interval} ; dernier succès : {success} ; "
+              "dernière erreur : {error}{paused}{origin}",
+    },
+    "from_config": {"en": " (from the configuration file)",
+                    "fr": " (défini dans le fichier de configuration)"},
+    "paused_mark": {"en": "; PAUSED", "fr": " ; EN PAUSE"},
+    "filters_mark": {"en": "; filters: {filters}", "fr": " ; filtres : {filters}"},
+    "never": {"en": "never", "fr": "jamais"},
+    "none": {"en": "none", "fr": "aucune"},
+    "latest_header": {"en": "The newest items:", "fr": "Les derniers articles :"},
+    "latest_empty": {"en": "No item yet.", "fr": "Aucun article pour l’instant."},
+    "status_header": {"en": "Feed status:", "fr": "État des flux :"},
+    "status_line": {
+        "en": "• {name}: last fetch {last}, next fetch {next}, {failures} failure(s) in a row"
+              "{state}",
+        "fr": "• {name} : dernière lecture {last}, prochaine lecture {next}, "
+              "{failures} échec(s) d’affilée{state}",
+    },
+    "status_gone": {"en": "; stopped: {reason}", "fr": " ; arrêté : {reason}"},
+    "added": {
+        "en": "Added “{name}”: {title} ({count} entries). Its new items will be posted here.",
+        "fr": "Flux « {name} » ajouté : {title} ({count} articles). Ses nouveaux articles "
+              "seront publiés ici.",
+    },
+    "add_failed": {
+        "en": "I could not add {url}: {reason}",
+        "fr": "Je n’ai pas pu ajouter {url} : {reason}",
+    },
+    "bad_url": {
+        "en": "“{url}” is not a web address (http:// or https://).",
+        "fr": "« {url} » n’est pas une adresse web (http:// ou https://).",
+    },
+    "bad_name": {
+        "en": "“{name}” cannot be a feed name: use lowercase letters, digits, “-”, “_” or “.”.",
+        "fr": "« {name} » ne peut pas être un nom de flux : utilisez des minuscules, des "
+              "chiffres, « - », « _ » ou « . ».",
+    },
+    "name_taken": {
+        "en": "The name “{name}” is already taken; choose another: {p} add URL NAME",
+        "fr": "Le nom « {name} » est déjà pris ; choisissez-en un autre : {p} add URL NOM",
+    },
+    "unknown_feed": {
+        "en": "This room has no feed named “{name}”. See {p} list.",
+        "fr": "Ce salon n’a pas de flux nommé « {name} ». Voir {p} list.",
+    },
+    "config_feed": {
+        "en": "“{name}” comes from the configuration file: edit that file to remove it "
+              "(you can pause it here).",
+        "fr": "« {name} » vient du fichier de configuration : modifiez ce fichier pour le "
+              "retirer (vous pouvez le mettre en pause ici).",
+    },
+    "removed": {"en": "Removed “{name}” from this room.",
+                "fr": "Flux « {name} » retiré de ce salon."},
+    "paused": {"en": "Paused “{name}” in this room.",
+               "fr": "Flux « {name} » mis en pause dans ce salon."},
+    "resumed": {"en": "Resumed “{name}”: new items will be posted again.",
+                "fr": "Flux « {name} » repris : les nouveaux articles seront de nouveau "
+                      "publiés."},
+    "interval_set": {"en": "“{name}” will be fetched every {interval}.",
+                     "fr": "« {name} » sera lu toutes les {interval}."},
+    "bad_interval": {
+        "en": "“{value}” is not a duration of at least {minimum} (examples: 30m, 2h).",
+        "fr": "« {value} » n’est pas une durée d’au moins {minimum} (exemples : 30m, 2h).",
+    },
+    "filter_set": {
+        "en": "“{name}” in this room: {filters}.",
+        "fr": "« {name} » dans ce salon : {filters}.",
+    },
+    "filter_include": {"en": "only items mentioning {words}",
+                       "fr": "seulement les articles qui mentionnent {words}"},
+    "filter_exclude": {"en": "never items mentioning {words}",
+                       "fr": "jamais les articles qui mentionnent {words}"},
+    "filter_cleared": {"en": "“{name}” in this room: no filter, every item is posted.",
+                       "fr": "« {name} » dans ce salon : aucun filtre, tous les articles "
+                             "sont publiés."},
+    "lang_set": {"en": "I will speak English in this room.",
+                 "fr": "Je parlerai français dans ce salon."},
+    "failed": {"en": "Sorry, that did not work: {reason}",
+               "fr": "Désolé, cela n’a pas fonctionné : {reason}"},
     "feed_gone": {
         "en": "⚠️ The feed “{name}” ({url}) is gone (HTTP 410 Gone): newsbot has stopped "
               "fetching it. A moderator can give it a new address in the configuration.",
@@ -25,3 +156,27 @@ def text(key: str, language: str, **values: object) -> str:
     table = MESSAGES[key]
     template = table.get(language) or table["en"]
     return template.format(**values)
+
+
+def format_duration(seconds: float, language: str) -> str:
+    """"15 min", "2 h", "1 h 30 min", "45 s" (the same in both languages)."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    hours, rest = divmod(seconds, 3600)
+    minutes = rest // 60
+    if hours >= 24 and not rest and hours % 24 == 0:
+        days = hours // 24
+        return f"{days} {'j' if language == 'fr' else 'd'}"
+    parts = ([f"{hours} h"] if hours else []) + ([f"{minutes} min"] if minutes else [])
+    return " ".join(parts)
+
+
+def format_time(timestamp: float | None, language: str) -> str:
+    """A moment in UTC: "28/11/2026 18:05 UTC" (fr) or "2026-11-28 18:05 UTC" (en)."""
+    from datetime import UTC, datetime
+    if timestamp is None:
+        return text("never", language)
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    pattern = "%d/%m/%Y %H:%M UTC" if language == "fr" else "%Y-%m-%d %H:%M UTC"
+    return moment.strftime(pattern)

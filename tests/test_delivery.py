@@ -20,7 +20,7 @@ from bot.errors import (
     TransportError,
 )
 from bot.store import NewDelivery, PollOutcome, Store
-from bot.transport.base import InviteHandler
+from bot.transport.base import EventHandlers
 from bot.transport.matrix import _error_for
 
 
@@ -60,9 +60,11 @@ class ScriptedTransport:
         self.searches.append(key)
         return None
 
-    async def run_sync(self, on_invite: InviteHandler,
-                       on_joined: Callable[[str], None] | None = None) -> None:
+    async def run_sync(self, handlers: EventHandlers) -> None:
         await asyncio.Event().wait()
+
+    async def power_level(self, room_id: str, user_id: str) -> float:
+        return 0.0
 
     async def close(self) -> None:
         pass

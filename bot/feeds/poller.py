@@ -19,15 +19,27 @@ from bot.clock import Clock
 from bot.config import FeedConfig, FetchConfig
 from bot.delivery import event_content
 from bot.errors import FeedError, FetchError, StorageError
-from bot.feeds.decide import decide
+from bot.feeds.decide import chronological, decide
 from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
+from bot.filters import entry_text, wanted
 from bot.i18n import text
-from bot.model import Message, delivery_key
+from bot.model import Entry, Message, delivery_key
 from bot.render import render_entry
-from bot.store import FeedState, NewDelivery, PollOutcome, Store
+from bot.store import (
+    FeedState,
+    NewDelivery,
+    PollOutcome,
+    RecentEntry,
+    RoomFeedSettings,
+    Store,
+)
+from bot.store.sqlite import RECENT_PER_FEED
 
 log = logging.getLogger(__name__)
+
+
+_DEFAULT_SETTINGS = RoomFeedSettings()
 
 
 def failure_delay(interval: float, failures: int, cap: float,
@@ -39,6 +51,15 @@ def failure_delay(interval: float, failures: int, cap: float,
     return delay
 
 
+def _recent(feed: str, entries: tuple[Entry, ...]) -> list[RecentEntry]:
+    recent = []
+    for entry in chronological(entries)[-RECENT_PER_FEED:]:
+        date = entry.published or entry.updated
+        recent.append(RecentEntry(feed, entry.entry_id, entry.title, entry.link,
+                                  date.timestamp() if date else None))
+    return recent
+
+
 def jittered(interval: float, rng: random.Random) -> float:
     # Only ever earlier, never later: an item must arrive within `interval` of appearing.
     return interval * rng.uniform(0.9, 1.0)
@@ -48,6 +69,7 @@ class FeedPoller:
     def __init__(self, feed: FeedConfig, *, store: Store, fetcher: Fetcher, clock: Clock,
                  fetch_config: FetchConfig, language: str, limiter: asyncio.Semaphore,
                  on_enqueued: Callable[[list[str]], None],
+                 room_language: Callable[[str], str | None] | None = None,
                  rng: random.Random | None = None) -> None:
         self.feed = feed
         self._store = store
@@ -57,7 +79,17 @@ class FeedPoller:
         self._language = feed.language or language
         self._limiter = limiter
         self._on_enqueued = on_enqueued
+        self._room_language = room_language or (lambda _room: None)
         self._rng = rng or random.Random()
+
+    @property
+    def interval(self) -> float:
+        """The config's interval, unless a moderator set another by command."""
+        return self._store.feed_interval(self.feed.name) or self.feed.interval
+
+    def _all_rooms_paused(self) -> bool:
+        settings = self._store.feed_room_settings(self.feed.name)
+        return all(settings.get(room, _DEFAULT_SETTINGS).paused for room in self.feed.rooms)
 
     async def run(self) -> None:
         state = self._store.ensure_feed(self.feed.name, self.feed.url)
@@ -68,9 +100,9 @@ class FeedPoller:
         now = self._clock.now()
         if state.next_fetch is None or state.next_fetch <= now:
             # Spread the first polls a little so a restart does not hit every server at once.
-            first = self._rng.uniform(0, min(2.0, self.feed.interval / 10))
+            first = self._rng.uniform(0, min(2.0, self.interval / 10))
         else:
-            first = min(state.next_fetch - now, self.feed.interval)
+            first = min(state.next_fetch - now, self.interval)
         await asyncio.sleep(first)
         while True:
             async with self._limiter:
@@ -102,17 +134,21 @@ class FeedPoller:
 
     async def _poll(self, state: FeedState, now: float) -> float:
         feed = self.feed
+        interval = self.interval
+        if self._all_rooms_paused():
+            log.debug("feed %s: paused in every room; not fetched", feed.name)
+            return jittered(interval, self._rng)
         result = await self._fetcher.fetch(state.url, etag=state.etag,
                                            last_modified=state.last_modified)
         if result.status == 304 or result.body is None:
-            delay = jittered(feed.interval, self._rng)
+            delay = jittered(interval, self._rng)
             if not self._moved_unchanged(state, result, now, delay, state.body_hash):
                 self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay)
             log.debug("feed %s: not modified", feed.name)
             return delay
         body_hash = hashlib.sha256(result.body).hexdigest()
         if body_hash == state.body_hash and state.initialized:
-            delay = jittered(feed.interval, self._rng)
+            delay = jittered(interval, self._rng)
             if not self._moved_unchanged(state, result, now, delay, body_hash):
                 self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay,
                                                 etag=result.etag,
@@ -138,23 +174,17 @@ class FeedPoller:
             log.info("feed %s: first sight, %d entries marked as seen, posting the newest %d",
                      feed.name, len(decision.to_mark_seen), len(decision.to_post))
 
-        deliveries = []
-        for entry in decision.to_post:
-            message = render_entry(entry, feed_title=parsed.title or None,
-                                   language=self._language)
-            for room in feed.rooms:
-                key = delivery_key(feed.name, entry.entry_id, room)
-                deliveries.append(NewDelivery(entry.entry_id, room, event_content(
-                    message, msgtype=feed.msgtype, key=key)))
+        deliveries = self._deliveries(decision.to_post, parsed.title or None)
         if result.permanent_url and result.permanent_url != state.url:
             log.warning("feed %s moved permanently to %s; fetching from there from now on",
                         feed.name, result.permanent_url)
-        delay = jittered(feed.interval, self._rng)
+        delay = jittered(interval, self._rng)
         rooms = self._store.record_poll(PollOutcome(
             feed=feed.name, now=now, next_fetch=now + delay, etag=result.etag,
             last_modified=result.last_modified, body_hash=body_hash,
             title=parsed.title or None, new_url=result.permanent_url,
-            seen_entry_ids=decision.to_mark_seen, deliveries=deliveries))
+            seen_entry_ids=decision.to_mark_seen, deliveries=deliveries,
+            recent=_recent(feed.name, parsed.entries)))
         if decision.to_post:
             log.info("feed %s: %d new item(s) queued for %d room(s)", feed.name,
                      len(decision.to_post), len(feed.rooms))
@@ -162,13 +192,36 @@ class FeedPoller:
             self._on_enqueued(rooms)
         return delay
 
+    def _deliveries(self, entries: tuple[Entry, ...], feed_title: str | None,
+                    ) -> list[NewDelivery]:
+        """One delivery per entry and room, in each room's language, skipping rooms that
+        paused the feed or filter the entry out."""
+        feed = self.feed
+        settings = self._store.feed_room_settings(feed.name)
+        deliveries = []
+        for entry in entries:
+            text = entry_text(entry) if settings else None
+            messages: dict[str, Message] = {}
+            for room in feed.rooms:
+                if not wanted(entry, settings.get(room, _DEFAULT_SETTINGS), text=text):
+                    continue
+                language = self._room_language(room) or self._language
+                if language not in messages:
+                    messages[language] = render_entry(entry, feed_title=feed_title,
+                                                      language=language)
+                key = delivery_key(feed.name, entry.entry_id, room)
+                deliveries.append(NewDelivery(entry.entry_id, room, event_content(
+                    messages[language], msgtype=feed.msgtype, key=key)))
+        return deliveries
+
     def _gone(self, url: str, now: float) -> None:
         """410 Gone: the publisher says the feed will not come back. Stop, and tell the
         rooms once (through the outbox, so the notice too is sent exactly once)."""
         feed = self.feed
         notices = []
         for room in feed.rooms:
-            body = text("feed_gone", self._language, name=feed.name, url=url)
+            language = self._room_language(room) or self._language
+            body = text("feed_gone", language, name=feed.name, url=url)
             html_body = html.escape(body, quote=False)
             entry_id = f"newsbot:gone:{url}"
             key = delivery_key(feed.name, entry_id, room)
@@ -183,7 +236,7 @@ class FeedPoller:
 
     def _failed(self, exc: FeedError, now: float, failures: int) -> float:
         retry_after = exc.retry_after if isinstance(exc, FetchError) else None
-        delay = failure_delay(self.feed.interval, failures, self._fetch_config.max_backoff,
+        delay = failure_delay(self.interval, failures, self._fetch_config.max_backoff,
                               retry_after)
         self._store.record_failure(self.feed.name, str(exc), now=now, next_fetch=now + delay)
         log.warning("feed %s: %s (failure %d in a row; next try in %.0f s)",

@@ -1,3 +1,12 @@
-from bot.store.sqlite import FeedState, NewDelivery, PollOutcome, Store
+from bot.store.sqlite import (
+    FeedState,
+    NewDelivery,
+    PollOutcome,
+    RecentEntry,
+    RoomFeed,
+    RoomFeedSettings,
+    Store,
+)
 
-__all__ = ["FeedState", "NewDelivery", "PollOutcome", "Store"]
+__all__ = ["FeedState", "NewDelivery", "PollOutcome", "RecentEntry", "RoomFeed",
+           "RoomFeedSettings", "Store"]

@@ -54,6 +54,42 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE feed_state ADD COLUMN disabled TEXT;
     ALTER TABLE outbox ADD COLUMN error TEXT;
     """,
+    # 3: what moderators set from their rooms, and the newest entries of each feed.
+    """
+    CREATE TABLE room_feed (            -- feeds added by a room command
+        name        TEXT PRIMARY KEY,
+        url         TEXT NOT NULL,
+        room        TEXT NOT NULL,      -- the room id
+        interval    REAL NOT NULL,
+        added_by    TEXT NOT NULL,
+        added_at    REAL NOT NULL
+    );
+    CREATE TABLE feed_room_settings (   -- per feed and room: pause, keyword filters
+        feed        TEXT NOT NULL,
+        room        TEXT NOT NULL,
+        paused      INTEGER NOT NULL DEFAULT 0,
+        include     TEXT NOT NULL DEFAULT '[]',
+        exclude     TEXT NOT NULL DEFAULT '[]',
+        PRIMARY KEY (feed, room)
+    ) WITHOUT ROWID;
+    CREATE TABLE feed_settings (        -- per feed: the polling interval set by command
+        feed        TEXT PRIMARY KEY,
+        interval    REAL
+    );
+    CREATE TABLE room_settings (
+        room        TEXT PRIMARY KEY,
+        language    TEXT
+    );
+    CREATE TABLE recent_entry (         -- the newest entries of each feed, for `latest`
+        feed        TEXT NOT NULL,
+        entry_id    TEXT NOT NULL,
+        title       TEXT NOT NULL,
+        link        TEXT,
+        published   REAL,
+        seen_at     REAL NOT NULL,
+        PRIMARY KEY (feed, entry_id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -50,6 +50,37 @@ class NewDelivery:
 
 
 @dataclass(frozen=True, slots=True)
+class RecentEntry:
+    feed: str
+    entry_id: str
+    title: str
+    link: str | None
+    published: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFeed:
+    """A feed a moderator added to a room by command."""
+
+    name: str
+    url: str
+    room: str
+    interval: float
+    added_by: str
+    added_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoomFeedSettings:
+    paused: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+
+RECENT_PER_FEED = 20
+
+
+@dataclass(frozen=True, slots=True)
 class PollOutcome:
     """Everything a successful poll changes, written in one transaction."""
 
@@ -63,6 +94,7 @@ class PollOutcome:
     new_url: str | None              # set after a permanent redirect
     seen_entry_ids: Sequence[str]
     deliveries: Sequence[NewDelivery]
+    recent: Sequence[RecentEntry] = ()
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> StorageError:
@@ -217,6 +249,8 @@ class Store:
             c.executemany("INSERT OR IGNORE INTO seen (feed, entry_id, seen_at) VALUES (?, ?, ?)",
                           [(outcome.feed, e, outcome.now) for e in outcome.seen_entry_ids])
             rooms = self._enqueue(c, outcome.feed, outcome.deliveries, outcome.now)
+            if outcome.recent:
+                self._remember_recent(c, outcome.feed, outcome.recent, outcome.now)
             c.execute(
                 "UPDATE feed_state SET etag = ?, last_modified = ?, body_hash = ?, "
                 "initialized = 1, title = COALESCE(?, title), url = COALESCE(?, url), "
@@ -319,6 +353,100 @@ class Store:
             cur = c.execute("DELETE FROM outbox WHERE state != 'pending' AND sent_at < ?",
                             (older_than,))
         return cur.rowcount
+
+    # -- recent entries (for `latest`) ---------------------------------------------------
+
+    def _remember_recent(self, c: sqlite3.Connection, feed: str,
+                         entries: Sequence[RecentEntry], now: float) -> None:
+        c.executemany(
+            "INSERT INTO recent_entry (feed, entry_id, title, link, published, seen_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (feed, entry_id) DO UPDATE SET "
+            "title = excluded.title, link = excluded.link, published = excluded.published",
+            [(feed, e.entry_id, e.title, e.link, e.published, now) for e in entries])
+        c.execute(
+            "DELETE FROM recent_entry WHERE feed = ? AND entry_id NOT IN (SELECT entry_id "
+            "FROM recent_entry WHERE feed = ? ORDER BY COALESCE(published, seen_at) DESC "
+            "LIMIT ?)", (feed, feed, RECENT_PER_FEED))
+
+    def latest(self, feeds: Sequence[str], count: int) -> list[RecentEntry]:
+        """The newest ``count`` entries of these feeds, newest first."""
+        if not feeds:
+            return []
+        marks = ",".join("?" * len(feeds))
+        with self._guard():
+            rows = self._conn.execute(
+                f"SELECT feed, entry_id, title, link, published FROM recent_entry "
+                f"WHERE feed IN ({marks}) ORDER BY COALESCE(published, seen_at) DESC LIMIT ?",
+                (*feeds, count)).fetchall()
+        return [RecentEntry(*row) for row in rows]
+
+    # -- what moderators set -------------------------------------------------------------
+
+    def room_feeds(self) -> list[RoomFeed]:
+        with self._guard():
+            rows = self._conn.execute(
+                "SELECT name, url, room, interval, added_by, added_at FROM room_feed "
+                "ORDER BY added_at").fetchall()
+        return [RoomFeed(*row) for row in rows]
+
+    def add_room_feed(self, feed: RoomFeed) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute("INSERT INTO room_feed (name, url, room, interval, added_by, added_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?)", (feed.name, feed.url, feed.room,
+                                                    feed.interval, feed.added_by, feed.added_at))
+
+    def remove_room_feed(self, name: str) -> None:
+        """Forget the subscription and its settings; ``seen`` stays, so adding the feed
+        again later does not repost what the room already had."""
+        with self._guard(), self._transaction() as c:
+            c.execute("DELETE FROM room_feed WHERE name = ?", (name,))
+            c.execute("DELETE FROM feed_room_settings WHERE feed = ?", (name,))
+            c.execute("DELETE FROM feed_settings WHERE feed = ?", (name,))
+            c.execute("DELETE FROM outbox WHERE feed = ? AND state = 'pending'", (name,))
+
+    def feed_room_settings(self, feed: str) -> dict[str, RoomFeedSettings]:
+        with self._guard():
+            rows = self._conn.execute(
+                "SELECT room, paused, include, exclude FROM feed_room_settings WHERE feed = ?",
+                (feed,)).fetchall()
+        return {room: RoomFeedSettings(bool(paused), tuple(json.loads(inc)),
+                                       tuple(json.loads(exc)))
+                for room, paused, inc, exc in rows}
+
+    def set_feed_room_settings(self, feed: str, room: str, settings: RoomFeedSettings) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute(
+                "INSERT INTO feed_room_settings (feed, room, paused, include, exclude) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (feed, room) DO UPDATE SET "
+                "paused = excluded.paused, include = excluded.include, "
+                "exclude = excluded.exclude",
+                (feed, room, int(settings.paused), json.dumps(list(settings.include)),
+                 json.dumps(list(settings.exclude))))
+
+    def feed_interval(self, feed: str) -> float | None:
+        with self._guard():
+            row = self._conn.execute("SELECT interval FROM feed_settings WHERE feed = ?",
+                                     (feed,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_feed_interval(self, feed: str, interval: float) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute("INSERT INTO feed_settings (feed, interval) VALUES (?, ?) "
+                      "ON CONFLICT (feed) DO UPDATE SET interval = excluded.interval",
+                      (feed, interval))
+            c.execute("UPDATE room_feed SET interval = ? WHERE name = ?", (interval, feed))
+
+    def room_language(self, room: str) -> str | None:
+        with self._guard():
+            row = self._conn.execute("SELECT language FROM room_settings WHERE room = ?",
+                                     (room,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_room_language(self, room: str, language: str) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute("INSERT INTO room_settings (room, language) VALUES (?, ?) "
+                      "ON CONFLICT (room) DO UPDATE SET language = excluded.language",
+                      (room, language))
 
     # -- small facts -------------------------------------------------------------------
 

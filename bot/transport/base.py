@@ -8,6 +8,7 @@ RoomUnavailableError (this room refuses us) and AuthError (credentials refused).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 # Called for an invitation: (room_id, inviter) -> accept?
@@ -16,6 +17,25 @@ InviteHandler = Callable[[str, str], Awaitable[bool]]
 # Every event we send carries its delivery key under this content key, so a delivery whose
 # acknowledgement was lost can be recognised in the room's history.
 DELIVERY_KEY_FIELD = "org.interhop.newsbot.delivery"
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A text message someone sent into a room the bot is in (never the bot's own, never a
+    notice from another bot, never an edit, never one from before the bot started)."""
+
+    room_id: str
+    sender: str
+    event_id: str
+    body: str
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventHandlers:
+    on_invite: InviteHandler
+    on_joined: Callable[[str], None] | None = None      # an accepted invitation was joined
+    on_message: Callable[[IncomingMessage], None] | None = None
 
 
 class Transport(Protocol):
@@ -43,10 +63,13 @@ class Transport(Protocol):
         """The id of a recent event of ours carrying delivery ``key``, if any."""
         ...
 
-    async def run_sync(self, on_invite: InviteHandler,
-                       on_joined: Callable[[str], None] | None = None) -> None:
-        """Follow the server's event stream until cancelled. ``on_joined(room_id)`` is
-        called after an accepted invitation was joined."""
+    async def run_sync(self, handlers: EventHandlers) -> None:
+        """Follow the server's event stream until cancelled."""
+        ...
+
+    async def power_level(self, room_id: str, user_id: str) -> float:
+        """The user's power level in the room (infinity for a room creator that outranks
+        every level, as in room version 12)."""
         ...
 
     async def close(self) -> None:

@@ -10,7 +10,9 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,12 @@ from bot.errors import (
 )
 from bot.logs import add_secret
 from bot.store import Store
-from bot.transport.base import DELIVERY_KEY_FIELD, InviteHandler
+from bot.transport.base import (
+    DELIVERY_KEY_FIELD,
+    EventHandlers,
+    IncomingMessage,
+    InviteHandler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +51,8 @@ SYNC_FILTER: dict[str, Any] = {
     "presence": {"types": []},
     "account_data": {"types": []},
     "room": {
-        # Only our own membership changes matter here (a kick, a ban).
-        "timeline": {"limit": 20, "types": ["m.room.member"]},
+        # Our own membership changes (a kick, a ban) and commands.
+        "timeline": {"limit": 20, "types": ["m.room.member", "m.room.message"]},
         "ephemeral": {"types": []},
         "account_data": {"types": []},
         "state": {"lazy_load_members": True, "types": ["m.room.encryption", "m.room.member"]},
@@ -284,9 +291,10 @@ class MatrixTransport:
 
     # -- the event stream --------------------------------------------------------------
 
-    async def run_sync(self, on_invite: InviteHandler,
-                       on_joined: Callable[[str], None] | None = None) -> None:
+    async def run_sync(self, handlers: EventHandlers) -> None:
         since = self._store.get(SYNC_TOKEN_KEY)
+        # Commands sent while the bot was down are not replayed: only newer ones count.
+        started_ms = int(time.time() * 1000)
         delay = 1.0
         while True:
             try:
@@ -303,16 +311,65 @@ class MatrixTransport:
                 continue
             delay = 1.0
             for room_id, info in resp.rooms.invite.items():
-                if await self._handle_invite(room_id, info, on_invite) and on_joined:
-                    on_joined(room_id)
+                if await self._handle_invite(room_id, info, handlers.on_invite) and \
+                        handlers.on_joined:
+                    handlers.on_joined(room_id)
             for room_id, left in resp.rooms.leave.items():
                 self._note_removal(room_id, left.timeline.events)
             for room_id, joined in resp.rooms.join.items():
                 for event in joined.state:
                     if isinstance(event, nio.RoomEncryptionEvent):
                         self._encrypted.add(room_id)
+                if handlers.on_message is not None:
+                    for event in joined.timeline.events:
+                        message = self._incoming(room_id, event.source, started_ms)
+                        if message is not None:
+                            handlers.on_message(message)
             since = resp.next_batch
             self._store.put(SYNC_TOKEN_KEY, since)
+
+    def _incoming(self, room_id: str, source: dict[str, Any],
+                  started_ms: int) -> IncomingMessage | None:
+        content = source.get("content")
+        if source.get("type") != "m.room.message" or not isinstance(content, dict):
+            return None
+        if source.get("sender") == self._config.user_id:
+            return None
+        # m.notice is what bots send: answering another bot could loop forever.
+        if content.get("msgtype") != "m.text" or not isinstance(content.get("body"), str):
+            return None
+        relation = content.get("m.relates_to")
+        if "m.new_content" in content or (isinstance(relation, dict)
+                                          and relation.get("rel_type") == "m.replace"):
+            return None     # an edit: the command it edits was handled (or not) already
+        timestamp = source.get("origin_server_ts")
+        if not isinstance(timestamp, int) or timestamp < started_ms:
+            return None
+        return IncomingMessage(room_id, str(source.get("sender")), str(source.get("event_id")),
+                               content["body"], timestamp)
+
+    async def power_level(self, room_id: str, user_id: str) -> float:
+        resp = await self._call(f"reading {room_id}'s state",
+                                lambda: self._client.room_get_state(room_id))
+        levels: dict[str, Any] = {}
+        create: dict[str, Any] = {}
+        for event in resp.events:
+            if event.get("type") == "m.room.power_levels" and event.get("state_key") == "":
+                levels = event
+            elif event.get("type") == "m.room.create" and event.get("state_key") == "":
+                create = event
+        content = create.get("content", {})
+        version = str(content.get("room_version", "1"))
+        creators = {create.get("sender"), *content.get("additional_creators", [])}
+        if version.isdigit() and int(version) >= 12 and user_id in creators:
+            return math.inf     # creators outrank every power level from version 12 on
+        level_content = levels.get("content", {})
+        users = level_content.get("users", {})
+        if user_id in users:
+            return float(users[user_id])
+        if not levels and user_id in creators:
+            return 100.0        # no power levels at all: the creator holds 100
+        return float(level_content.get("users_default", 0))
 
     async def _handle_invite(self, room_id: str, info: Any, on_invite: InviteHandler) -> bool:
         inviter = ""

@@ -1,0 +1,449 @@
+"""Room commands: ``!news help | list | latest | status`` for everyone, and ``add | remove |
+pause | resume | interval | filter | lang`` for moderators.
+
+Parsing and answering are here; what a command changes goes through the store and the
+``FeedBook`` (the running feeds). Every answer exists in French and English (bot.i18n).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import html
+import logging
+import re
+import shlex
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from bot.clock import Clock
+from bot.config import Config, FeedConfig, parse_duration
+from bot.errors import FeedError, RateLimitedError, TemporaryTransportError, TransportError
+from bot.feeds.fetch import Fetcher
+from bot.feeds.parse import parse_feed_async
+from bot.i18n import format_duration, format_time, text
+from bot.store import RoomFeed, RoomFeedSettings, Store
+from bot.transport.base import IncomingMessage, Transport
+
+log = logging.getLogger(__name__)
+
+USAGES = {
+    "help": "{p} help",
+    "list": "{p} list",
+    "latest": "{p} latest [n]",
+    "status": "{p} status",
+    "add": "{p} add URL [name]",
+    "remove": "{p} remove NAME",
+    "pause": "{p} pause NAME",
+    "resume": "{p} resume NAME",
+    "interval": "{p} interval NAME 30m",
+    "filter": "{p} filter NAME include|exclude WORDS  —  {p} filter NAME clear",
+    "lang": "{p} lang fr|en",
+}
+MODERATOR_COMMANDS = frozenset({"add", "remove", "pause", "resume", "interval", "filter",
+                                "lang"})
+FEED_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+MIN_COMMAND_INTERVAL = 60.0
+LATEST_DEFAULT, LATEST_MAX = 5, 20
+
+
+class UsageError(Exception):
+    """The command's arguments do not fit its usage line."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedView:
+    """A feed as one room sees it."""
+
+    config: FeedConfig
+    room_ref: str            # how the feed names this room (settings are keyed by it)
+    from_config: bool
+
+
+class FeedBook(Protocol):
+    """The running feeds, as the commands may see and change them."""
+
+    def feeds_in_room(self, room_id: str) -> list[FeedView]: ...
+
+    def name_taken(self, name: str) -> bool: ...
+
+    def add_room_feed(self, feed: RoomFeed) -> None: ...
+
+    def remove_room_feed(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    args: list[str]
+
+
+def parse_command(body: str, prefix: str) -> Command | None:
+    """``None`` when the message is not addressed to the bot."""
+    stripped = body.strip()
+    head, _, rest = stripped.partition(" ")
+    if head.casefold() != prefix.casefold():
+        return None
+    try:
+        words = shlex.split(rest)
+    except ValueError:                      # an unbalanced quote
+        words = rest.split()
+    if not words:
+        return Command("help", [])
+    return Command(words[0].casefold(), words[1:])
+
+
+def slug(title: str) -> str:
+    """A feed name from a title: "Actualités d'InterHop" -> "actualites-d-interhop"."""
+    plain = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
+    words = re.findall(r"[a-z0-9]+", plain.lower())
+    return "-".join(words)[:40].strip("-") or "feed"
+
+
+class RateLimiter:
+    """At most ``count`` commands per user in any ``window`` seconds."""
+
+    def __init__(self, count: int, window: float, clock: Clock) -> None:
+        self._count = count
+        self._window = window
+        self._clock = clock
+        self._seen: dict[str, collections.deque[float]] = {}
+        self._told: dict[str, float] = {}
+
+    def allow(self, user: str) -> tuple[bool, bool]:
+        """(allowed, tell): ``tell`` is True once per window for a refused user, so the
+        answer to flooding is not itself a flood."""
+        now = self._clock.now()
+        times = self._seen.setdefault(user, collections.deque())
+        while times and now - times[0] >= self._window:
+            times.popleft()
+        if len(times) < self._count:
+            times.append(now)
+            return True, False
+        told = self._told.get(user)
+        tell = told is None or now - told >= self._window
+        if tell:
+            self._told[user] = now
+        return False, tell
+
+    def forget_idle(self) -> None:
+        now = self._clock.now()
+        for user in [u for u, t in self._seen.items() if not t or now - t[-1] > self._window]:
+            self._seen.pop(user, None)
+            self._told.pop(user, None)
+
+
+class CommandRunner:
+    def __init__(self, config: Config, store: Store, transport: Transport, fetcher: Fetcher,
+                 book: FeedBook, clock: Clock) -> None:
+        self._config = config
+        self._commands = config.commands
+        self._store = store
+        self._transport = transport
+        self._fetcher = fetcher
+        self._book = book
+        self._clock = clock
+        self._limiter = RateLimiter(config.commands.rate_limit, config.commands.rate_window,
+                                    clock)
+        self.queue: asyncio.Queue[IncomingMessage] = asyncio.Queue(maxsize=200)
+
+    # -- intake ------------------------------------------------------------------------
+
+    def submit(self, message: IncomingMessage) -> None:
+        """Called from the sync loop: never blocks it."""
+        if parse_command(message.body, self._commands.prefix) is None:
+            return
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            log.warning("too many commands waiting; ignoring one from %s in %s",
+                        message.sender, message.room_id)
+
+    async def run(self) -> None:
+        while True:
+            message = await self.queue.get()
+            reply = await self.handle(message)
+            if reply is not None:
+                await self._send_reply(message, reply)
+            self._limiter.forget_idle()
+
+    # -- answering ---------------------------------------------------------------------
+
+    def language(self, room_id: str) -> str:
+        return self._store.room_language(room_id) or self._config.language
+
+    async def handle(self, message: IncomingMessage) -> Reply | None:
+        command = parse_command(message.body, self._commands.prefix)
+        if command is None:
+            return None
+        lang = self.language(message.room_id)
+        p = self._commands.prefix
+        allowed, tell = self._limiter.allow(message.sender)
+        if not allowed:
+            log.info("rate limit: ignoring a command from %s in %s", message.sender,
+                     message.room_id)
+            return Reply(text("rate_limited", lang, count=self._commands.rate_limit,
+                              seconds=int(self._commands.rate_window))) if tell else None
+        log.info("command %r from %s in %s", command.name, message.sender, message.room_id)
+        if command.name not in USAGES:
+            return Reply(text("unknown_command", lang, command=command.name[:40], p=p))
+        try:
+            if command.name in MODERATOR_COMMANDS and \
+                    not await self._may_moderate(message.room_id, message.sender):
+                return Reply(text("need_power", lang, level=self._commands.min_power_level))
+            return await getattr(self, f"_cmd_{command.name}")(message, command.args, lang)
+        except _UnknownFeed as exc:
+            return Reply(text("unknown_feed", lang, name=exc.name[:64], p=p))
+        except UsageError:
+            return Reply(text("usage", lang, usage=USAGES[command.name].format(p=p)))
+        except TransportError as exc:
+            log.warning("command %r in %s: %s", command.name, message.room_id, exc)
+            return Reply(text("failed", lang, reason=str(exc)))
+
+    async def _may_moderate(self, room_id: str, user: str) -> bool:
+        if user in self._config.admins:
+            return True
+        level = await self._transport.power_level(room_id, user)
+        return level >= self._commands.min_power_level
+
+    def _room_feed(self, room_id: str, name: str) -> FeedView | None:
+        for view in self._book.feeds_in_room(room_id):
+            if view.config.name == name:
+                return view
+        return None
+
+    # -- everyone ----------------------------------------------------------------------
+
+    async def _cmd_help(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        return Reply(text("help", lang, p=self._commands.prefix,
+                          level=self._commands.min_power_level))
+
+    async def _cmd_list(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        if args:
+            raise UsageError
+        views = self._book.feeds_in_room(message.room_id)
+        if not views:
+            return Reply(text("no_feeds", lang))
+        lines = [text("list_header", lang)]
+        for view in views:
+            feed = view.config
+            state = self._store.feed_state(feed.name)
+            settings = self._store.feed_room_settings(feed.name).get(view.room_ref,
+                                                                     RoomFeedSettings())
+            interval = self._store.feed_interval(feed.name) or feed.interval
+            line = text("list_line", lang, name=feed.name, url=state.url if state else feed.url,
+                        interval=format_duration(interval, lang),
+                        success=format_time(state.last_success if state else None, lang),
+                        error=(state.last_error if state and state.last_error
+                               else text("none", lang)),
+                        paused=text("paused_mark", lang) if settings.paused else "",
+                        origin=text("from_config", lang) if view.from_config else "")
+            filters = _describe_filters(settings, lang)
+            if filters:
+                line += text("filters_mark", lang, filters=filters)
+            lines.append(line)
+        return Reply("\n".join(lines))
+
+    async def _cmd_latest(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        if len(args) > 1 or (args and not args[0].isdigit()):
+            raise UsageError
+        count = min(int(args[0]), LATEST_MAX) if args else LATEST_DEFAULT
+        feeds = [v.config.name for v in self._book.feeds_in_room(message.room_id)]
+        entries = self._store.latest(feeds, max(count, 1))
+        if not entries:
+            return Reply(text("latest_empty", lang))
+        lines = [text("latest_header", lang)]
+        for entry in entries:
+            when = format_time(entry.published, lang) if entry.published else ""
+            parts = [entry.title or text("untitled", lang), when, entry.link or ""]
+            lines.append("• " + " — ".join(p for p in parts if p))
+        return Reply("\n".join(lines))
+
+    async def _cmd_status(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        if args:
+            raise UsageError
+        views = self._book.feeds_in_room(message.room_id)
+        if not views:
+            return Reply(text("no_feeds", lang))
+        lines = [text("status_header", lang)]
+        for view in views:
+            state = self._store.feed_state(view.config.name)
+            gone = text("status_gone", lang, reason=state.disabled) \
+                if state and state.disabled else ""
+            lines.append(text(
+                "status_line", lang, name=view.config.name,
+                last=format_time(state.last_fetch if state else None, lang),
+                next=format_time(state.next_fetch if state and not state.disabled else None,
+                                 lang),
+                failures=state.failures if state else 0, state=gone))
+        return Reply("\n".join(lines))
+
+    # -- moderators --------------------------------------------------------------------
+
+    async def _cmd_add(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        if not 1 <= len(args) <= 2:
+            raise UsageError
+        url = args[0].strip("<>")
+        p = self._commands.prefix
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            return Reply(text("bad_url", lang, url=url[:200]))
+        if len(args) == 2 and not FEED_NAME.match(args[1]):
+            return Reply(text("bad_name", lang, name=args[1][:64]))
+        in_room = self._book.feeds_in_room(message.room_id)
+        cap = self._commands.max_feeds_per_room
+        if len(in_room) >= cap:
+            return Reply(text("feed_cap", lang, count=len(in_room)))
+        try:
+            result = await self._fetcher.fetch(url)
+            if result.body is None:
+                raise FeedError("the server sent no content")
+            parsed = await parse_feed_async(result.body, content_type=result.content_type,
+                                            url=result.final_url)
+        except FeedError as exc:
+            return Reply(text("add_failed", lang, url=url[:200], reason=str(exc)))
+        if len(args) == 2:
+            name = args[1]
+            if self._book.name_taken(name):
+                return Reply(text("name_taken", lang, name=name, p=p))
+        else:
+            base = slug(parsed.title or urlsplit(url).netloc)
+            name, n = base, 1
+            while self._book.name_taken(name):
+                n += 1
+                name = f"{base}-{n}"
+        self._book.add_room_feed(RoomFeed(
+            name=name, url=result.permanent_url or url, room=message.room_id,
+            interval=self._commands.default_interval, added_by=message.sender,
+            added_at=self._clock.now()))
+        title = parsed.title or urlsplit(url).netloc
+        return Reply(text("added", lang, name=name, title=title[:200],
+                          count=len(parsed.entries)))
+
+    def _named(self, message: IncomingMessage, args: list[str], arity: int) -> FeedView:
+        if len(args) != arity:
+            raise UsageError
+        view = self._room_feed(message.room_id, args[0])
+        if view is None:
+            raise _UnknownFeed(args[0])
+        return view
+
+    async def _cmd_remove(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        view = self._named(message, args, 1)
+        if view.from_config:
+            return Reply(text("config_feed", lang, name=view.config.name))
+        self._book.remove_room_feed(view.config.name)
+        return Reply(text("removed", lang, name=view.config.name))
+
+    async def _set_paused(self, message: IncomingMessage, args: list[str], lang: str,
+                          paused: bool) -> Reply:
+        view = self._named(message, args, 1)
+        settings = self._store.feed_room_settings(view.config.name).get(view.room_ref,
+                                                                        RoomFeedSettings())
+        self._store.set_feed_room_settings(
+            view.config.name, view.room_ref,
+            RoomFeedSettings(paused, settings.include, settings.exclude))
+        return Reply(text("paused" if paused else "resumed", lang, name=view.config.name))
+
+    async def _cmd_pause(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        return await self._set_paused(message, args, lang, True)
+
+    async def _cmd_resume(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        return await self._set_paused(message, args, lang, False)
+
+    async def _cmd_interval(self, message: IncomingMessage, args: list[str],
+                            lang: str) -> Reply:
+        view = self._named(message, args, 2)
+        try:
+            seconds = parse_duration(args[1])
+        except ValueError:
+            seconds = -1.0
+        if seconds < MIN_COMMAND_INTERVAL:
+            return Reply(text("bad_interval", lang, value=args[1][:40],
+                              minimum=format_duration(MIN_COMMAND_INTERVAL, lang)))
+        self._store.set_feed_interval(view.config.name, seconds)
+        return Reply(text("interval_set", lang, name=view.config.name,
+                          interval=format_duration(seconds, lang)))
+
+    async def _cmd_filter(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        if len(args) < 2:
+            raise UsageError
+        view = self._named(message, args[:1], 1)
+        mode, words = args[1].casefold(), [w for w in args[2:] if w.strip()]
+        name = view.config.name
+        current = self._store.feed_room_settings(name).get(view.room_ref, RoomFeedSettings())
+        if mode == "clear" and not words:
+            updated = RoomFeedSettings(current.paused)
+        elif mode == "include" and words:
+            updated = RoomFeedSettings(current.paused, tuple(words), current.exclude)
+        elif mode == "exclude" and words:
+            updated = RoomFeedSettings(current.paused, current.include, tuple(words))
+        else:
+            raise UsageError
+        self._store.set_feed_room_settings(name, view.room_ref, updated)
+        described = _describe_filters(updated, lang)
+        if not described:
+            return Reply(text("filter_cleared", lang, name=name))
+        return Reply(text("filter_set", lang, name=name, filters=described))
+
+    async def _cmd_lang(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        if len(args) != 1 or args[0].casefold() not in ("fr", "en"):
+            raise UsageError
+        chosen = args[0].casefold()
+        self._store.set_room_language(message.room_id, chosen)
+        return Reply(text("lang_set", chosen))
+
+    # -- sending -----------------------------------------------------------------------
+
+    async def _send_reply(self, message: IncomingMessage, reply: Reply) -> None:
+        content: dict[str, object] = {
+            "msgtype": "m.notice",
+            "body": reply.body,
+            "format": "org.matrix.custom.html",
+            "formatted_body": html.escape(reply.body, quote=False).replace("\n", "<br>"),
+            "m.relates_to": {"m.in_reply_to": {"event_id": message.event_id}},
+            "m.mentions": {"user_ids": [message.sender]},
+        }
+        # One answer per command, even if a send is retried.
+        txn_id = "newsbot.reply." + hashlib.sha256(message.event_id.encode()).hexdigest()[:32]
+        for attempt in range(4):
+            try:
+                await self._transport.send_message(message.room_id, content, txn_id)
+                return
+            except RateLimitedError as exc:
+                await asyncio.sleep(exc.retry_after or 1.0)
+            except TemporaryTransportError as exc:
+                log.warning("reply in %s: %s", message.room_id, exc)
+                await asyncio.sleep(2.0 ** attempt)
+            except TransportError as exc:
+                log.warning("could not answer %s in %s: %s", message.sender,
+                            message.room_id, exc)
+                return
+        log.warning("gave up answering %s in %s", message.sender, message.room_id)
+
+
+class _UnknownFeed(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _describe_filters(settings: RoomFeedSettings, lang: str) -> str:
+    parts = []
+    if settings.include:
+        parts.append(text("filter_include", lang, words=_words(settings.include)))
+    if settings.exclude:
+        parts.append(text("filter_exclude", lang, words=_words(settings.exclude)))
+    return ", ".join(parts)
+
+
+def _words(words: Sequence[str]) -> str:
+    return ", ".join(f"“{w}”" for w in words)
