@@ -294,6 +294,15 @@ _WORDS = {
 _HAS_TAG_RE = re.compile(r"<[A-Za-z!/]")
 _TRAILING_PUNCT = " \t\n\r\f,;:.-–—(«\u00a0\u202f"
 
+# Homeservers refuse events over 64 KiB (M_TOO_LARGE), and an item that can never be
+# sent would hold up its rooms' queues, since deliveries go out in order. Feeds can send
+# anything, so every part of a message is bounded. Worst case with these bounds, every
+# character non-ASCII and escaped as "\uXXXX" by the JSON encoder: under 48 KiB.
+_MAX_TITLE_CHARS = 250
+_MAX_FEED_TITLE_CHARS = 100
+_MAX_LINK_CHARS = 1500          # used three times: title link, "read more", plain body
+_MAX_SUMMARY_HTML_CHARS = 2000  # richer than this (long attributes...): plain text instead
+
 
 # Escape exactly as the sanitiser serialises (html5ever), so that our markup is a fixed
 # point of sanitize_html: one canonical form, easy to test and compare.
@@ -322,6 +331,10 @@ def _cut(text: str, limit: int) -> str:
     return head.rstrip(_TRAILING_PUNCT) + "…"
 
 
+def _bounded(text: str, limit: int) -> str:
+    return _cut(text, limit) if len(text) > limit else text
+
+
 _URL_UNSAFE_RE = re.compile(r'[\x00-\x20\x7f"<>\\^`{|}]')
 
 
@@ -332,7 +345,9 @@ def _clean_link(link: str | None) -> str | None:
         return None  # a javascript:, relative or empty link is no link at all
     # Non-ASCII stays readable (French paths); quotes, brackets and spaces never appear
     # raw in a URL and would only confuse linkifiers and attribute quoting.
-    return _URL_UNSAFE_RE.sub(lambda m: f"%{ord(m.group(0)):02X}", link)
+    link = _URL_UNSAFE_RE.sub(lambda m: f"%{ord(m.group(0)):02X}", link)
+    # Longer than any address meant for people: no link rather than an oversized event.
+    return link if len(link) <= _MAX_LINK_CHARS else None
 
 
 def _one_line(text: str) -> str:
@@ -346,11 +361,11 @@ def render_entry(entry: Entry, *, feed_title: str | None = None, language: str =
     ``summary_chars`` caps the summary's plain-text length (0: no summary at all).
     """
     words = _WORDS[_lang(language)]
-    title = _one_line(entry.title) or words["untitled"]
+    title = _bounded(_one_line(entry.title), _MAX_TITLE_CHARS) or words["untitled"]
     link = _clean_link(entry.link)
     when = entry.published or entry.updated
     date = format_date(when, language) if when else ""
-    meta = [p for p in (_one_line(feed_title or ""), date) if p]
+    meta = [p for p in (_bounded(_one_line(feed_title or ""), _MAX_FEED_TITLE_CHARS), date) if p]
 
     head = f"<strong>{_esc(title)}</strong>"
     if link:
@@ -367,8 +382,9 @@ def render_entry(entry: Entry, *, feed_title: str | None = None, language: str =
     summary_text = html_to_text(summary_html)
     if (summary_text and summary_chars > 0
             and _one_line(summary_text).casefold() != title.casefold()):
-        if len(summary_text) > summary_chars:
-            summary_text = _cut(summary_text, summary_chars)
+        if len(summary_text) > summary_chars or len(summary_html) > _MAX_SUMMARY_HTML_CHARS:
+            if len(summary_text) > summary_chars:
+                summary_text = _cut(summary_text, summary_chars)
             summary_html = f"<p>{_esc(summary_text).replace(chr(10), '<br>')}</p>"
         parts_html.append(summary_html)
         parts_text.append(summary_text)

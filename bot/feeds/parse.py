@@ -38,6 +38,33 @@ _XML_DECLARATION = re.compile(rb"^(\xef\xbb\xbf)?<\?xml")
 _AUTHOR_EMAIL_NAME = re.compile(r"^\S+@\S+\s*\((?P<name>[^()]+)\)$")
 _AUTHOR_NAME_EMAIL = re.compile(r"^(?P<name>[^<>@]+?)\s*<\S+@\S+>$")
 
+# --- the prolog: the internal DTD subset ---------------------------------------------
+# Quoted strings are matched whole so that a "]" or ">" inside an entity value does not
+# end the subset early; possessive quantifiers keep every pattern linear on hostile input.
+_QUOTED = r"\"[^\"]*+\"|'[^']*+'"
+# Anchored at the start: a DOCTYPE only counts in the prolog, never inside an entry.
+_PROLOG_SUBSET = re.compile(
+    rf"\ufeff?(?:\s|<\?.*?\?>|<!--.*?-->)*+<!DOCTYPE\b(?:[^\[>\"']|{_QUOTED})*+"
+    rf"\[(?P<subset>(?:[^\]\"']|{_QUOTED})*+)\]",
+    re.DOTALL,
+)
+# An internal entity with a literal value; SYSTEM/PUBLIC (external) ones do not match:
+# feedparser never loads those (external general entities are switched off).
+_ENTITY_DECL = re.compile(rf"<!ENTITY\s++(?P<pe>%\s++)?[^\s%\"'>]++\s*+(?P<value>{_QUOTED})\s*+>")
+# What an entity may stand for: one character reference (&nbsp; spelled out by feeds
+# that want HTML names) or a few characters. Anything else (references to other
+# entities, long text, markup, parameter entities) is the stuff of "billion laughs" and
+# quadratic blow-ups: expat stops those only after expanding megabytes, and feedparser's
+# lenient parser expands plain-text entities without any limit at all.
+_HARMLESS_ENTITY_VALUE = re.compile(r"&#(?:[0-9]{1,7}|x[0-9A-Fa-f]{1,6});|[^&%<]{0,16}")
+# expat errors that only occur when the input ends in the middle of the document.
+_END_OF_INPUT_ERRORS = frozenset({
+    "no element found", "unclosed token", "unclosed CDATA section", "partial character",
+})
+# The root element of RSS 0.9x/2.0, RSS 1.0 (rdf:RDF) and Atom, wherever it starts: junk
+# before it (PHP warnings) is a minor problem, not a reason to look for "</br>".
+_FEED_ROOT = re.compile(r"<((?:[A-Za-z_][\w.-]*:)?(?:rss|feed|RDF))[\s/>]", re.IGNORECASE)
+
 
 @dataclass(frozen=True, slots=True)
 class _RawEntry:
@@ -83,6 +110,12 @@ def _parse_xml_feed(body: bytes, content_type: str | None, url: str) -> ParsedFe
     # Atom ids against the feed's URL, so ids would change whenever the feed moves.
     # Links are resolved against the URL below instead; xml:base still applies.
     headers = {"content-type": content_type} if content_type else {}
+    warnings: list[str] = []
+    body, ignored_entities = _defuse_entities(body)
+    if ignored_entities:
+        warnings.append(
+            f"ignored {ignored_entities} XML entity declaration(s) that could expand into "
+            "huge text (entity amplification); their references are left as they are")
     try:
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore")  # feedparser's own deprecation chatter
@@ -105,8 +138,15 @@ def _parse_xml_feed(body: bytes, content_type: str | None, url: str) -> ParsedFe
         if problem and isinstance(result.get("bozo_exception"), xml.sax.SAXException):
             # Feed-shaped but broken before any entry (typically truncated).
             raise ParseError(problem)
+    if result.get("bozo"):
+        # The lenient parser reads a cut-off document as far as it goes, half an entry
+        # included (a guid without its title, a title without its link). A truncated
+        # download says nothing reliable about the feed: fail, and let the next poll
+        # fetch it whole, rather than post or mark as seen what the cut left behind.
+        truncated = _truncation(result, body)
+        if truncated:
+            raise ParseError(truncated)
 
-    warnings: list[str] = []
     if problem:
         warnings.append(f"{problem}; read with the lenient parser")
     if not version:
@@ -145,6 +185,78 @@ def _bozo_problem(result: Mapping[str, Any], body: bytes) -> str | None:
     return _one_line(str(exc)) or name
 
 
+def _wide_codec(body: bytes) -> str | None:
+    """The UTF-16/32 codec of a body in one (with or without BOM), else None."""
+    head = body[:4]
+    if head.startswith((b"\xff\xfe\x00\x00", b"<\x00\x00\x00")):
+        return "utf-32-le"
+    if head.startswith((b"\x00\x00\xfe\xff", b"\x00\x00\x00<")):
+        return "utf-32-be"
+    if head.startswith((b"\xff\xfe", b"<\x00")):
+        return "utf-16-le"
+    if head.startswith((b"\xfe\xff", b"\x00<")):
+        return "utf-16-be"
+    return None
+
+
+def _defuse_entities(body: bytes) -> tuple[bytes, int]:
+    """Drop the internal DTD's entity declarations that could expand without bound.
+
+    Returns the body (unchanged unless something was dropped) and how many were dropped.
+    Works on the text in its own encoding (Latin-1 stands in for every ASCII-compatible
+    one, byte for byte), so the rest of the document reaches feedparser untouched.
+    """
+    codec = _wide_codec(body) or "latin-1"
+    try:
+        text = body.decode(codec)
+    except UnicodeDecodeError:
+        return body, 0
+    if "<!ENTITY" not in text:
+        return body, 0
+    prolog = _PROLOG_SUBSET.match(text)
+    if prolog is None:
+        return body, 0
+    dropped = 0
+
+    def drop(decl: re.Match[str]) -> str:
+        nonlocal dropped
+        if decl["pe"] or not _HARMLESS_ENTITY_VALUE.fullmatch(decl["value"][1:-1]):
+            dropped += 1
+            return "\n" * decl[0].count("\n")  # keep line numbers true for XML errors
+        return decl[0]
+
+    start, end = prolog.span("subset")
+    subset = _ENTITY_DECL.sub(drop, text[start:end])
+    if not dropped:
+        return body, 0
+    return (text[:start] + subset + text[end:]).encode(codec), dropped
+
+
+def _truncation(result: Mapping[str, Any], body: bytes) -> str | None:
+    """Why the document looks cut off before its end, or None if it does not."""
+    exc = result.get("bozo_exception")
+    encoding = _str(result.get("encoding")) or "utf-8"
+    try:
+        text = body.decode(encoding, errors="replace")
+    except LookupError:
+        text = body.decode("latin-1")
+    root = _FEED_ROOT.search(text)
+    # expat reached the end of the input in the middle of something: cut, for sure.
+    cut_short = (isinstance(exc, xml.sax.SAXParseException)
+                 and exc.getMessage() in _END_OF_INPUT_ERRORS)
+    if not cut_short:
+        if root is None:
+            return None  # no feed root to judge the end by
+        # An earlier error (a bare "&") stops expat before it reaches the end, so also
+        # look for the root's closing tag, in any case: sloppy feeds mix <RSS> and </rss>.
+        closing = re.compile(rf"</{re.escape(root[1])}\s*>", re.IGNORECASE)
+        if closing.search(text, root.end()):
+            return None
+    last_line = text.rstrip().count("\n") + 1
+    where = f"before its closing </{root[1]}>" if root else "in the middle of the XML"
+    return f"truncated document: it ends at line {last_line} {where}"
+
+
 def _looks_like_html(body: bytes, content_type: str | None) -> bool:
     mime = (content_type or "").split(";", 1)[0].strip().lower()
     return mime in {"text/html", "application/xhtml+xml"} or bool(_HTML_MARKER.search(body[:1024]))
@@ -159,9 +271,11 @@ def _entry_from_feedparser(e: dict[str, Any], url: str) -> _RawEntry:
     tags = e.get("tags") or []
     explicit_id = _str(e.get("id")).strip()
     link = _absolute(_str(e.get("link")), url)
-    if e.get("guidislink") and link is not None and not _is_web_url(explicit_id):
+    if (e.get("guidislink") and not e.get("links") and link is not None
+            and not _is_web_url(explicit_id)):
         # feedparser copies a guid into the link when there is no <link>, as RSS
-        # says guids are permalinks by default; "12345" as a link is nonsense.
+        # says guids are permalinks by default; "12345" as a link is nonsense. Only
+        # then: "guidislink" also stays set when the <link> comes after the <guid>.
         link = None
     return _RawEntry(
         explicit_id=explicit_id,
@@ -217,9 +331,16 @@ def _parse_json_feed(body: bytes, url: str) -> ParsedFeed:
     try:
         doc = json.loads(body)
     except json.JSONDecodeError as exc:
+        if exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated string"):
+            line = exc.doc.rstrip().count("\n") + 1
+            raise ParseError(
+                f"truncated document: the JSON ends at line {line} before it is complete"
+            ) from exc
         raise ParseError(f"JSON error at line {exc.lineno}: {exc.msg}") from exc
-    except (UnicodeDecodeError, RecursionError) as exc:
-        raise ParseError(f"not a feed: unreadable JSON ({type(exc).__name__})") from exc
+    except UnicodeDecodeError as exc:
+        raise ParseError("not a feed: JSON that is not UTF-8, UTF-16 or UTF-32 text") from exc
+    except RecursionError as exc:
+        raise ParseError("not a feed: JSON nested too deeply") from exc
     if not isinstance(doc, dict):
         raise ParseError("not a feed: JSON document is not an object")
     version = doc.get("version")
@@ -298,6 +419,10 @@ def _settle_identity(entries: Iterable[_RawEntry], warnings: list[str]) -> tuple
     seen: set[str] = set()
     settled: list[Entry] = []
     for position, raw in enumerate(entries, start=1):
+        if not (raw.title or raw.link or _has_text(raw)):
+            # Nothing to show a reader: posting "(untitled)" alone would be noise.
+            warnings.append(f"entry {position} has no title, link or text; skipped")
+            continue
         entry_id = raw.explicit_id or raw.link or _content_hash(raw)
         if entry_id in seen:
             warnings.append(f"entry {position} repeats id {entry_id!r}; kept the first")
@@ -317,6 +442,10 @@ def _settle_identity(entries: Iterable[_RawEntry], warnings: list[str]) -> tuple
             )
         )
     return tuple(settled)
+
+
+def _has_text(raw: _RawEntry) -> bool:
+    return bool(_plain_text(raw.content_html or raw.summary_html, "text/html"))
 
 
 def _content_hash(raw: _RawEntry) -> str:
@@ -396,5 +525,10 @@ def _str(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+# Every whitespace run but the no-break spaces French typography puts before ":;!?»"
+# and inside "« »" (render keeps them too): "Café&nbsp;: ..." must not lose it here.
+_COLLAPSIBLE_SPACE = re.compile(r"[^\S\u00a0\u202f\u2007]+")
+
+
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return _COLLAPSIBLE_SPACE.sub(" ", text).strip(" ")
