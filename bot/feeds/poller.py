@@ -87,10 +87,6 @@ class FeedPoller:
         """The config's interval, unless a moderator set another by command."""
         return self._store.feed_interval(self.feed.name) or self.feed.interval
 
-    def _all_rooms_paused(self) -> bool:
-        settings = self._store.feed_room_settings(self.feed.name)
-        return all(settings.get(room, _DEFAULT_SETTINGS).paused for room in self.feed.rooms)
-
     async def run(self) -> None:
         state = self._store.ensure_feed(self.feed.name, self.feed.url)
         if state.disabled:
@@ -134,10 +130,9 @@ class FeedPoller:
 
     async def _poll(self, state: FeedState, now: float) -> float:
         feed = self.feed
+        # Paused feeds are still fetched (one conditional request): what appears during
+        # a pause is marked seen, so resuming does not dump a backlog into the room.
         interval = self.interval
-        if self._all_rooms_paused():
-            log.debug("feed %s: paused in every room; not fetched", feed.name)
-            return jittered(interval, self._rng)
         result = await self._fetcher.fetch(state.url, etag=state.etag,
                                            last_modified=state.last_modified)
         if result.status == 304 or result.body is None:

@@ -94,6 +94,7 @@ class MatrixTransport:
         self._encrypted: set[str] = set()
         self._removed: dict[str, str] | None = None
         self._login_lock = asyncio.Lock()
+        self._started_ms = int(time.time() * 1000)
         self.login_generation = 0     # bumped by each re-login after a refused token
 
     @property
@@ -293,8 +294,9 @@ class MatrixTransport:
 
     async def run_sync(self, handlers: EventHandlers) -> None:
         since = self._store.get(SYNC_TOKEN_KEY)
-        # Commands sent while the bot was down are not replayed: only newer ones count.
-        started_ms = int(time.time() * 1000)
+        # Commands sent while the bot was down are not replayed: only those sent after
+        # this bot started count.
+        started_ms = self._started_ms
         delay = 1.0
         while True:
             try:
