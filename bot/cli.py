@@ -83,7 +83,8 @@ def _check_config(path: Path) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    for warning in warnings:
+    from bot.statecheck import state_warnings
+    for warning in [*warnings, *state_warnings(config)]:
         print(f"warning: {warning}", file=sys.stderr)
     rooms = {room for feed in config.feeds for room in feed.rooms}
     print(f"{path}: OK ({len(config.feeds)} feed(s), {len(rooms)} room(s))")
