@@ -79,3 +79,13 @@ def test_fresh_allowance_has_a_ceiling() -> None:
                       known_until=datetime(2000, 1, 1, tzinfo=UTC))
     assert len(decision.to_post) == 20
     assert decision.flood
+
+
+def test_far_future_dates_do_not_count_as_fresh() -> None:
+    future = [Entry(entry_id=f"f{n}", title="t", link=None, summary_html="", content_html="",
+                    published=datetime(2999, 1, 1, tzinfo=UTC) + timedelta(days=n))
+              for n in range(30)]
+    decision = decide(future, {e.entry_id for e in future}, first_sight=False, backfill=0,
+                      max_per_poll=5, known_until=datetime(2025, 1, 1, tzinfo=UTC),
+                      now=datetime(2026, 1, 1, tzinfo=UTC))
+    assert len(decision.to_post) == 5

@@ -7,7 +7,7 @@ in which order. Kept pure so every rule (first sight, backfill, floods) is teste
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from bot.model import Entry
 
@@ -46,7 +46,7 @@ FRESH_ALLOWANCE = 4
 
 def decide(entries: tuple[Entry, ...] | list[Entry], unseen_ids: set[str], *,
            first_sight: bool, backfill: int, max_per_poll: int,
-           known_until: datetime | None = None) -> Decision:
+           known_until: datetime | None = None, now: datetime | None = None) -> Decision:
     unseen = [e for e in chronological(entries) if e.entry_id in unseen_ids]
     mark = tuple(e.entry_id for e in unseen)
     if first_sight:
@@ -59,7 +59,10 @@ def decide(entries: tuple[Entry, ...] | list[Entry], unseen_ids: set[str], *,
     # successful poll are genuinely new and are kept, within a generous ceiling.
     fresh = 0
     if known_until is not None:
-        fresh = sum(1 for e in unseen if (e.published or e.updated or _NO_DATE) > known_until)
+        # A date in the future is a broken date, not a sign of a fresh item.
+        latest = (now or datetime.now(UTC)) + timedelta(days=1)
+        fresh = sum(1 for e in unseen
+                    if known_until < (e.published or e.updated or _NO_DATE) <= latest)
     limit = max(max_per_poll, min(fresh, max_per_poll * FRESH_ALLOWANCE))
     chosen = unseen[-limit:]
     return Decision(tuple(chosen), mark, len(unseen) - len(chosen),

@@ -160,7 +160,7 @@ class FeedPoller:
                        if state.last_success else None)
         decision = decide(parsed.entries, unseen, first_sight=not state.initialized,
                           backfill=feed.backfill, max_per_poll=feed.max_per_poll,
-                          known_until=known_until)
+                          known_until=known_until, now=datetime.fromtimestamp(now, UTC))
         if decision.flood:
             log.warning("feed %s: %d entries appeared at once (did the feed rewrite its ids?); "
                         "posting the newest %d and marking the rest as seen",
