@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import nh3
 
+from .i18n import text
 from .model import Entry, Message
 
 __all__ = ["format_date", "html_to_text", "render_entry", "sanitize_html"]
@@ -287,10 +288,6 @@ def format_date(dt: datetime, language: str) -> str:
 
 # --- messages -------------------------------------------------------------------------
 
-_WORDS = {
-    "fr": {"untitled": "(sans titre)", "more": "Lire la suite"},
-    "en": {"untitled": "(untitled)", "more": "Read more"},
-}
 _HAS_TAG_RE = re.compile(r"<[A-Za-z!/]")
 _TRAILING_PUNCT = " \t\n\r\f,;:.-–—(«\u00a0\u202f"
 
@@ -360,8 +357,8 @@ def render_entry(entry: Entry, *, feed_title: str | None = None, language: str =
 
     ``summary_chars`` caps the summary's plain-text length (0: no summary at all).
     """
-    words = _WORDS[_lang(language)]
-    title = _bounded(_one_line(entry.title), _MAX_TITLE_CHARS) or words["untitled"]
+    lang = _lang(language)
+    title = _bounded(_one_line(entry.title), _MAX_TITLE_CHARS) or text("untitled", lang)
     link = _clean_link(entry.link)
     when = entry.published or entry.updated
     date = format_date(when, language) if when else ""
@@ -390,6 +387,6 @@ def render_entry(entry: Entry, *, feed_title: str | None = None, language: str =
         parts_text.append(summary_text)
 
     if link:
-        parts_html.append(f'<p><a href="{_esc_attr(link)}">{words["more"]}</a></p>')
+        parts_html.append(f'<p><a href="{_esc_attr(link)}">{text("read_more", lang)}</a></p>')
         parts_text.append(link)
     return Message(body="\n\n".join(parts_text), html="".join(parts_html))
