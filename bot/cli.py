@@ -42,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
                          help="how many of the newest entries (default 3)")
     preview.add_argument("--language", choices=("en", "fr"), default="en")
     preview.add_argument("--html", action="store_true", help="print the HTML too")
+    preview.add_argument("--template", default="default", metavar="NAME",
+                         help="default, compact, full, a Jinja2 template file, or a "
+                              "template itself (as a feed's template / template_file)")
+    preview.add_argument("--content", choices=("summary", "full"), default="summary",
+                         help="the summary (default) or the whole entry, as a feed's "
+                              "content setting")
+    preview.add_argument("--summary-length", type=int, default=None, metavar="CHARS",
+                         help="as a feed's summary_length (default 400; 0: no summary)")
+    preview.add_argument("--max-message-bytes", default=None, metavar="SIZE",
+                         help="as a feed's max_message_bytes (default 40KiB)")
     preview.add_argument("--allow-private-networks", action="store_true",
                          help="allow URLs on loopback or private addresses (e.g. a local test)")
 
@@ -127,11 +137,58 @@ async def _run_app(config: object) -> None:
         raise group.exceptions[0] from None
 
 
+def _preview_settings(args: argparse.Namespace) -> tuple[str, int, int] | str:
+    """(template, summary length, byte budget) from the flags, or what is wrong with them."""
+    from bot.config import parse_size
+    from bot.render import (
+        DEFAULT_MAX_MESSAGE_BYTES,
+        DEFAULT_SUMMARY_LENGTH,
+        MAX_MESSAGE_BYTES,
+        MIN_MESSAGE_BYTES,
+        check_template,
+    )
+    from bot.templates import BUILTIN_TEMPLATES
+    template, where = args.template, "--template"
+    inline = "{" in template or "<" in template
+    if template not in BUILTIN_TEMPLATES and not inline:
+        path = Path(template)
+        if not path.is_file():
+            return (f"--template: {template!r} is neither a built-in template "
+                    f"({', '.join(BUILTIN_TEMPLATES)}), a template file nor a template")
+        try:
+            template = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"--template: cannot read {path}: {exc}"
+        where = f"--template {path}"
+    problem = check_template(template)
+    if problem is not None:
+        return (f"{where}: line {problem.line}: {problem.detail}" if problem.line
+                else f"{where}: {problem.detail}")
+    length = DEFAULT_SUMMARY_LENGTH if args.summary_length is None else args.summary_length
+    if length < 0:
+        return "--summary-length: must be at least 0"
+    budget = DEFAULT_MAX_MESSAGE_BYTES
+    if args.max_message_bytes is not None:
+        try:
+            budget = parse_size(args.max_message_bytes)
+        except ValueError:
+            return f"--max-message-bytes: {args.max_message_bytes!r} is not a size (e.g. 40KiB)"
+        if not MIN_MESSAGE_BYTES <= budget <= MAX_MESSAGE_BYTES:
+            return (f"--max-message-bytes: must be between {MIN_MESSAGE_BYTES} and "
+                    f"{MAX_MESSAGE_BYTES} bytes")
+    return template, length, budget
+
+
 async def _preview(args: argparse.Namespace) -> int:
     from bot.feeds.decide import chronological
     from bot.feeds.fetch import Fetcher
     from bot.feeds.parse import parse_feed_async
     from bot.render import render_entry
+    settings = _preview_settings(args)
+    if isinstance(settings, str):
+        print(settings, file=sys.stderr)
+        return EXIT_CONFIG
+    template, summary_length, budget = settings
     try:
         async with Fetcher(allow_private_networks=args.allow_private_networks) as fetcher:
             result = await fetcher.fetch(args.url)
@@ -149,7 +206,11 @@ async def _preview(args: argparse.Namespace) -> int:
     print(f"{parsed.title or args.url}: {len(parsed.entries)} entries; "
           f"the newest {len(newest)} would be posted as:\n")
     for entry in newest:
-        message = render_entry(entry, feed_title=parsed.title or None, language=args.language)
+        # The poller's own call, with the flags in place of a feed's settings.
+        message = render_entry(entry, feed_title=parsed.title or None, language=args.language,
+                               template=template, content=args.content,
+                               summary_chars=summary_length, max_bytes=budget,
+                               feed="preview")
         print("-" * 72)
         print(message.body)
         if args.html:

@@ -23,6 +23,15 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError
+from .render import (
+    CONTENT_MODES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_SUMMARY_LENGTH,
+    MAX_MESSAGE_BYTES,
+    MIN_MESSAGE_BYTES,
+    check_template,
+)
+from .templates import BUILTIN_TEMPLATES
 
 __all__ = [
     "CommandsConfig", "Config", "FeedConfig", "FetchConfig", "MatrixConfig", "StorageConfig",
@@ -85,6 +94,12 @@ class FeedConfig:
     max_per_poll: int = 5
     msgtype: str = "m.notice"
     language: str | None = None
+    # How items read: a built-in template name (default, compact, full) or Jinja2
+    # source (from `template:` or read from `template_file:`), checked at load time.
+    template: str = "default"
+    content: str = "summary"                    # or "full": the whole entry
+    summary_length: int = DEFAULT_SUMMARY_LENGTH
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +205,9 @@ _STORAGE_KEYS = ("path",)
 _FETCH_KEYS = ("allow_private_networks", "timeout", "connect_timeout", "max_body_size",
                "concurrency", "max_backoff")
 _FEED_KEYS = ("name", "url", "rooms", "interval", "backfill", "max_per_poll", "msgtype",
-              "language")
+              "language", "template", "template_file", "content", "summary_length",
+              "max_message_bytes")
+_TEMPLATE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 _DEFAULT_INTERVAL = 15 * 60.0
 _MIN_INTERVAL = 1.0
@@ -727,6 +744,78 @@ def _read_rooms(r: _Reader, items: dict[str, Node], parent: Node,
     return tuple(rooms) if ok else None
 
 
+def _read_template(r: _Reader, items: dict[str, Node], parent: Node,
+                   path: str) -> str | None:
+    """The feed's template: a built-in's name, or Jinja2 source that passed the checks."""
+    inline = r.string(items, parent, path, "template")
+    from_file = r.string(items, parent, path, "template_file")
+    if inline is None and from_file is None:
+        given = [k for k in ("template", "template_file") if not _is_null(items.get(k))]
+        return None if given else "default"  # a value of the wrong kind was reported
+    if inline is not None and from_file is not None:
+        r.problem(from_file[1], _join(path, "template_file"),
+                  "set only one of template or template_file")
+        return None
+    if inline is not None:
+        source, node = inline
+        key, where = _join(path, "template"), "the template"
+        name = source.strip()
+        if name in BUILTIN_TEMPLATES:
+            return name
+        if _TEMPLATE_NAME_RE.fullmatch(name):
+            builtins = ", ".join(BUILTIN_TEMPLATES)
+            hint = difflib.get_close_matches(name, list(BUILTIN_TEMPLATES), n=1, cutoff=0.6)
+            advice = (f"did you mean {hint[0]!r}?" if hint else
+                      "a template of your own is Jinja2 HTML, such as "
+                      "'<b>{{ title }}</b> {{ link }}'")
+            r.problem(node, key, f"{_quote(name)} is not a built-in template ({builtins}); "
+                                 f"{advice}")
+            return None
+    else:
+        assert from_file is not None
+        text, node = from_file
+        key = _join(path, "template_file")
+        if not text.strip():
+            r.problem(node, key, "is empty")
+            return None
+        file = r.path(text.strip())
+        where = file.name
+        try:
+            source = file.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            r.problem(node, key, f"{file} is not a UTF-8 text file")
+            return None
+        except OSError as exc:
+            r.problem(node, key, f"cannot read {file}: {exc.strerror or 'error'}")
+            return None
+    problem = check_template(source)
+    if problem is not None:
+        r.problem(node, key, f"line {problem.line} of {where}: {problem.detail}"
+                             if problem.line else f"{where}: {problem.detail}")
+        return None
+    return source
+
+
+def _read_message_bytes(r: _Reader, items: dict[str, Node], parent: Node,
+                        path: str) -> int | None:
+    found = r.string(items, parent, path, "max_message_bytes")
+    if found is None:
+        return None if not _is_null(items.get("max_message_bytes")) else \
+            DEFAULT_MAX_MESSAGE_BYTES
+    text, node = found
+    key = _join(path, "max_message_bytes")
+    try:
+        value = parse_size(text)
+    except ValueError:
+        r.problem(node, key, f"{_quote(text)} is not a size (examples: 40000, 40KiB)")
+        return None
+    if not MIN_MESSAGE_BYTES <= value <= MAX_MESSAGE_BYTES:
+        r.problem(node, key, f"must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES} "
+                             f"bytes (homeservers refuse events over 65536), got {value}")
+        return None
+    return value
+
+
 def _read_feed(r: _Reader, node: Node, index: int,
                names: dict[str, int], urls: dict[str, int]) -> FeedConfig | None:
     path = f"feeds[{index}]"
@@ -772,14 +861,20 @@ def _read_feed(r: _Reader, node: Node, index: int,
     max_per_poll = r.integer(items, node, path, "max_per_poll", 5, 1)
     msgtype = r.choice(items, node, path, "msgtype", _MSGTYPES, "m.notice")
     language = r.choice(items, node, path, "language", _LANGUAGES, None)
+    template = _read_template(r, items, node, path)
+    content = r.choice(items, node, path, "content", CONTENT_MODES, "summary")
+    summary_length = r.integer(items, node, path, "summary_length", DEFAULT_SUMMARY_LENGTH, 0)
+    max_message_bytes = _read_message_bytes(r, items, node, path)
 
     # A bad value was reported as a problem, so loading fails whatever is returned here.
     if (name is None or url is None or rooms is None or interval is None or backfill is None
-            or max_per_poll is None or msgtype is None):
+            or max_per_poll is None or msgtype is None or template is None
+            or content is None or summary_length is None or max_message_bytes is None):
         return None
     return FeedConfig(name=name, url=url, rooms=rooms, interval=interval[0],
                       backfill=backfill, max_per_poll=max_per_poll, msgtype=msgtype,
-                      language=language)
+                      language=language, template=template, content=content,
+                      summary_length=summary_length, max_message_bytes=max_message_bytes)
 
 
 def _read_feeds(r: _Reader, top: dict[str, Node], root: Node) -> tuple[FeedConfig, ...] | None:

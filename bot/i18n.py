@@ -11,6 +11,7 @@ LANGUAGES = ("en", "fr")
 MESSAGES: dict[str, dict[str, str]] = {
     "untitled": {"en": "(untitled)", "fr": "(sans titre)"},
     "read_more": {"en": "Read more", "fr": "Lire la suite"},
+    "by_author": {"en": "by {author}", "fr": "par {author}"},
     "help": {
         "en": "newsbot posts every new item of this room's feeds here.\n"
               "For everyone:\n"

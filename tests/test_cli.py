@@ -358,6 +358,90 @@ async def test_preview_of_an_html_page_fails_with_one_line(
     assert result.err.splitlines() == [f"{url}: not a feed: looks like an HTML page"]
 
 
+async def test_preview_with_a_built_in_template(feed_server: FeedServer,
+                                               feed_path: str) -> None:
+    items = make_items(3)
+    feed_server.set_feed(feed_path, items)
+    result = await acli("preview", feed_server.url(feed_path), "--allow-private-networks",
+                        "--language", "fr", "--template", "compact", "--html")
+    assert result.code == 0, result
+    assert result.err == ""
+    # One line per item: the linked title and the date.
+    assert f"{items[0].title} ({items[0].link}) · 1er janvier 2025" in result.out.splitlines()
+    assert f'<a href="{items[0].link}">{items[0].title}</a> · 1er janvier 2025' in result.out
+    assert "Lire la suite" not in result.out and "Résumé" not in result.out
+
+
+async def test_preview_with_a_template_file_and_full_content(
+        tmp_path: Path, feed_server: FeedServer, feed_path: str) -> None:
+    items = make_items(2)
+    items[0].content = "<h2>Le détail</h2><ul><li>un</li><li>deux</li></ul>"
+    feed_server.set_feed(feed_path, items)
+    template = tmp_path / "news.html"
+    template.write_text("<p>{{ feed_title }} — <b>{{ title }}</b> ({{ author }})</p>\n"
+                        "{{ content if full else summary }}\n", encoding="utf-8")
+    result = await acli("preview", feed_server.url(feed_path), "--allow-private-networks",
+                        "-n", "1", "--template", str(template), "--content", "full", "--html")
+    assert result.code == 0, result
+    assert f"Actualités — {items[0].title} (Équipe com)\n\nLe détail\n\n• un\n• deux" \
+        in result.out
+    assert "<h2>Le détail</h2><ul><li>un</li><li>deux</li></ul>" in result.out
+    # An inline template works as well.
+    inline = await acli("preview", feed_server.url(feed_path), "--allow-private-networks",
+                        "-n", "1", "--template", "<p>[{{ date }}] {{ title }}</p>")
+    assert inline.code == 0, inline
+    assert f"[1 January 2025] {items[0].title}" in inline.out
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("fancy", "--template: 'fancy' is neither a built-in template (default, compact, full), "
+              "a template file nor a template"),
+    ("<b>{{ titel }}</b>", "--template: line 1: unknown field 'titel' (did you mean 'title'?)"),
+])
+async def test_preview_refuses_a_bad_template_before_fetching(
+        feed_server: FeedServer, feed_path: str, template: str, message: str) -> None:
+    feed_server.set_feed(feed_path, make_items(1))
+    result = await acli("preview", feed_server.url(feed_path), "--allow-private-networks",
+                        "--template", template)
+    assert result.code == 2, result
+    assert result.out == ""
+    [line] = result.err.splitlines()
+    assert line.startswith(message), line
+    assert feed_server.requests(feed_path) == []
+
+
+async def test_preview_cuts_a_long_item_as_it_would_be_posted(
+        feed_server: FeedServer, feed_path: str) -> None:
+    items = make_items(1)
+    items[0].content = "".join(f"<h2>Partie {i}</h2><p>{'Données de santé. ' * 40}</p>"
+                               for i in range(200))
+    feed_server.set_feed(feed_path, items)
+    result = await acli("preview", feed_server.url(feed_path), "--allow-private-networks",
+                        "--content", "full", "--max-message-bytes", "8KiB", "--html")
+    assert result.code == 0, result
+    body, html = result.out.split("\n[html]\n")
+    assert "Partie 0" in body and "Partie 199" not in body
+    assert body.rstrip("-\n").endswith(f"\n\n{items[0].link}")
+    assert html.rstrip("-\n").endswith(f'<p><a href="{items[0].link}">Read more</a></p>')
+
+
+def test_check_config_names_a_template_error_and_its_line(tmp_path: Path) -> None:
+    path = write_config(tmp_path / "config.yaml", {
+        "matrix": {"homeserver": "https://matrix.example.org", "user_id": "@newsbot:example.org",
+                   "access_token": SECRET, "device_id": "NEWSBOT"},
+        "storage": {"path": str(tmp_path / "state")},
+        "feeds": [{"name": "news", "url": "https://example.org/feed.xml",
+                   "rooms": ["#news:example.org"],
+                   "template": "<b>{{ title }}</b>\n{{ link }\n"}],
+    })
+    result = cli("check-config", "-c", str(path))
+    assert result.code == 2, result
+    line = line_of(path.read_text(encoding="utf-8"), "template:")
+    assert problem_lines(result.err) == [
+        f"{path}:{line}: feeds[0].template: line 2 of the template: unexpected '}}'"]
+    assert_no_traceback(result.err)
+
+
 # --- run ---------------------------------------------------------------------------------
 
 

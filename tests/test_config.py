@@ -641,3 +641,104 @@ def test_matrix_repr_masks_secrets() -> None:
         "MatrixConfig(homeserver='https://m.example.org', user_id='@b:example.org', "
         "access_token='***', password='***', device_id='DEV', display_name=None)")
     assert "password=None" in repr(dataclasses.replace(matrix, password=None))
+
+
+# --- how items read: template, template_file, content, summary_length, max_message_bytes
+
+def test_message_settings_default() -> None:
+    (feed,) = load(VALID)[0].feeds
+    assert (feed.template, feed.content, feed.summary_length, feed.max_message_bytes) == (
+        "default", "summary", 400, 40 * 1024)
+
+
+def test_message_settings() -> None:
+    config, warnings = load(VALID + """\
+    template: compact
+    content: full
+    summary_length: 0
+    max_message_bytes: 20KiB
+""")
+    assert warnings == []
+    (feed,) = config.feeds
+    assert (feed.template, feed.content, feed.summary_length, feed.max_message_bytes) == (
+        "compact", "full", 0, 20 * 1024)
+    (feed,) = load(VALID + "    template: full\n    max_message_bytes: 61440\n")[0].feeds
+    assert (feed.template, feed.max_message_bytes) == ("full", 61440)
+
+
+def test_inline_template_is_kept_as_source() -> None:
+    (feed,) = load(VALID + """\
+    template: |
+      <p><b>{{ title }}</b> · {{ published | date }}</p>
+      {{ summary }}
+""")[0].feeds
+    assert feed.template == "<p><b>{{ title }}</b> · {{ published | date }}</p>\n{{ summary }}\n"
+
+
+def test_template_problems_name_the_key_and_the_template_line() -> None:
+    text = VALID + """\
+    template: |
+      <b>{{ title }}</b>
+      {{ link }
+  - name: second
+    url: https://interhop.org/second.xml
+    rooms: ["#actus:example.org"]
+    template: "<p>{% if author %}{{ author | uper }}{% endif %}{{ titel }}</p>"
+  - name: third
+    url: https://interhop.org/third.xml
+    rooms: ["#actus:example.org"]
+    template: compakt
+  - name: fourth
+    url: https://interhop.org/fourth.xml
+    rooms: ["#actus:example.org"]
+    template: "{{ title }}"
+    template_file: news.html
+  - name: fifth
+    url: https://interhop.org/fifth.xml
+    rooms: ["#actus:example.org"]
+    template: "{{ title }}\\n{{ author.upper() }}"
+    content: partial
+    summary_length: -1
+    max_message_bytes: 1MiB
+  - name: sixth
+    url: https://interhop.org/sixth.xml
+    rooms: ["#actus:example.org"]
+    template: notes
+    max_message_bytes: lots
+"""
+    assert problems(text) == [
+        "config.yaml:16: feeds[0].template: line 2 of the template: unexpected '}'",
+        "config.yaml:22: feeds[1].template: line 1 of the template: unknown filter 'uper' "
+        "(did you mean 'upper'?)",
+        'config.yaml:26: feeds[2].template: "compakt" is not a built-in template (default, '
+        "compact, full); did you mean 'compact'?",
+        "config.yaml:31: feeds[3].template_file: set only one of template or template_file",
+        "config.yaml:35: feeds[4].template: line 2 of the template: 'None' has no attribute "
+        "'upper' (when rendering an entry with no title, link, date, author or text)",
+        'config.yaml:36: feeds[4].content: "partial" is not one of: summary, full',
+        "config.yaml:37: feeds[4].summary_length: must be at least 0 (got -1)",
+        "config.yaml:38: feeds[4].max_message_bytes: must be between 4096 and 61440 bytes "
+        "(homeservers refuse events over 65536), got 1048576",
+        'config.yaml:42: feeds[5].template: "notes" is not a built-in template (default, '
+        "compact, full); a template of your own is Jinja2 HTML, such as "
+        "'<b>{{ title }}</b> {{ link }}'",
+        'config.yaml:43: feeds[5].max_message_bytes: "lots" is not a size '
+        "(examples: 40000, 40KiB)",
+    ]
+
+
+def test_template_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
+    (tmp_path / "templates").mkdir()
+    good = tmp_path / "templates" / "news.html"
+    good.write_text("<p>{{ title }}</p>\n{{ content }}\n", encoding="utf-8")
+    text = VALID + "    template_file: templates/news.html\n"
+    (feed,) = load(text, base_dir=tmp_path)[0].feeds
+    assert feed.template == "<p>{{ title }}</p>\n{{ content }}\n"
+
+    good.write_text("<p>{{ title }}</p>\n{% for c in categories %}{{ c }\n", encoding="utf-8")
+    assert problems(text, base_dir=tmp_path) == [
+        "config.yaml:16: feeds[0].template_file: line 2 of news.html: unexpected '}'"]
+    missing = VALID + "    template_file: nowhere.html\n"
+    assert problems(missing, base_dir=tmp_path) == [
+        f"config.yaml:16: feeds[0].template_file: cannot read {tmp_path / 'nowhere.html'}: "
+        "No such file or directory"]

@@ -202,8 +202,11 @@ class FeedPoller:
                     continue
                 language = self._room_language(room) or self._language
                 if language not in messages:
-                    messages[language] = render_entry(entry, feed_title=feed_title,
-                                                      language=language)
+                    messages[language] = render_entry(
+                        entry, feed_title=feed_title, language=language,
+                        template=feed.template, content=feed.content,
+                        summary_chars=feed.summary_length,
+                        max_bytes=feed.max_message_bytes, feed=feed.name)
                 key = delivery_key(feed.name, entry.entry_id, room)
                 deliveries.append(NewDelivery(entry.entry_id, room, event_content(
                     messages[language], msgtype=feed.msgtype, key=key)))
