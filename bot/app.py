@@ -43,7 +43,8 @@ class App:
         self.store = store or Store.open(config.storage.path)
         if transport is None:
             from bot.transport.matrix import MatrixTransport
-            transport = MatrixTransport(config.matrix, self.store, config.storage.path)
+            transport = MatrixTransport(config.matrix, self.store, config.storage.path,
+                                        encryption=config.encryption)
         self.transport: Transport = transport
         self.deliverer = Deliverer(self.store, self.transport, self.clock)
         self._stop = asyncio.Event()
@@ -81,6 +82,11 @@ class App:
     async def _on_invite(self, room_id: str, inviter: str) -> bool:
         if inviter in self.config.admins:
             log.info("accepting the invite to %s from admin %s", room_id, inviter)
+            return True
+        if room_id in self._room_ids.values() or any(
+                room_id in feed.rooms for feed, _ in self._feeds.values()):
+            # A room the configuration posts to: the operator already chose it.
+            log.info("accepting the invite to configured room %s from %s", room_id, inviter)
             return True
         log.warning("rejecting the invite to %s from %s: not in admins", room_id,
                     inviter or "an unknown user")

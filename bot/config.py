@@ -34,7 +34,8 @@ from .render import (
 from .templates import BUILTIN_TEMPLATES
 
 __all__ = [
-    "CommandsConfig", "Config", "FeedConfig", "FetchConfig", "MatrixConfig", "StorageConfig",
+    "CommandsConfig", "Config", "EncryptionConfig", "FeedConfig", "FetchConfig",
+    "MatrixConfig", "StorageConfig",
     "load_config", "load_config_text", "parse_duration", "parse_size",
 ]
 
@@ -75,6 +76,12 @@ class FetchConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class EncryptionConfig:
+    enabled: bool = True
+    trust: str = "all"          # "all": every device of the members; "verified": verified only
+
+
+@dataclass(frozen=True, slots=True)
 class CommandsConfig:
     prefix: str = "!news"
     min_power_level: int = 50
@@ -112,6 +119,7 @@ class Config:
     language: str = "en"
     log_level: str = "INFO"
     commands: CommandsConfig = CommandsConfig()
+    encryption: EncryptionConfig = EncryptionConfig()
     source: Path | None = None
 
 
@@ -196,7 +204,8 @@ _TAG_BOOL = "tag:yaml.org,2002:bool"
 _TAG_NULL = "tag:yaml.org,2002:null"
 
 _TOP_KEYS = ("matrix", "storage", "fetch", "admins", "feeds", "language", "log_level",
-             "commands")
+             "commands", "encryption")
+_ENCRYPTION_KEYS = ("enabled", "trust")
 _COMMANDS_KEYS = ("prefix", "min_power_level", "rate_limit", "rate_window",
                   "max_feeds_per_room", "default_interval")
 _MATRIX_KEYS = ("homeserver", "user_id", "access_token", "access_token_file", "password",
@@ -926,6 +935,19 @@ def _read_commands(r: _Reader, top: dict[str, Node], root: Node) -> CommandsConf
                           default_interval=interval[0])
 
 
+def _read_encryption(r: _Reader, top: dict[str, Node], root: Node) -> EncryptionConfig | None:
+    defaults = EncryptionConfig()
+    found = r.section(top, root, "", "encryption", _ENCRYPTION_KEYS, required=False)
+    if found is None:
+        return None if not _is_null(top.get("encryption")) else defaults
+    items, node = found
+    enabled = r.boolean(items, node, "encryption", "enabled", defaults.enabled)
+    trust = r.choice(items, node, "encryption", "trust", ("all", "verified"), defaults.trust)
+    if enabled is None or trust is None:
+        return None
+    return EncryptionConfig(enabled=enabled, trust=trust)
+
+
 def _read_config(r: _Reader, root: Node) -> Config | None:
     top = r.mapping(root, "", _TOP_KEYS)
     if top is None:
@@ -938,11 +960,14 @@ def _read_config(r: _Reader, root: Node) -> Config | None:
     log_level = r.choice(top, root, "", "log_level", _LOG_LEVELS, "INFO", fold=True)
     feeds = _read_feeds(r, top, root)
     commands = _read_commands(r, top, root)
+    encryption = _read_encryption(r, top, root)
     if (matrix is None or storage is None or fetch is None or admins is None
-            or feeds is None or language is None or log_level is None or commands is None):
+            or feeds is None or language is None or log_level is None or commands is None
+            or encryption is None):
         return None
     return Config(matrix=matrix, storage=storage, fetch=fetch, admins=admins, feeds=feeds,
-                  language=language, log_level=log_level, commands=commands)
+                  language=language, log_level=log_level, commands=commands,
+                  encryption=encryption)
 
 
 # --- entry points -----------------------------------------------------------------------

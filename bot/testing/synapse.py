@@ -260,6 +260,9 @@ class SynapseServer:
             "suppress_key_server_warning": True,
             "url_preview_enabled": False,
             "presence": {"enabled": False},
+            # Synapse answers a repeated /sync from its 2-minute cache: a client restarted
+            # on the same device would get stale answers (old to-device key messages).
+            "caches": {"sync_response_cache_duration": 0},
             "bcrypt_rounds": 4,
             **self.rate_limits,
         }

@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 import aiohttp
 import nio
+from nio.crypto import ENCRYPTION_ENABLED
 
 from bot import USER_AGENT
-from bot.config import MatrixConfig
+from bot.config import EncryptionConfig, MatrixConfig
 from bot.errors import (
     AuthError,
     MessageRejectedError,
@@ -39,10 +40,18 @@ from bot.transport.base import (
     IncomingMessage,
     InviteHandler,
 )
+from bot.transport.matrix_crypto import (
+    STORE_NAME,
+    Crypto,
+    CryptoStoreError,
+    PolicyStore,
+    check_store_owner,
+)
 
 log = logging.getLogger(__name__)
 
 SESSION_FILENAME = "matrix-session.json"
+CRYPTO_DIRNAME = "crypto"
 SYNC_TOKEN_KEY = "matrix.sync_token"
 REMOVED_ROOMS_KEY = "matrix.removed_rooms"
 
@@ -51,11 +60,15 @@ SYNC_FILTER: dict[str, Any] = {
     "presence": {"types": []},
     "account_data": {"types": []},
     "room": {
-        # Our own membership changes (a kick, a ban) and commands.
-        "timeline": {"limit": 20, "types": ["m.room.member", "m.room.message"]},
+        # Membership changes (a kick, a ban, a member whose devices need room keys),
+        # commands (clear or encrypted), and what encryption depends on.
+        "timeline": {"limit": 20, "types": [
+            "m.room.member", "m.room.message", "m.room.encrypted", "m.room.encryption",
+            "m.room.history_visibility"]},
         "ephemeral": {"types": []},
         "account_data": {"types": []},
-        "state": {"lazy_load_members": True, "types": ["m.room.encryption", "m.room.member"]},
+        "state": {"lazy_load_members": True, "types": [
+            "m.room.encryption", "m.room.member", "m.room.history_visibility"]},
     },
 }
 
@@ -71,16 +84,26 @@ class Session:
 
 class MatrixTransport:
     def __init__(self, config: MatrixConfig, store: Store, storage_dir: Path, *,
+                 encryption: EncryptionConfig | None = None,
                  max_connect_wait: float = 60.0, sync_timeout_ms: int = 30_000) -> None:
         self._config = config
         self._store = store
         self._session_path = storage_dir / SESSION_FILENAME
         self._max_connect_wait = max_connect_wait
         self._sync_timeout_ms = sync_timeout_ms
+        self._encryption = encryption or EncryptionConfig()
+        wanted = self._encryption.enabled
+        # Without vodozemac nio would post clear text into encrypted rooms: we refuse
+        # those rooms instead (send_message), and say so at start.
+        self._can_encrypt = wanted and ENCRYPTION_ENABLED
+        self._crypto_dir = storage_dir / CRYPTO_DIRNAME
+        if self._can_encrypt:
+            self._crypto_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._client = nio.AsyncClient(
             config.homeserver,
             config.user_id,
             device_id=config.device_id or "",
+            store_path=str(self._crypto_dir) if self._can_encrypt else "",
             config=nio.AsyncClientConfig(
                 # We decide about rate limits and outages ourselves (delivery waits, the
                 # outbox keeps the item); nio's own retry loops would hide them and can
@@ -89,8 +112,13 @@ class MatrixTransport:
                 max_timeouts=0,
                 request_timeout=self._sync_timeout_ms / 1000 + 30,
                 custom_headers={"User-Agent": USER_AGENT},
+                encryption_enabled=self._can_encrypt,
+                store=PolicyStore,      # never None: nio's load_store needs a class
+                store_name=STORE_NAME,
+                store_sync_tokens=False,    # the bot keeps its own sync token
             ),
         )
+        self._crypto: Crypto | None = None
         self._encrypted: set[str] = set()
         self._removed: dict[str, str] | None = None
         self._login_lock = asyncio.Lock()
@@ -133,6 +161,8 @@ class MatrixTransport:
         except ValueError as exc:   # a body that is not the JSON nio expected (a proxy page)
             raise TemporaryTransportError(f"{what}: unreadable answer ({type(exc).__name__})") \
                 from exc
+        except (nio.LocalProtocolError, nio.EncryptionError) as exc:
+            raise TemporaryTransportError(f"{what}: {exc}") from exc
         if isinstance(response, nio.ErrorResponse):
             raise _error_for(what, response)
         return response
@@ -141,6 +171,13 @@ class MatrixTransport:
 
     async def connect(self) -> None:
         """Authenticate, waiting for an unreachable homeserver instead of crashing."""
+        if self._can_encrypt:
+            session = self._load_session()
+            device = self._config.device_id or (session.device_id if session else None)
+            check_store_owner(self._crypto_dir, self._config.user_id, device)
+        elif self._encryption.enabled:
+            log.warning("end-to-end encryption is unavailable (the vodozemac package is not "
+                        "installed): newsbot will not post into encrypted rooms")
         delay = 1.0
         while True:
             try:
@@ -154,8 +191,31 @@ class MatrixTransport:
                 delay = min(delay * 2, self._max_connect_wait)
         add_secret(self._client.access_token)
         log.info("logged in as %s (device %s)", self._client.user_id, self._client.device_id)
+        if self._can_encrypt:
+            await self._start_crypto()
         if self._config.display_name:
             await self._set_display_name(self._config.display_name)
+
+    async def _start_crypto(self) -> None:
+        if self._client.olm is None:
+            raise CryptoStoreError(f"the crypto store in {self._crypto_dir} could not be "
+                                   "loaded")
+        crypto = Crypto(self._client, self._crypto_dir, trust=self._encryption.trust,
+                        call=self._call)
+        crypto.start()
+        delay = 1.0
+        while True:
+            try:
+                await crypto.check_identity()
+                await crypto.housekeeping()      # our keys uploaded before anyone needs them
+                break
+            except TemporaryTransportError as exc:
+                log.warning("%s; retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_connect_wait)
+        self._crypto = crypto
+        log.info("end-to-end encryption ready (trust: %s; keys in %s)",
+                 self._encryption.trust, self._crypto_dir)
 
     async def _authenticate(self) -> None:
         cfg = self._config
@@ -263,24 +323,32 @@ class MatrixTransport:
         if removed:
             raise RoomUnavailableError(f"{removed}; invite newsbot again to resume")
         if room_id in self._encrypted:
-            # Sending here would put the news in clear text into an encrypted room.
-            raise RoomUnavailableError(
-                f"{room_id} is end-to-end encrypted and this newsbot cannot encrypt; "
-                "refusing to post in the clear")
+            if self._crypto is None:
+                # Sending here would put the news in clear text into an encrypted room.
+                raise RoomUnavailableError(
+                    f"{room_id} is end-to-end encrypted and encryption is unavailable "
+                    "(disabled, or the vodozemac package missing); refusing to post in the "
+                    "clear")
+            await self._crypto.prepare_send(room_id)
+        elif self._client.olm is not None and room_id not in self._client.rooms:
+            # nio refuses to send into a room it has not seen in a sync once it encrypts.
+            self._client.rooms[room_id] = nio.MatrixRoom(room_id, self._client.user_id)
         resp = await self._call(f"sending to {room_id}", lambda: self._client.room_send(
-            room_id, "m.room.message", dict(content), tx_id=txn_id))
+            room_id, "m.room.message", dict(content), tx_id=txn_id,
+            ignore_unverified_devices=True))
         return str(resp.event_id)
 
     async def find_delivery(self, room_id: str, key: str, *, max_events: int = 500) -> str | None:
         token: str | None = None
         scanned = 0
-        event_filter = {"types": ["m.room.message"], "senders": [self._config.user_id]}
+        event_filter = {"types": ["m.room.message", "m.room.encrypted"],
+                        "senders": [self._config.user_id]}
         while scanned < max_events:
             resp = await self._call(
                 f"reading {room_id}'s history",
                 functools.partial(self._client.room_messages, room_id, start=token, limit=100,
                                   message_filter=event_filter))
-            for event in resp.chunk:
+            for event in resp.chunk:     # nio decrypted what it could
                 content = event.source.get("content", {})
                 if isinstance(content, dict) and content.get(DELIVERY_KEY_FIELD) == key:
                     return str(event.event_id)
@@ -318,6 +386,13 @@ class MatrixTransport:
                     handlers.on_joined(room_id)
             for room_id, left in resp.rooms.leave.items():
                 self._note_removal(room_id, left.timeline.events)
+            if self._crypto is not None:
+                try:
+                    await self._crypto.after_sync(resp, self._encrypted)
+                except TransportError as exc:
+                    if isinstance(exc, AuthError):
+                        raise
+                    log.warning("encryption housekeeping: %s", exc)
             for room_id, joined in resp.rooms.join.items():
                 for event in joined.state:
                     if isinstance(event, nio.RoomEncryptionEvent):
