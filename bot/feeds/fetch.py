@@ -170,14 +170,17 @@ class Fetcher:
             # (and the default resolver) to the running loop.
             if self._policy is not None:
                 self._resolver = _GuardedResolver(DefaultResolver(), self._policy)
+            # No pool limits: the pollers' shared semaphore (fetch.concurrency) bounds how
+            # many feeds are fetched at once. A per-host limit here would make a poll
+            # wait inside its slot, and inside its deadline, behind slow feeds of the
+            # same host (measured in tests/test_load.py).
             connector = aiohttp.TCPConnector(
-                resolver=self._resolver, limit=20, limit_per_host=2
+                resolver=self._resolver, limit=0, limit_per_host=0
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                # The overall deadline is enforced in fetch() across all hops. The
-                # connect limit is per socket, not "connect": that one would also count
-                # the wait for a free slot under limit_per_host as a slow connection.
+                # The overall deadline is enforced in fetch() across all hops; the
+                # connect limit is per socket.
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
                 headers={
                     "User-Agent": self._user_agent,

@@ -101,11 +101,15 @@ class FeedPoller:
             first = min(state.next_fetch - now, self.interval)
         await asyncio.sleep(first)
         while True:
+            started = asyncio.get_running_loop().time()
             async with self._limiter:
                 delay = await self.poll_once()
             if math.isinf(delay):
                 return
-            await asyncio.sleep(delay)
+            # Counted from the start of the poll: waiting for a slot or a slow server
+            # must not stretch the interval.
+            elapsed = asyncio.get_running_loop().time() - started
+            await asyncio.sleep(max(delay - elapsed, 0.0))
 
     async def poll_once(self) -> float:
         """Poll now; returns the seconds to wait before the next poll (inf: never again)."""
