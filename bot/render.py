@@ -98,7 +98,9 @@ def _is_web_url(url: str | None) -> bool:
     return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
-@lru_cache(maxsize=256)
+# Keyed by base URL, which is mostly each entry's own link: a small cache is enough
+# (the no-base cleaner is the one reused) and keeps memory flat over months.
+@lru_cache(maxsize=16)
 def _cleaner(base_url: str | None) -> nh3.Cleaner:
     relative: Literal["deny"] | tuple[Literal["rewrite_with_base"], str] = "deny"
     if base_url is not None and _is_web_url(base_url):
