@@ -56,6 +56,9 @@ class ScriptedTransport:
         self.sent.append(str(content["body"]))
         return f"$event{len(self.sent)}"
 
+    async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
+        return "mxc://test/media"
+
     async def find_delivery(self, room_id: str, key: str, *, max_events: int = 500) -> str | None:
         self.searches.append(key)
         return None

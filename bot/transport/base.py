@@ -59,6 +59,10 @@ class Transport(Protocol):
         """Send one message; the same ``txn_id`` sent twice yields one event. Returns its id."""
         ...
 
+    async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
+        """Store bytes in the server's media repository; returns their mxc:// URI."""
+        ...
+
     async def find_delivery(self, room_id: str, key: str, *, max_events: int = 500) -> str | None:
         """The id of a recent event of ours carrying delivery ``key``, if any."""
         ...

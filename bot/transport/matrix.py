@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import json
 import logging
 import math
@@ -337,6 +338,16 @@ class MatrixTransport:
             room_id, "m.room.message", dict(content), tx_id=txn_id,
             ignore_unverified_devices=True))
         return str(resp.event_id)
+
+    async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
+        """Put bytes into the homeserver's media repository; returns the mxc:// URI."""
+        async def upload() -> Any:
+            resp, _ = await self._client.upload(lambda _got429, _timeouts: io.BytesIO(data),
+                                                content_type=content_type, filename=filename,
+                                                filesize=len(data))
+            return resp
+        resp = await self._call(f"uploading {filename}", upload)
+        return str(resp.content_uri)
 
     async def find_delivery(self, room_id: str, key: str, *, max_events: int = 500) -> str | None:
         token: str | None = None
