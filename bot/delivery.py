@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from bot.clock import Clock
 from bot.errors import (
@@ -53,13 +54,18 @@ def txn_id_for(key: str) -> str:
 class Deliverer:
     def __init__(self, store: Store, transport: Transport, clock: Clock, *,
                  retry_base: float = 1.0, retry_cap: float = 300.0,
-                 unavailable_retry: float = 300.0) -> None:
+                 unavailable_retry: float = 300.0,
+                 on_delivered: Callable[[Delivery, str, str], Awaitable[None]] | None = None,
+                 ) -> None:
         self._store = store
         self._transport = transport
         self._clock = clock
         self._retry_base = retry_base
         self._retry_cap = retry_cap
         self._unavailable_retry = unavailable_retry
+        # Called as on_delivered(delivery, room_id, event_id) after a delivery is recorded
+        # as sent (e.g. to pin the latest issue); its failures never undo the delivery.
+        self._on_delivered = on_delivered
         self._wakeups: dict[str, asyncio.Event] = {}
         self._stopping = asyncio.Event()
         # Login generation of each attempt made by this process: after a re-login the
@@ -177,3 +183,9 @@ class Deliverer:
         self.delivered += 1
         log.info("room %s: posted item %s of feed %s (%s)", delivery.room, delivery.entry_id,
                  delivery.feed, event_id)
+        if self._on_delivered is not None:
+            try:
+                await self._on_delivered(delivery, room_id, event_id)
+            except Exception:
+                log.warning("room %s: after posting %s:", delivery.room, event_id,
+                            exc_info=True)
