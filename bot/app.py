@@ -23,6 +23,7 @@ from bot.delivery import Deliverer
 from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher
 from bot.feeds.poller import FeedPoller
+from bot.media import MediaResolver
 from bot.store import RoomFeed, Store
 from bot.transport.base import EventHandlers, Transport
 
@@ -46,7 +47,13 @@ class App:
             transport = MatrixTransport(config.matrix, self.store, config.storage.path,
                                         encryption=config.encryption)
         self.transport: Transport = transport
-        self.deliverer = Deliverer(self.store, self.transport, self.clock)
+        # Images have their own size cap; the SSRF policy is the feeds' one.
+        self._image_fetcher = Fetcher(allow_private_networks=config.fetch.allow_private_networks,
+                                      max_body_bytes=config.fetch.max_image_bytes,
+                                      total_timeout=config.fetch.timeout,
+                                      connect_timeout=config.fetch.connect_timeout)
+        media = MediaResolver(self._image_fetcher, self.transport, self.store, self.clock)
+        self.deliverer = Deliverer(self.store, self.transport, self.clock, media=media)
         self._stop = asyncio.Event()
         self._limiter = asyncio.Semaphore(config.fetch.concurrency)
         self._room_ids: dict[str, str] = {}          # configured room name -> room id
@@ -106,6 +113,7 @@ class App:
                 return
             await self._supervise()
         finally:
+            await self._image_fetcher.close()
             await self.transport.close()
             self.store.close()
             log.info("stopped")

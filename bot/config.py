@@ -73,6 +73,7 @@ class FetchConfig:
     max_body_bytes: int = 5 * 1024 * 1024
     concurrency: int = 8
     max_backoff: float = 21600.0
+    max_image_bytes: int = 5 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,8 @@ class FeedConfig:
     content: str = "summary"                    # or "full": the whole entry
     summary_length: int = DEFAULT_SUMMARY_LENGTH
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    images: str = "inline"                      # inline | separate (an m.image) | off
+    on_update: str = "edit"                     # edit the posted message, or ignore
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +218,7 @@ _FETCH_KEYS = ("allow_private_networks", "timeout", "connect_timeout", "max_body
                "concurrency", "max_backoff")
 _FEED_KEYS = ("name", "url", "rooms", "interval", "backfill", "max_per_poll", "msgtype",
               "language", "template", "template_file", "content", "summary_length",
-              "max_message_bytes")
+              "max_message_bytes", "images", "on_update")
 _TEMPLATE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 _DEFAULT_INTERVAL = 15 * 60.0
@@ -874,16 +877,20 @@ def _read_feed(r: _Reader, node: Node, index: int,
     content = r.choice(items, node, path, "content", CONTENT_MODES, "summary")
     summary_length = r.integer(items, node, path, "summary_length", DEFAULT_SUMMARY_LENGTH, 0)
     max_message_bytes = _read_message_bytes(r, items, node, path)
+    images = r.choice(items, node, path, "images", ("inline", "separate", "off"), "inline")
+    on_update = r.choice(items, node, path, "on_update", ("edit", "ignore"), "edit")
 
     # A bad value was reported as a problem, so loading fails whatever is returned here.
     if (name is None or url is None or rooms is None or interval is None or backfill is None
             or max_per_poll is None or msgtype is None or template is None
-            or content is None or summary_length is None or max_message_bytes is None):
+            or content is None or summary_length is None or max_message_bytes is None
+            or images is None or on_update is None):
         return None
     return FeedConfig(name=name, url=url, rooms=rooms, interval=interval[0],
                       backfill=backfill, max_per_poll=max_per_poll, msgtype=msgtype,
                       language=language, template=template, content=content,
-                      summary_length=summary_length, max_message_bytes=max_message_bytes)
+                      summary_length=summary_length, max_message_bytes=max_message_bytes,
+                      images=images, on_update=on_update)
 
 
 def _read_feeds(r: _Reader, top: dict[str, Node], root: Node) -> tuple[FeedConfig, ...] | None:

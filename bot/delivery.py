@@ -18,6 +18,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, Protocol
 
 from bot.clock import Clock
 from bot.errors import (
@@ -26,11 +28,15 @@ from bot.errors import (
     RoomUnavailableError,
     TemporaryTransportError,
 )
+from bot.media import IMAGE_FIELD
 from bot.model import Delivery, Message
 from bot.store import Store
 from bot.transport.base import DELIVERY_KEY_FIELD, Transport
 
 log = logging.getLogger(__name__)
+
+class MediaFinalizer(Protocol):
+    async def finalize(self, content: dict[str, Any]) -> dict[str, Any] | None: ...
 
 # Less than Synapse's 30 minutes, to leave room for clock drift and slow requests.
 TXN_MEMORY_SECONDS = 25 * 60
@@ -47,6 +53,28 @@ def event_content(message: Message, *, msgtype: str, key: str) -> dict[str, obje
     }
 
 
+def edit_content(new: dict[str, object], *, original_event_id: str,
+                 key: str) -> dict[str, object]:
+    """An m.replace edit showing ``new`` (an event_content) in place of the original."""
+    replacement = {k: v for k, v in new.items()
+                   if k in ("msgtype", "body", "format", "formatted_body")}
+    replacement["m.mentions"] = {}
+    content: dict[str, object] = {
+        "msgtype": new["msgtype"],
+        # What clients without edit support show: the usual "* " convention.
+        "body": f"* {new['body']}",
+        "format": "org.matrix.custom.html",
+        "formatted_body": f"* {new.get('formatted_body', '')}",
+        "m.new_content": replacement,
+        "m.relates_to": {"rel_type": "m.replace", "event_id": original_event_id},
+        "m.mentions": {},
+        DELIVERY_KEY_FIELD: key,
+    }
+    if IMAGE_FIELD in new:
+        content[IMAGE_FIELD] = new[IMAGE_FIELD]     # the image placeholder, resolved when sent
+    return content
+
+
 def txn_id_for(key: str) -> str:
     return f"newsbot.{key}"
 
@@ -56,7 +84,7 @@ class Deliverer:
                  retry_base: float = 1.0, retry_cap: float = 300.0,
                  unavailable_retry: float = 300.0,
                  on_delivered: Callable[[Delivery, str, str], Awaitable[None]] | None = None,
-                 ) -> None:
+                 media: MediaFinalizer | None = None) -> None:
         self._store = store
         self._transport = transport
         self._clock = clock
@@ -66,6 +94,7 @@ class Deliverer:
         # Called as on_delivered(delivery, room_id, event_id) after a delivery is recorded
         # as sent (e.g. to pin the latest issue); its failures never undo the delivery.
         self._on_delivered = on_delivered
+        self._media = media
         self._wakeups: dict[str, asyncio.Event] = {}
         self._stopping = asyncio.Event()
         # Login generation of each attempt made by this process: after a re-login the
@@ -148,6 +177,20 @@ class Deliverer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
+    async def _finalize(self, delivery: Delivery) -> dict[str, object] | None:
+        """Resolve the entry's image once, and store the content that will be sent, so a
+        resend after a crash sends the very same event."""
+        content = dict(delivery.content)
+        final = await self._media.finalize(content) if self._media is not None else {
+            k: v for k, v in content.items() if k != IMAGE_FIELD}
+        if final is None or (self._media is None and content.get("msgtype") == "m.image"):
+            self._store.mark_rejected(delivery.key, "no image to show", self._clock.now())
+            log.info("room %s: the image of item %s of feed %s cannot be shown; skipped",
+                     delivery.room, delivery.entry_id.split("#")[0], delivery.feed)
+            return None
+        self._store.update_pending_content(delivery.key, final)
+        return final
+
     def _txn_may_be_forgotten(self, delivery: Delivery, now: float) -> bool:
         if delivery.first_attempt_at is None:
             return False           # never tried: nothing to find
@@ -157,6 +200,11 @@ class Deliverer:
         return self._attempt_generation.get(delivery.key, 0) != self._transport.login_generation
 
     async def _deliver(self, room_id: str, delivery: Delivery) -> None:
+        if IMAGE_FIELD in delivery.content:
+            final = await self._finalize(delivery)
+            if final is None:
+                return
+            delivery = replace(delivery, content=final)
         now = self._clock.now()
         if self._txn_may_be_forgotten(delivery, now):
             # The homeserver may not recognise our transaction id any more: a resend could

@@ -20,6 +20,7 @@ class Entry:
     published: datetime | None = None   # timezone-aware UTC
     updated: datetime | None = None
     categories: tuple[str, ...] = ()
+    image_url: str | None = None        # the entry's picture (media:, enclosure, first <img>)
 
 
 @dataclass(frozen=True, slots=True)

@@ -773,7 +773,13 @@ async def test_duplicate_ids_in_one_feed_post_once(bench: Bench,
         '<item><title>Nouveau, encore</title><guid isPermaLink="false">dup-3</guid></item>'
         '<item><title>Premier, revu</title><guid isPermaLink="false">dup-1</guid></item>')))
     await bench.poll(name, backfill=10)
-    assert titles(bench.deliver()) == ["Nouveau"]
+    second = bench.deliver()
+    # dup-3 is posted once; dup-1's first occurrence now reads differently: that is a
+    # correction, shown as an edit of the message already posted, never a second post.
+    assert titles(second) == ["Nouveau", "* Premier, revu"]
+    relation = second[1].content["m.relates_to"]
+    assert isinstance(relation, dict)
+    assert relation["rel_type"] == "m.replace"
     assert bench.store.pending_count() == 0
 
 

@@ -79,6 +79,56 @@ class _RawEntry:
     published: datetime | None
     updated: datetime | None
     categories: tuple[str, ...]
+    image_url: str | None = None
+
+
+_IMG_SRC = re.compile(r"""<img\b[^>]*?\bsrc\s*=\s*(?:"([^"]+)"|'([^']+)'|([^\s>]+))""",
+                      re.IGNORECASE)
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")
+
+
+def _image_link(url: str, base: str) -> str | None:
+    """An absolute http(s) image address, or None (data:, javascript:, broken URLs)."""
+    try:
+        found = _absolute(url, base)
+    except ValueError:
+        return None
+    return found if found is not None and _is_web_url(found) else None
+
+
+def _image_from_html(html_text: str, base: str) -> str | None:
+    for match in _IMG_SRC.finditer(html_text[:200_000]):
+        candidate = _image_link(html.unescape(next(g for g in match.groups() if g)), base)
+        if candidate is not None:
+            return candidate
+    return None
+
+
+def _feedparser_image(e: Mapping[str, Any], base: str, html_parts: list[str]) -> str | None:
+    """The entry's picture: media:content / media:thumbnail, an image enclosure, else the
+    first <img> of its HTML. Only a URL here; fetching it is the media step's job."""
+    for media in e.get("media_content") or []:
+        medium, mime = _str(media.get("medium")), _str(media.get("type"))
+        url = _str(media.get("url"))
+        if url and (medium == "image" or mime.startswith("image/")
+                    or (not medium and not mime and url.lower().endswith(_IMAGE_EXTENSIONS))):
+            found = _image_link(url, base)
+            if found:
+                return found
+    for thumb in e.get("media_thumbnail") or []:
+        found = _image_link(_str(thumb.get("url")), base)
+        if found:
+            return found
+    for link in e.get("links") or []:
+        if _str(link.get("rel")) == "enclosure" and _str(link.get("type")).startswith("image/"):
+            found = _image_link(_str(link.get("href")), base)
+            if found:
+                return found
+    for part in html_parts:
+        found = _image_from_html(part, base)
+        if found:
+            return found
+    return None
 
 
 def parse_feed(body: bytes, *, content_type: str | None = None, url: str = "") -> ParsedFeed:
@@ -289,6 +339,7 @@ def _entry_from_feedparser(e: dict[str, Any], url: str) -> _RawEntry:
         published=_from_struct_time(dict.get(e, "published_parsed")),
         updated=_from_struct_time(dict.get(e, "updated_parsed")),
         categories=_unique(_str(t.get("label")) or _str(t.get("term")) for t in tags),
+        image_url=_feedparser_image(e, link or url, [content_html, summary_html]),
     )
 
 
@@ -393,7 +444,23 @@ def _entry_from_json(item: Mapping[str, Any], base: str) -> _RawEntry:
         published=_parse_rfc3339(item.get("date_published")),
         updated=_parse_rfc3339(item.get("date_modified")),
         categories=_unique(_str(t) for t in tags) if isinstance(tags, list) else (),
+        image_url=_json_image(item, base, content_html),
     )
+
+
+def _json_image(item: Mapping[str, Any], base: str, content_html: str) -> str | None:
+    for key in ("image", "banner_image"):
+        found = _image_link(_str(item.get(key)), base) if _str(item.get(key)) else None
+        if found:
+            return found
+    attachments = item.get("attachments")
+    for attachment in attachments if isinstance(attachments, list) else []:
+        if isinstance(attachment, dict) and \
+                _str(attachment.get("mime_type")).startswith("image/"):
+            found = _image_link(_str(attachment.get("url")), base)
+            if found:
+                return found
+    return _image_from_html(content_html, base)
 
 
 def _parse_rfc3339(value: object) -> datetime | None:
@@ -439,6 +506,7 @@ def _settle_identity(entries: Iterable[_RawEntry], warnings: list[str]) -> tuple
                 published=raw.published,
                 updated=raw.updated,
                 categories=raw.categories,
+                image_url=raw.image_url,
             )
         )
     return tuple(settled)

@@ -17,13 +17,14 @@ from datetime import UTC, datetime
 
 from bot.clock import Clock
 from bot.config import FeedConfig, FetchConfig
-from bot.delivery import event_content
+from bot.delivery import edit_content, event_content
 from bot.errors import FeedError, FetchError, StorageError
-from bot.feeds.decide import chronological, decide
+from bot.feeds.decide import chronological, decide, fingerprint
 from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
 from bot.filters import entry_text, wanted
 from bot.i18n import text
+from bot.media import IMAGE_FIELD
 from bot.model import Entry, Message, delivery_key
 from bot.render import render_entry
 from bot.store import (
@@ -35,6 +36,7 @@ from bot.store import (
     Store,
 )
 from bot.store.sqlite import RECENT_PER_FEED
+from bot.transport.base import DELIVERY_KEY_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +185,10 @@ class FeedPoller:
             last_modified=result.last_modified, body_hash=body_hash,
             title=parsed.title or None, new_url=result.permanent_url,
             seen_entry_ids=decision.to_mark_seen, deliveries=deliveries,
-            recent=_recent(feed.name, parsed.entries)))
+            recent=_recent(feed.name, parsed.entries),
+            fingerprints=[(e.entry_id, fingerprint(e)) for e in decision.to_post]))
+        rooms = list(dict.fromkeys(
+            [*rooms, *self._edits(parsed.entries, unseen, parsed.title or None, now)]))
         if decision.to_post:
             log.info("feed %s: %d new item(s) queued for %d room(s)", feed.name,
                      len(decision.to_post), len(feed.rooms))
@@ -212,9 +217,58 @@ class FeedPoller:
                         summary_chars=feed.summary_length,
                         max_bytes=feed.max_message_bytes, feed=feed.name)
                 key = delivery_key(feed.name, entry.entry_id, room)
-                deliveries.append(NewDelivery(entry.entry_id, room, event_content(
-                    messages[language], msgtype=feed.msgtype, key=key)))
+                content = event_content(messages[language], msgtype=feed.msgtype, key=key)
+                deliveries.append(NewDelivery(entry.entry_id, room, content))
+                if entry.image_url and feed.images != "off":
+                    image = {"url": entry.image_url, "mode": feed.images,
+                             "alt": entry.title[:200]}
+                    if feed.images == "inline":
+                        content[IMAGE_FIELD] = image
+                    else:
+                        # Its own m.image event, right after the text (the outbox keeps
+                        # the order); resolved when it is first sent.
+                        image_id = f"{entry.entry_id}#image"
+                        deliveries.append(NewDelivery(image_id, room, {
+                            "msgtype": "m.image", "body": entry.title[:200] or "image",
+                            "m.mentions": {}, IMAGE_FIELD: image,
+                            DELIVERY_KEY_FIELD: delivery_key(feed.name, image_id, room)}))
         return deliveries
+
+    def _edits(self, entries: tuple[Entry, ...], unseen: set[str], feed_title: str | None,
+               now: float) -> list[str]:
+        """Posted entries whose title, text or link changed: edit their messages in place
+        (or, not sent yet, change what will be sent). Returns the rooms to wake."""
+        feed = self.feed
+        known = [e for e in entries if e.entry_id not in unseen]
+        stored = self._store.fingerprints(feed.name, (e.entry_id for e in known))
+        changed = [(e, fp) for e in known if e.entry_id in stored
+                   and (fp := fingerprint(e)) != stored[e.entry_id]]
+        if not changed:
+            return []
+        if feed.on_update != "edit":
+            self._store.record_edits(feed.name, [(e.entry_id, fp) for e, fp in changed], [],
+                                     now)
+            return []
+        deliveries = []
+        for entry, fp in changed:
+            sent = self._store.entry_events(feed.name, entry.entry_id)
+            for new in self._deliveries((entry,), feed_title):
+                if new.entry_id != entry.entry_id:
+                    continue          # a separate image stays as it was
+                original_key = delivery_key(feed.name, entry.entry_id, new.room)
+                original = sent.get(new.room)
+                if original is None:
+                    # Not delivered yet: deliver the corrected version instead.
+                    self._store.update_pending_content(original_key, new.content)
+                    continue
+                edit_id = f"{entry.entry_id}#edit#{fp[:16]}"
+                key = delivery_key(feed.name, edit_id, new.room)
+                deliveries.append(NewDelivery(edit_id, new.room, edit_content(
+                    new.content, original_event_id=original, key=key)))
+            log.info("feed %s: entry %s changed; editing its message(s) in place",
+                     feed.name, entry.entry_id)
+        return self._store.record_edits(feed.name, [(e.entry_id, fp) for e, fp in changed],
+                                        deliveries, now)
 
     def _gone(self, url: str, now: float) -> None:
         """410 Gone: the publisher says the feed will not come back. Stop, and tell the

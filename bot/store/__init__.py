@@ -1,5 +1,6 @@
 from bot.store.sqlite import (
     FeedState,
+    MediaRow,
     NewDelivery,
     PollOutcome,
     RecentEntry,
@@ -8,5 +9,5 @@ from bot.store.sqlite import (
     Store,
 )
 
-__all__ = ["FeedState", "NewDelivery", "PollOutcome", "RecentEntry", "RoomFeed",
+__all__ = ["FeedState", "MediaRow", "NewDelivery", "PollOutcome", "RecentEntry", "RoomFeed",
            "RoomFeedSettings", "Store"]

@@ -90,6 +90,32 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (feed, entry_id)
     ) WITHOUT ROWID;
     """,
+    # 4: images uploaded once per URL; what each posted entry looked like, and its event
+    # in each room, so a corrected entry can be edited in place.
+    """
+    CREATE TABLE media_cache (
+        url         TEXT PRIMARY KEY,
+        mxc         TEXT,                   -- NULL: not an image we show (remembered too)
+        mimetype    TEXT,
+        size        INTEGER,
+        width       INTEGER,
+        height      INTEGER,
+        fetched_at  REAL NOT NULL
+    );
+    CREATE TABLE posted_entry (
+        feed        TEXT NOT NULL,
+        entry_id    TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        PRIMARY KEY (feed, entry_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE entry_event (
+        feed        TEXT NOT NULL,
+        entry_id    TEXT NOT NULL,
+        room        TEXT NOT NULL,
+        event_id    TEXT NOT NULL,
+        PRIMARY KEY (feed, entry_id, room)
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

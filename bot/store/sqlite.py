@@ -81,6 +81,18 @@ RECENT_PER_FEED = 20
 
 
 @dataclass(frozen=True, slots=True)
+class MediaRow:
+    """An image fetched once: its mxc URI, or None when it is not one to show."""
+
+    url: str
+    mxc: str | None
+    mimetype: str | None
+    size: int | None
+    width: int | None
+    height: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class PollOutcome:
     """Everything a successful poll changes, written in one transaction."""
 
@@ -95,6 +107,7 @@ class PollOutcome:
     seen_entry_ids: Sequence[str]
     deliveries: Sequence[NewDelivery]
     recent: Sequence[RecentEntry] = ()
+    fingerprints: Sequence[tuple[str, str]] = ()     # (entry id, fingerprint) of posted ones
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> StorageError:
@@ -251,6 +264,10 @@ class Store:
             rooms = self._enqueue(c, outcome.feed, outcome.deliveries, outcome.now)
             if outcome.recent:
                 self._remember_recent(c, outcome.feed, outcome.recent, outcome.now)
+            c.executemany(
+                "INSERT INTO posted_entry (feed, entry_id, fingerprint) VALUES (?, ?, ?) "
+                "ON CONFLICT (feed, entry_id) DO UPDATE SET fingerprint = excluded.fingerprint",
+                [(outcome.feed, entry_id, fp) for entry_id, fp in outcome.fingerprints])
             c.execute(
                 "UPDATE feed_state SET etag = ?, last_modified = ?, body_hash = ?, "
                 "initialized = 1, title = COALESCE(?, title), url = COALESCE(?, url), "
@@ -341,6 +358,62 @@ class Store:
         with self._guard(), self._transaction() as c:
             c.execute("UPDATE outbox SET state = 'sent', event_id = ?, sent_at = ? WHERE key = ?",
                       (event_id, now, key))
+            # Remember which event shows a feed entry in a room, for edits in place (the
+            # outbox row itself is forgotten after 30 days).
+            c.execute("INSERT OR IGNORE INTO entry_event (feed, entry_id, room, event_id) "
+                      "SELECT feed, entry_id, room, ? FROM outbox WHERE key = ? "
+                      "AND entry_id NOT LIKE 'newsbot:%' AND entry_id NOT LIKE '%#%'",
+                      (event_id, key))
+
+    def update_pending_content(self, key: str, content: dict[str, object]) -> bool:
+        """Replace what a delivery will send, while it is still pending."""
+        with self._guard(), self._transaction() as c:
+            cur = c.execute("UPDATE outbox SET content = ? WHERE key = ? AND state = 'pending'",
+                            (json.dumps(content, ensure_ascii=False), key))
+        return cur.rowcount > 0
+
+    def entry_events(self, feed: str, entry_id: str) -> dict[str, str]:
+        """room -> event id of this entry's message in each room it was posted to."""
+        with self._guard():
+            return dict(self._conn.execute(
+                "SELECT room, event_id FROM entry_event WHERE feed = ? AND entry_id = ?",
+                (feed, entry_id)).fetchall())
+
+    def fingerprints(self, feed: str, entry_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(dict.fromkeys(entry_ids))
+        found: dict[str, str] = {}
+        with self._guard():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(self._conn.execute(
+                    f"SELECT entry_id, fingerprint FROM posted_entry WHERE feed = ? "
+                    f"AND entry_id IN ({marks})", (feed, *chunk)).fetchall())
+        return found
+
+    def record_edits(self, feed: str, fingerprints: Sequence[tuple[str, str]],
+                     deliveries: Sequence[NewDelivery], now: float) -> list[str]:
+        """New versions of posted entries: their fingerprints and edit deliveries, at once."""
+        with self._guard(), self._transaction() as c:
+            c.executemany("UPDATE posted_entry SET fingerprint = ? WHERE feed = ? AND "
+                          "entry_id = ?", [(fp, feed, entry_id) for entry_id, fp in fingerprints])
+            return self._enqueue(c, feed, deliveries, now)
+
+    # -- media ---------------------------------------------------------------------------
+
+    def media(self, url: str) -> MediaRow | None:
+        with self._guard():
+            row = self._conn.execute(
+                "SELECT url, mxc, mimetype, size, width, height FROM media_cache WHERE url = ?",
+                (url,)).fetchone()
+        return None if row is None else MediaRow(*row)
+
+    def put_media(self, media: MediaRow, now: float) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute("INSERT OR REPLACE INTO media_cache (url, mxc, mimetype, size, width, "
+                      "height, fetched_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                      (media.url, media.mxc, media.mimetype, media.size, media.width,
+                       media.height, now))
 
     def mark_rejected(self, key: str, error: str, now: float) -> None:
         with self._guard(), self._transaction() as c:

@@ -1,0 +1,164 @@
+"""Entry images: fetched once (SSRF policy, size cap), recognised by their bytes, tracking
+pixels dropped, uploaded to the homeserver's media repository once per URL.
+
+An image is resolved when its delivery is first sent, not when the entry is found: the
+homeserver may be down at poll time, and the outbox must keep the item either way. The
+poller leaves a placeholder in the event content; ``MediaResolver.finalize`` replaces it
+and the final content is stored before the first attempt, so a resend is identical.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from bot.clock import Clock
+from bot.errors import FeedError
+from bot.feeds.fetch import Fetcher
+from bot.store import MediaRow, Store
+from bot.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+IMAGE_FIELD = "org.interhop.newsbot.image"      # placeholder, removed before sending
+MIN_SIDE = 16            # smaller than this on either side: a tracking pixel or a spacer
+DISPLAY_WIDTH = 640
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    mimetype: str
+    width: int
+    height: int
+
+
+def sniff_image(data: bytes) -> ImageInfo | None:
+    """Type and size from the bytes themselves (never from a header a server chose).
+    PNG, JPEG, GIF and WebP only: SVG can carry scripts."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24 and data[12:16] == b"IHDR":
+        return ImageInfo("image/png", int.from_bytes(data[16:20], "big"),
+                         int.from_bytes(data[20:24], "big"))
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return ImageInfo("image/gif", int.from_bytes(data[6:8], "little"),
+                         int.from_bytes(data[8:10], "little"))
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        return _webp(data)
+    if data[:2] == b"\xff\xd8":
+        return _jpeg(data)
+    return None
+
+
+def _webp(data: bytes) -> ImageInfo | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":
+        return ImageInfo("image/webp", 1 + int.from_bytes(data[24:27], "little"),
+                         1 + int.from_bytes(data[27:30], "little"))
+    if chunk == b"VP8 ":
+        return ImageInfo("image/webp", int.from_bytes(data[26:28], "little") & 0x3FFF,
+                         int.from_bytes(data[28:30], "little") & 0x3FFF)
+    if chunk == b"VP8L" and len(data) >= 25:
+        b = data[21:25]
+        width = 1 + (((b[1] & 0x3F) << 8) | b[0])
+        height = 1 + (((b[3] & 0x0F) << 10) | (b[2] << 2) | ((b[1] & 0xC0) >> 6))
+        return ImageInfo("image/webp", width, height)
+    return None
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg(data: bytes) -> ImageInfo | None:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in _SOF:
+            return ImageInfo("image/jpeg", int.from_bytes(data[i + 7:i + 9], "big"),
+                             int.from_bytes(data[i + 5:i + 7], "big"))
+        i += 2 + length
+    return None
+
+
+class MediaResolver:
+    def __init__(self, fetcher: Fetcher, transport: Transport, store: Store,
+                 clock: Clock) -> None:
+        self._fetcher = fetcher          # its own size cap and the SSRF policy
+        self._transport = transport
+        self._store = store
+        self._clock = clock
+
+    async def image(self, url: str) -> MediaRow | None:
+        """The uploaded image for ``url`` (uploaded at most once), or None when there is
+        nothing worth showing. Transport errors propagate: the delivery retries later."""
+        cached = self._store.media(url)
+        if cached is not None:
+            return cached if cached.mxc else None
+        try:
+            result = await self._fetcher.fetch(url)
+            data = result.body or b""
+        except FeedError as exc:
+            log.info("image %s not shown: %s", url, exc)
+            return None      # not cached: the server may be back next time
+        info = sniff_image(data)
+        if info is None or min(info.width, info.height) < MIN_SIDE:
+            why = "not a PNG, JPEG, GIF or WebP image" if info is None else \
+                f"{info.width}x{info.height}, a tracking pixel or a spacer"
+            log.info("image %s not shown: %s", url, why)
+            self._store.put_media(MediaRow(url, None, None, len(data), None, None),
+                                  self._clock.now())
+            return None
+        name = urlsplit(url).path.rsplit("/", 1)[-1][:100] or "image"
+        mxc = await self._transport.upload_media(data, info.mimetype, name)
+        row = MediaRow(url, mxc, info.mimetype, len(data), info.width, info.height)
+        self._store.put_media(row, self._clock.now())
+        return row
+
+    async def finalize(self, content: dict[str, Any]) -> dict[str, Any] | None:
+        """The content to send, with its image resolved. None: nothing left to send (a
+        separate image message whose image cannot be shown)."""
+        wanted = content.get(IMAGE_FIELD)
+        if not isinstance(wanted, dict):
+            return content
+        final = {k: v for k, v in content.items() if k != IMAGE_FIELD}
+        url, mode, alt = str(wanted.get("url")), wanted.get("mode"), str(wanted.get("alt", ""))
+        media = await self.image(url)
+        if mode == "separate":
+            if media is None:
+                return None
+            final["url"] = media.mxc
+            final["info"] = {"mimetype": media.mimetype, "size": media.size,
+                             "w": media.width, "h": media.height}
+            return final
+        if media is not None:
+            targets = [final]
+            new_content = final.get("m.new_content")
+            if isinstance(new_content, dict):          # an edit shows the image too
+                targets.append(new_content)
+            for target in targets:
+                if isinstance(target.get("formatted_body"), str):
+                    target["formatted_body"] = _insert_image(
+                        str(target["formatted_body"]), media, alt)
+        return final
+
+
+def _insert_image(formatted: str, media: MediaRow, alt: str) -> str:
+    width, height = media.width or 0, media.height or 0
+    if width > DISPLAY_WIDTH:
+        height = round(height * DISPLAY_WIDTH / width)
+        width = DISPLAY_WIDTH
+    tag = (f'<p><img src="{html.escape(media.mxc or "")}" alt="{html.escape(alt)}" '
+           f'width="{width}" height="{height}"></p>')
+    # After the title paragraph: the picture illustrates the item, it does not lead it.
+    match = re.search(r"</p>", formatted)
+    if match is None:
+        return tag + formatted
+    return formatted[:match.end()] + tag + formatted[match.end():]
