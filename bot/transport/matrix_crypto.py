@@ -108,6 +108,22 @@ class Crypto:
         if isinstance(self.client.store, PolicyStore):
             self.client.store.verified_only = self.trust == "verified"
         self._hook_rotation()
+        self._hook_relations()
+
+    def _hook_relations(self) -> None:
+        """The spec keeps m.relates_to (edits, replies) in the clear part of an encrypted
+        event, so servers and clients can relate it before decrypting; nio does not."""
+        olm = self.olm
+        original = olm.group_encrypt
+
+        def encrypt(room_id: str, plaintext: dict[str, Any]) -> dict[str, Any]:
+            encrypted: dict[str, Any] = original(room_id, plaintext)
+            relation = plaintext.get("content", {}).get("m.relates_to")
+            if isinstance(relation, dict):
+                encrypted["m.relates_to"] = relation
+            return encrypted
+
+        olm.group_encrypt = encrypt
 
     # -- identity ------------------------------------------------------------------------
 
