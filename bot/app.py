@@ -24,6 +24,7 @@ from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher
 from bot.feeds.poller import FeedPoller
 from bot.media import MediaResolver
+from bot.rooms import RoomManager
 from bot.store import RoomFeed, Store
 from bot.transport.base import EventHandlers, Transport
 
@@ -47,13 +48,15 @@ class App:
             transport = MatrixTransport(config.matrix, self.store, config.storage.path,
                                         encryption=config.encryption)
         self.transport: Transport = transport
+        self.rooms = RoomManager(config, self.transport, self.store)   # the rooms: section
         # Images have their own size cap; the SSRF policy is the feeds' one.
         self._image_fetcher = Fetcher(allow_private_networks=config.fetch.allow_private_networks,
                                       max_body_bytes=config.fetch.max_image_bytes,
                                       total_timeout=config.fetch.timeout,
                                       connect_timeout=config.fetch.connect_timeout)
         media = MediaResolver(self._image_fetcher, self.transport, self.store, self.clock)
-        self.deliverer = Deliverer(self.store, self.transport, self.clock, media=media)
+        self.deliverer = Deliverer(self.store, self.transport, self.clock, media=media,
+                                   on_delivered=self.rooms.on_delivered)
         self._stop = asyncio.Event()
         self._limiter = asyncio.Semaphore(config.fetch.concurrency)
         self._room_ids: dict[str, str] = {}          # configured room name -> room id
@@ -120,6 +123,8 @@ class App:
 
     async def _connect(self) -> bool:
         await self.transport.connect()
+        # Declared rooms exist, as declared, before any feed resolves or posts into them.
+        await self.rooms.prepare()
         return True
 
     async def _same_rooms(self) -> dict[str, str]:

@@ -35,7 +35,7 @@ from .templates import BUILTIN_TEMPLATES
 
 __all__ = [
     "CommandsConfig", "Config", "EncryptionConfig", "FeedConfig", "FetchConfig",
-    "MatrixConfig", "StorageConfig",
+    "MatrixConfig", "RoomConfig", "StorageConfig",
     "load_config", "load_config_text", "parse_duration", "parse_size",
 ]
 
@@ -93,6 +93,24 @@ class CommandsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomConfig:
+    """An announcement room the bot owns: created when missing, kept as declared."""
+
+    alias: str                          # "#name:server", the room's stable identity
+    name: str | None = None             # None: not managed (people may set it)
+    topic: str | None = None
+    avatar: str | None = None           # an mxc:// URI
+    join_rule: str = "public"           # public | knock | invite
+    history: str = "shared"             # shared | world_readable | joined | invited
+    encrypted: bool = False             # once on, a room's encryption can never be turned off
+    directory: bool = False             # published in the homeserver's room directory
+    space: str | None = None            # a parent space's alias or id
+    pin_latest: bool = True
+    topic_latest: bool = False          # the topic ends with "— Latest: TITLE LINK"
+    moderators: tuple[str, ...] = ()    # given power level 50 (never lowered)
+
+
+@dataclass(frozen=True, slots=True)
 class FeedConfig:
     name: str
     url: str
@@ -123,6 +141,7 @@ class Config:
     log_level: str = "INFO"
     commands: CommandsConfig = CommandsConfig()
     encryption: EncryptionConfig = EncryptionConfig()
+    rooms: tuple[RoomConfig, ...] = ()
     source: Path | None = None
 
 
@@ -207,7 +226,13 @@ _TAG_BOOL = "tag:yaml.org,2002:bool"
 _TAG_NULL = "tag:yaml.org,2002:null"
 
 _TOP_KEYS = ("matrix", "storage", "fetch", "admins", "feeds", "language", "log_level",
-             "commands", "encryption")
+             "commands", "encryption", "rooms")
+_ROOM_KEYS = ("alias", "name", "topic", "avatar", "join_rule", "history", "encrypted",
+              "directory", "space", "pin_latest", "topic_latest", "moderators")
+_JOIN_RULES = ("public", "knock", "invite")
+_HISTORY = ("shared", "world_readable", "joined", "invited")
+_ALIAS_LOCALPART_RE = re.compile(r"#?([^\s:#]+)")
+_MXC_RE = re.compile(r"mxc://[^\s/]+/[^\s/]+")
 _ENCRYPTION_KEYS = ("enabled", "trust")
 _COMMANDS_KEYS = ("prefix", "min_power_level", "rate_limit", "rate_window",
                   "max_feeds_per_room", "default_interval")
@@ -955,6 +980,140 @@ def _read_encryption(r: _Reader, top: dict[str, Node], root: Node) -> Encryption
     return EncryptionConfig(enabled=enabled, trust=trust)
 
 
+def _read_room_ref(r: _Reader, items: dict[str, Node], parent: Node, path: str, key: str,
+                   server: str | None, *, required: bool, ids: bool) -> str | None:
+    """A room alias, completed with the bot's server when only the localpart is given
+    ("news" or "#news" -> "#news:example.org"); with ``ids``, a room id too."""
+    found = r.string(items, parent, path, key, required=required)
+    if found is None:
+        return None
+    text, node = found
+    text = text.strip()
+    if _ROOM_ALIAS_RE.fullmatch(text) or (ids and _ROOM_ID_RE.fullmatch(text)):
+        return text
+    local = _ALIAS_LOCALPART_RE.fullmatch(text)
+    if local is not None and not text.startswith("!"):
+        # Without a valid matrix.user_id (reported there) there is no server to add.
+        return f"#{local.group(1)}:{server}" if server else None
+    what = ("a room alias (#news:example.org), its localpart (news) or a room id"
+            if ids else "a room alias (#news:example.org) or its localpart (news)")
+    r.problem(node, _join(path, key), f"{_quote(text)} is not {what}")
+    return None
+
+
+def _read_moderators(r: _Reader, items: dict[str, Node], path: str) -> tuple[str, ...] | None:
+    node = items.get("moderators")
+    if _is_null(node):
+        return ()
+    assert node is not None
+    full = _join(path, "moderators")
+    nodes = r.sequence(node, full)
+    if nodes is None:
+        return None
+    users: list[str] = []
+    ok = True
+    for i, item in enumerate(nodes):
+        item_path = f"{full}[{i}]"
+        text = r.expand(item, item_path, False) if isinstance(item, ScalarNode) else None
+        if not isinstance(item, ScalarNode) or _is_null(item) or text is None:
+            if text is None and isinstance(item, ScalarNode) and not _is_null(item):
+                ok = False      # an unset ${VAR}, reported
+                continue
+            r.problem(item, item_path, "expected a Matrix user id like @alice:example.org")
+            ok = False
+            continue
+        user = text.strip()
+        if not _USER_ID_RE.fullmatch(user):
+            r.problem(item, item_path, f"{_quote(user)} is not a Matrix user id like "
+                                       "@alice:example.org")
+            ok = False
+        elif user in users:
+            r.problem(item, item_path, f"{_quote(user)} is listed twice")
+            ok = False
+        else:
+            users.append(user)
+    return tuple(users) if ok else None
+
+
+def _read_managed_room(r: _Reader, node: Node, index: int, server: str | None,
+                       aliases: dict[str, int]) -> RoomConfig | None:
+    path = f"rooms[{index}]"
+    items = r.mapping(node, path, _ROOM_KEYS)
+    if items is None:
+        return None
+    alias = _read_room_ref(r, items, node, path, "alias", server, required=True, ids=False)
+    if alias is not None:
+        if alias in aliases:
+            r.problem(items["alias"], f"{path}.alias",
+                      f"{_quote(alias)} is already declared by rooms[{aliases[alias]}]")
+            alias = None
+        else:
+            aliases[alias] = index
+            if server and alias.split(":", 1)[1] != server:
+                r.warn(items["alias"], f"{path}.alias",
+                       f"newsbot can only create rooms on its own server ({server}): "
+                       f"{alias} must exist already, with newsbot in it")
+    texts: dict[str, str | None] = {}
+    for key in ("name", "topic", "avatar"):
+        found = r.string(items, node, path, key)
+        texts[key] = found[0].strip() if found is not None else None
+        if found is not None and key != "topic" and not texts[key]:
+            r.problem(found[1], f"{path}.{key}", "is empty")
+        elif found is not None and key == "avatar" and not _MXC_RE.fullmatch(found[0].strip()):
+            r.problem(found[1], f"{path}.avatar",
+                      f"{_quote(found[0])} is not an mxc:// URI (upload the image to the "
+                      "homeserver first)")
+    join_rule = r.choice(items, node, path, "join_rule", _JOIN_RULES, "public")
+    history = r.choice(items, node, path, "history", _HISTORY, "shared")
+    flags = {key: r.boolean(items, node, path, key, default) for key, default in
+             (("encrypted", False), ("directory", False), ("pin_latest", True),
+              ("topic_latest", False))}
+    space = _read_room_ref(r, items, node, path, "space", server, required=False, ids=True)
+    moderators = _read_moderators(r, items, path)
+    if flags["directory"] and join_rule == "invite":
+        r.warn(items.get("directory") or node, f"{path}.directory",
+               "an invite-only room listed in the directory: people will find it but not "
+               "be able to join (use join_rule: knock to let them ask)")
+    if (alias is None or join_rule is None or history is None or moderators is None
+            or any(v is None for v in flags.values())
+            or (space is None and not _is_null(items.get("space")))
+            or (texts["avatar"] is not None and not _MXC_RE.fullmatch(texts["avatar"]))
+            or any(texts[k] == "" for k in ("name", "avatar"))):
+        return None
+    return RoomConfig(alias=alias, name=texts["name"], topic=texts["topic"],
+                      avatar=texts["avatar"], join_rule=join_rule, history=history,
+                      encrypted=bool(flags["encrypted"]), directory=bool(flags["directory"]),
+                      space=space, pin_latest=bool(flags["pin_latest"]),
+                      topic_latest=bool(flags["topic_latest"]), moderators=moderators)
+
+
+def _read_managed_rooms(r: _Reader, top: dict[str, Node], server: str | None,
+                        feeds: tuple[FeedConfig, ...] | None,
+                        encryption: EncryptionConfig | None) -> tuple[RoomConfig, ...] | None:
+    node = top.get("rooms")
+    if _is_null(node):
+        return ()
+    assert node is not None
+    nodes = r.sequence(node, "rooms")
+    if nodes is None:
+        return None
+    aliases: dict[str, int] = {}
+    rooms = [_read_managed_room(r, item, i, server, aliases) for i, item in enumerate(nodes)]
+    posted = {ref for feed in feeds or () for ref in feed.rooms}
+    for item, room in zip(nodes, rooms, strict=True):
+        if room is None:
+            continue
+        if feeds is not None and room.alias not in posted:
+            r.warn(item, f"rooms[{aliases[room.alias]}]",
+                   f"no feed posts into {room.alias} (name it in a feed's rooms)")
+        if room.encrypted and encryption is not None and not encryption.enabled:
+            r.warn(item, f"rooms[{aliases[room.alias]}].encrypted",
+                   "encryption.enabled is false: newsbot could not post into this room")
+    if any(room is None for room in rooms):
+        return None
+    return tuple(room for room in rooms if room is not None)
+
+
 def _read_config(r: _Reader, root: Node) -> Config | None:
     top = r.mapping(root, "", _TOP_KEYS)
     if top is None:
@@ -968,13 +1127,15 @@ def _read_config(r: _Reader, root: Node) -> Config | None:
     feeds = _read_feeds(r, top, root)
     commands = _read_commands(r, top, root)
     encryption = _read_encryption(r, top, root)
+    server = matrix.user_id.split(":", 1)[1] if matrix is not None else None
+    rooms = _read_managed_rooms(r, top, server, feeds, encryption)
     if (matrix is None or storage is None or fetch is None or admins is None
             or feeds is None or language is None or log_level is None or commands is None
-            or encryption is None):
+            or encryption is None or rooms is None):
         return None
     return Config(matrix=matrix, storage=storage, fetch=fetch, admins=admins, feeds=feeds,
                   language=language, log_level=log_level, commands=commands,
-                  encryption=encryption)
+                  encryption=encryption, rooms=rooms)
 
 
 # --- entry points -----------------------------------------------------------------------

@@ -150,6 +150,8 @@ MESSAGES: dict[str, dict[str, str]] = {
               "cessé de le consulter. Un·e modérateur·ice peut lui donner une nouvelle "
               "adresse dans la configuration.",
     },
+    # The end of an announcement room's topic (rooms: topic_latest), after " — ".
+    "topic_latest": {"en": "Latest: {item}", "fr": "Dernier numéro : {item}"},
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import nio
 import pytest
@@ -70,6 +71,32 @@ class ScriptedTransport:
         return 0.0
 
     async def close(self) -> None:
+        pass
+
+    # Rooms the bot manages (bot.rooms): not used by delivery.
+    async def create_room(self, *, alias_localpart: str, name: str | None,
+                          topic: str | None, preset: str, initial_state: list[dict[str, Any]],
+                          power_levels: dict[str, Any]) -> str:
+        return f"!{alias_localpart}"
+
+    async def room_state(self, room_id: str) -> list[dict[str, Any]]:
+        return []
+
+    async def state_event(self, room_id: str, event_type: str,
+                          state_key: str = "") -> dict[str, Any] | None:
+        return None
+
+    async def set_state(self, room_id: str, event_type: str, content: dict[str, Any],
+                        state_key: str = "") -> str:
+        return "$state"
+
+    async def room_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        return {}
+
+    async def directory_published(self, room_id: str) -> bool:
+        return False
+
+    async def set_directory_published(self, room_id: str, published: bool) -> None:
         pass
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 # Called for an invitation: (room_id, inviter) -> accept?
 InviteHandler = Callable[[str, str], Awaitable[bool]]
@@ -77,4 +77,38 @@ class Transport(Protocol):
         ...
 
     async def close(self) -> None:
+        ...
+
+    # -- rooms the bot manages (bot.rooms) ---------------------------------------------
+
+    async def create_room(self, *, alias_localpart: str, name: str | None,
+                          topic: str | None, preset: str, initial_state: list[dict[str, Any]],
+                          power_levels: dict[str, Any]) -> str:
+        """Create a room (not published in the directory) with this alias on our server;
+        returns its id."""
+        ...
+
+    async def room_state(self, room_id: str) -> list[dict[str, Any]]:
+        """Every current state event of a room we are in."""
+        ...
+
+    async def state_event(self, room_id: str, event_type: str,
+                          state_key: str = "") -> dict[str, Any] | None:
+        """The content of one state event, None when the room has none."""
+        ...
+
+    async def set_state(self, room_id: str, event_type: str, content: dict[str, Any],
+                        state_key: str = "") -> str:
+        """Send a state event; returns its id."""
+        ...
+
+    async def room_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        """One event of a room, as the homeserver gives it (sender, type, content...)."""
+        ...
+
+    async def directory_published(self, room_id: str) -> bool:
+        """Whether the room is listed in the homeserver's room directory."""
+        ...
+
+    async def set_directory_published(self, room_id: str, published: bool) -> None:
         ...
