@@ -9,6 +9,7 @@ and the final content is stored before the first attempt, so a resend is identic
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import re
@@ -95,10 +96,23 @@ class MediaResolver:
         self._transport = transport
         self._store = store
         self._clock = clock
+        # Rooms' workers resolve the same new image at the same moment: one of them
+        # fetches and uploads it, the others wait and find it in the cache.
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def image(self, url: str) -> MediaRow | None:
         """The uploaded image for ``url`` (uploaded at most once), or None when there is
         nothing worth showing. Transport errors propagate: the delivery retries later."""
+        lock = self._locks.setdefault(url, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._image(url)
+        finally:
+            # Whoever comes later finds the image in the cache: the lock can go.
+            if not lock.locked():
+                self._locks.pop(url, None)
+
+    async def _image(self, url: str) -> MediaRow | None:
         cached = self._store.media(url)
         if cached is not None:
             return cached if cached.mxc else None
