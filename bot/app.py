@@ -26,6 +26,7 @@ from bot.feeds.poller import FeedPoller
 from bot.media import MediaResolver
 from bot.rooms import RoomManager
 from bot.store import RoomFeed, Store
+from bot.subscriptions import PersonalSubscriptions
 from bot.transport.base import EventHandlers, Transport
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class App:
         media = MediaResolver(self._image_fetcher, self.transport, self.store, self.clock)
         self.deliverer = Deliverer(self.store, self.transport, self.clock, media=media,
                                    on_delivered=self.rooms.on_delivered)
+        self.subscriptions = PersonalSubscriptions(config, self.store, self.clock,
+                                                   on_enqueued=self._enqueued)
         self._stop = asyncio.Event()
         self._limiter = asyncio.Semaphore(config.fetch.concurrency)
         self._room_ids: dict[str, str] = {}          # configured room name -> room id
@@ -89,7 +92,11 @@ class App:
                 raise       # the cancellation was aimed at us, not at ``work``
         return None
 
-    async def _on_invite(self, room_id: str, inviter: str) -> bool:
+    async def _on_invite(self, room_id: str, inviter: str, is_direct: bool = False) -> bool:
+        if is_direct and any(feed.public for feed in self.config.feeds):
+            # A person opening a private conversation, for personal subscriptions.
+            log.info("accepting a direct-message invitation")
+            return True
         if inviter in self.config.admins:
             log.info("accepting the invite to %s from admin %s", room_id, inviter)
             return True
@@ -187,12 +194,20 @@ class App:
         self._feeds[feed.name] = (feed, from_config)
         poller = FeedPoller(feed, store=self.store, fetcher=self._fetcher, clock=self.clock,
                             fetch_config=self.config.fetch, language=self.config.language,
-                            limiter=self._limiter, on_enqueued=self.deliverer.wake,
+                            limiter=self._limiter, on_enqueued=self._enqueued,
                             room_language=self._room_language)
         self._poller_tasks[feed.name] = self._tasks.create_task(poller.run(),
                                                                 name=f"poll {feed.name}")
         for room in feed.rooms:
             self._start_worker(room)
+
+    def _enqueued(self, rooms: list[str]) -> None:
+        """New deliveries: rooms seen for the first time (a new subscriber's private
+        conversation) get a worker, and every one is woken."""
+        if self._tasks is not None:
+            for room in rooms:
+                self._start_worker(room)
+        self.deliverer.wake(rooms)
 
     def _start_worker(self, room: str) -> None:
         assert self._tasks is not None
@@ -222,7 +237,7 @@ class App:
                            connect_timeout=cfg.fetch.connect_timeout) as fetcher, \
                 asyncio.TaskGroup() as tg:
             self._tasks, self._fetcher = tg, fetcher
-            for room in self.store.pending_rooms():
+            for room in [*self.store.pending_rooms(), *self.store.dm_rooms()]:
                 self._start_worker(room)
             for config_feed in configured:
                 self._start_feed(config_feed, from_config=True)
@@ -231,12 +246,13 @@ class App:
             log.info("watching %d feed(s) for %d room(s)", len(self._feeds),
                      len(self._workers))
             commands = CommandRunner(cfg, self.store, self.transport, fetcher, self,
-                                     self.clock)
+                                     self.clock, subscriptions=self.subscriptions)
             handlers = EventHandlers(on_invite=self._on_invite,
                                      on_joined=lambda _room_id: self.deliverer.wake_all(),
                                      on_message=commands.submit)
             background = [tg.create_task(self.transport.run_sync(handlers), name="sync"),
                           tg.create_task(commands.run(), name="commands"),
+                          tg.create_task(self.subscriptions.run(), name="digests"),
                           tg.create_task(self._maintain(), name="maintenance")]
             await self._stop.wait()
             for task in [*background, *self._poller_tasks.values()]:

@@ -27,6 +27,7 @@ from bot.feeds.fetch import Fetcher
 from bot.feeds.parse import parse_feed_async
 from bot.i18n import format_duration, format_time, text
 from bot.store import RoomFeed, RoomFeedSettings, Store
+from bot.subscriptions import PersonalSubscriptions
 from bot.transport.base import IncomingMessage, Transport
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ USAGES = {
     "interval": "{p} interval NAME 30m",
     "filter": "{p} filter NAME include|exclude WORDS  —  {p} filter NAME clear",
     "lang": "{p} lang fr|en",
+    "archive": "{p} archive [n]",
+    "stats": "{p} stats",
 }
 MODERATOR_COMMANDS = frozenset({"add", "remove", "pause", "resume", "interval", "filter",
                                 "lang"})
@@ -144,7 +147,8 @@ class RateLimiter:
 
 class CommandRunner:
     def __init__(self, config: Config, store: Store, transport: Transport, fetcher: Fetcher,
-                 book: FeedBook, clock: Clock) -> None:
+                 book: FeedBook, clock: Clock,
+                 subscriptions: PersonalSubscriptions | None = None) -> None:
         self._config = config
         self._commands = config.commands
         self._store = store
@@ -155,13 +159,17 @@ class CommandRunner:
         self._limiter = RateLimiter(config.commands.rate_limit, config.commands.rate_window,
                                     clock)
         self.queue: asyncio.Queue[IncomingMessage] = asyncio.Queue(maxsize=200)
+        self._subscriptions = subscriptions
+        self._is_dm: dict[str, bool] = {}      # room id -> a private conversation?
 
     # -- intake ------------------------------------------------------------------------
 
     def submit(self, message: IncomingMessage) -> None:
         """Called from the sync loop: never blocks it."""
-        if parse_command(message.body, self._commands.prefix) is None:
-            return
+        if parse_command(message.body, self._commands.prefix) is None and (
+                self._subscriptions is None or self._is_dm.get(message.room_id) is False
+                or self._book.feeds_in_room(message.room_id)):
+            return      # chat, not a command (direct messages need no prefix)
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -181,8 +189,30 @@ class CommandRunner:
     def language(self, room_id: str) -> str:
         return self._store.room_language(room_id) or self._config.language
 
+    async def _private(self, room_id: str) -> bool:
+        """Is this the bot's direct conversation with one person (no feed posts there)?"""
+        if self._subscriptions is None or self._book.feeds_in_room(room_id):
+            return False
+        if room_id not in self._is_dm:
+            members = await self._transport.joined_members(room_id)
+            self._is_dm[room_id] = len(members) == 2
+        return self._is_dm[room_id]
+
     async def handle(self, message: IncomingMessage) -> Reply | None:
         command = parse_command(message.body, self._commands.prefix)
+        try:
+            private = await self._private(message.room_id)
+        except TransportError as exc:
+            log.warning("reading %s's members: %s", message.room_id, exc)
+            private = False
+        if private and self._subscriptions is not None:
+            allowed, tell = self._limiter.allow(message.sender)
+            lang = self._subscriptions.language(message.sender)
+            if not allowed:
+                return Reply(text("rate_limited", lang, count=self._commands.rate_limit,
+                                  seconds=int(self._commands.rate_window))) if tell else None
+            return Reply(self._subscriptions.handle(message.room_id, message.sender,
+                                                    message.body))
         if command is None:
             return None
         lang = self.language(message.room_id)
@@ -285,6 +315,31 @@ class CommandRunner:
                 next=format_time(state.next_fetch if state and not state.disabled else None,
                                  lang),
                 failures=state.failures if state else 0, state=gone))
+        return Reply("\n".join(lines))
+
+    async def _cmd_archive(self, message: IncomingMessage, args: list[str],
+                           lang: str) -> Reply:
+        reply = await self._cmd_latest(message, args, lang)
+        return Reply(reply.body.replace(text("latest_header", lang),
+                                        text("archive_header", lang), 1))
+
+    async def _cmd_stats(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
+        """Readers per feed, counted, never listed: joined members of the feed's rooms
+        (the bot aside) plus personal subscribers."""
+        if args:
+            raise UsageError
+        views = self._book.feeds_in_room(message.room_id)
+        if not views:
+            return Reply(text("no_feeds", lang))
+        lines = [text("stats_header", lang)]
+        for view in views:
+            members: set[str] = set()
+            for ref in view.config.rooms:
+                room_id = await self._transport.resolve_room(ref)
+                members.update(await self._transport.joined_members(room_id))
+            members.discard(self._config.matrix.user_id)
+            lines.append(text("stats_line", lang, name=view.config.name, members=len(members),
+                              subscribers=self._store.subscriber_count(view.config.name)))
         return Reply("\n".join(lines))
 
     # -- moderators --------------------------------------------------------------------

@@ -18,6 +18,8 @@ MESSAGES: dict[str, dict[str, str]] = {
               "  {p} list: this room's feeds\n"
               "  {p} latest [n]: the newest n items\n"
               "  {p} status: when each feed was fetched and will be next\n"
+              "  {p} archive [n]: the last n issues\n"
+              "  {p} stats: how many people read each feed (counted, never listed)\n"
               "For moderators (power level {level}):\n"
               "  {p} add URL [name]: follow a feed in this room\n"
               "  {p} remove NAME\n"
@@ -30,6 +32,9 @@ MESSAGES: dict[str, dict[str, str]] = {
               "  {p} list : les flux de ce salon\n"
               "  {p} latest [n] : les n derniers articles\n"
               "  {p} status : quand chaque flux a été lu et le sera de nouveau\n"
+              "  {p} archive [n] : les n derniers numéros\n"
+              "  {p} stats : combien de personnes lisent chaque flux (comptées, jamais "
+              "listées)\n"
               "Pour les modérateur·ices (niveau de pouvoir {level}) :\n"
               "  {p} add URL [nom] : suivre un flux dans ce salon\n"
               "  {p} remove NOM\n"
@@ -143,6 +148,73 @@ MESSAGES: dict[str, dict[str, str]] = {
                  "fr": "Je parlerai français dans ce salon."},
     "failed": {"en": "Sorry, that did not work: {reason}",
                "fr": "Désolé, cela n’a pas fonctionné : {reason}"},
+    "dm_help": {
+        "en": "Hello! I can send you the news privately, here.\n"
+              "  subscribe [feed]: receive every new item (all feeds if none is named)\n"
+              "  unsubscribe [feed]: stop (all feeds if none is named)\n"
+              "  digest daily|weekly|off: one message per day or week instead of one per "
+              "item\n"
+              "  list: the feeds you can follow, and yours\n"
+              "  archive [n]: the last n issues\n"
+              "  lang fr|en: my language here\n"
+              "  forget me: delete everything I store about you\n"
+              "I store your Matrix id and these choices, nothing else.",
+        "fr": "Bonjour ! Je peux vous envoyer les actualités en privé, ici.\n"
+              "  subscribe [flux] : recevoir chaque nouvel article (tous les flux si aucun "
+              "n’est nommé)\n"
+              "  unsubscribe [flux] : arrêter (tous les flux si aucun n’est nommé)\n"
+              "  digest daily|weekly|off : un message par jour ou par semaine au lieu d’un "
+              "par article\n"
+              "  list : les flux que vous pouvez suivre, et les vôtres\n"
+              "  archive [n] : les n derniers numéros\n"
+              "  lang fr|en : ma langue ici\n"
+              "  forget me : effacer tout ce que je garde sur vous\n"
+              "Je garde votre identifiant Matrix et ces choix, rien d’autre.",
+    },
+    "dm_no_public": {
+        "en": "No feed is open to personal subscription here; join its room instead.",
+        "fr": "Aucun flux n’est ouvert à l’abonnement personnel ici ; rejoignez plutôt son "
+              "salon.",
+    },
+    "dm_unknown_feed": {
+        "en": "There is no feed “{name}” you can follow. Feeds: {feeds}.",
+        "fr": "Il n’y a pas de flux « {name} » à suivre. Flux : {feeds}.",
+    },
+    "dm_subscribed": {
+        "en": "Subscribed to {feeds}. New items will come here.",
+        "fr": "Abonnement à {feeds} enregistré. Les nouveaux articles arriveront ici.",
+    },
+    "dm_unsubscribed": {"en": "Unsubscribed from {feeds}.",
+                        "fr": "Désabonnement de {feeds} enregistré."},
+    "dm_not_subscribed": {"en": "You follow no feed here.",
+                          "fr": "Vous ne suivez aucun flux ici."},
+    "dm_list": {
+        "en": "Feeds you can follow: {feeds}.\nYou follow: {mine}. Digest: {digest}.",
+        "fr": "Flux que vous pouvez suivre : {feeds}.\nVous suivez : {mine}. Résumé : {digest}.",
+    },
+    "dm_digest_set": {
+        "en": "Digest: {digest}.", "fr": "Résumé : {digest}."},
+    "digest_off": {"en": "off (one message per item)", "fr": "non (un message par article)"},
+    "digest_daily": {"en": "daily", "fr": "quotidien"},
+    "digest_weekly": {"en": "weekly", "fr": "hebdomadaire"},
+    "dm_forgotten": {
+        "en": "Done: I deleted everything I stored about you. Goodbye!",
+        "fr": "C’est fait : j’ai effacé tout ce que je gardais sur vous. Au revoir !",
+    },
+    "dm_unknown": {"en": "I don’t know “{command}”. Write “help”.",
+                   "fr": "Je ne connais pas « {command} ». Écrivez « help »."},
+    "digest_header": {
+        "en": "Your {period} digest: {count} new item(s).",
+        "fr": "Votre résumé {period} : {count} nouvel(s) article(s).",
+    },
+    "archive_header": {"en": "The last issues:", "fr": "Les derniers numéros :"},
+    "stats_header": {
+        "en": "Readers (members of the feed's rooms, plus personal subscribers):",
+        "fr": "Lecteur·ices (membres des salons du flux, plus abonnements personnels) :",
+    },
+    "stats_line": {"en": "• {name}: {members} room member(s), {subscribers} subscriber(s)",
+                   "fr": "• {name} : {members} membre(s) des salons, {subscribers} "
+                         "abonnement(s)"},
     "feed_gone": {
         "en": "⚠️ The feed “{name}” ({url}) is gone (HTTP 410 Gone): newsbot has stopped "
               "fetching it. A moderator can give it a new address in the configuration.",

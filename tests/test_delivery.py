@@ -70,6 +70,9 @@ class ScriptedTransport:
     async def power_level(self, room_id: str, user_id: str) -> float:
         return 0.0
 
+    async def joined_members(self, room_id: str) -> list[str]:
+        return []
+
     async def close(self) -> None:
         pass
 

@@ -36,6 +36,7 @@ from bot.store import (
     Store,
 )
 from bot.store.sqlite import RECENT_PER_FEED
+from bot.subscriptions import personal_deliveries
 from bot.transport.base import DELIVERY_KEY_FIELD
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,9 @@ class FeedPoller:
                      feed.name, len(decision.to_mark_seen), len(decision.to_post))
 
         deliveries = self._deliveries(decision.to_post, parsed.title or None)
+        personal, digest = personal_deliveries(feed, decision.to_post, parsed.title or None,
+                                               self._store, self._language)
+        deliveries += personal
         if result.permanent_url and result.permanent_url != state.url:
             log.warning("feed %s moved permanently to %s; fetching from there from now on",
                         feed.name, result.permanent_url)
@@ -186,7 +190,8 @@ class FeedPoller:
             title=parsed.title or None, new_url=result.permanent_url,
             seen_entry_ids=decision.to_mark_seen, deliveries=deliveries,
             recent=_recent(feed.name, parsed.entries),
-            fingerprints=[(e.entry_id, fingerprint(e)) for e in decision.to_post]))
+            fingerprints=[(e.entry_id, fingerprint(e)) for e in decision.to_post],
+            digest=digest))
         rooms = list(dict.fromkeys(
             [*rooms, *self._edits(parsed.entries, unseen, parsed.title or None, now)]))
         if decision.to_post:

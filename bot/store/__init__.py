@@ -1,4 +1,5 @@
 from bot.store.sqlite import (
+    DigestItem,
     FeedState,
     MediaRow,
     NewDelivery,
@@ -7,7 +8,8 @@ from bot.store.sqlite import (
     RoomFeed,
     RoomFeedSettings,
     Store,
+    Subscriber,
 )
 
-__all__ = ["FeedState", "MediaRow", "NewDelivery", "PollOutcome", "RecentEntry", "RoomFeed",
-           "RoomFeedSettings", "Store"]
+__all__ = ["DigestItem", "FeedState", "MediaRow", "NewDelivery", "PollOutcome", "RecentEntry",
+           "RoomFeed", "RoomFeedSettings", "Store", "Subscriber"]

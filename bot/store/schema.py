@@ -116,6 +116,31 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (feed, entry_id, room)
     ) WITHOUT ROWID;
     """,
+    # 5: personal subscriptions by direct message: the user id and their choices only.
+    """
+    CREATE TABLE subscriber (
+        user_id     TEXT PRIMARY KEY,
+        dm_room     TEXT NOT NULL,       -- where their items go
+        digest      TEXT NOT NULL DEFAULT 'off',   -- off | daily | weekly
+        language    TEXT,
+        digest_due  REAL                 -- when the next digest goes out
+    );
+    CREATE TABLE subscription (
+        user_id     TEXT NOT NULL,
+        feed        TEXT NOT NULL,
+        PRIMARY KEY (user_id, feed)
+    ) WITHOUT ROWID;
+    CREATE TABLE digest_item (           -- items waiting for a subscriber's next digest
+        user_id     TEXT NOT NULL,
+        feed        TEXT NOT NULL,
+        entry_id    TEXT NOT NULL,
+        title       TEXT NOT NULL,
+        link        TEXT,
+        published   REAL,
+        added_at    REAL NOT NULL,
+        PRIMARY KEY (user_id, feed, entry_id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

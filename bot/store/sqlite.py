@@ -81,6 +81,26 @@ RECENT_PER_FEED = 20
 
 
 @dataclass(frozen=True, slots=True)
+class Subscriber:
+    user_id: str
+    dm_room: str
+    digest: str                  # off | daily | weekly
+    language: str | None
+    digest_due: float | None
+    feeds: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestItem:
+    user_id: str
+    feed: str
+    entry_id: str
+    title: str
+    link: str | None
+    published: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class MediaRow:
     """An image fetched once: its mxc URI, or None when it is not one to show."""
 
@@ -108,6 +128,7 @@ class PollOutcome:
     deliveries: Sequence[NewDelivery]
     recent: Sequence[RecentEntry] = ()
     fingerprints: Sequence[tuple[str, str]] = ()     # (entry id, fingerprint) of posted ones
+    digest: Sequence[DigestItem] = ()                 # for subscribers' next digests
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> StorageError:
@@ -265,6 +286,11 @@ class Store:
             if outcome.recent:
                 self._remember_recent(c, outcome.feed, outcome.recent, outcome.now)
             c.executemany(
+                "INSERT OR IGNORE INTO digest_item (user_id, feed, entry_id, title, link, "
+                "published, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(d.user_id, d.feed, d.entry_id, d.title, d.link, d.published, outcome.now)
+                 for d in outcome.digest])
+            c.executemany(
                 "INSERT INTO posted_entry (feed, entry_id, fingerprint) VALUES (?, ?, ?) "
                 "ON CONFLICT (feed, entry_id) DO UPDATE SET fingerprint = excluded.fingerprint",
                 [(outcome.feed, entry_id, fp) for entry_id, fp in outcome.fingerprints])
@@ -398,6 +424,105 @@ class Store:
             c.executemany("UPDATE posted_entry SET fingerprint = ? WHERE feed = ? AND "
                           "entry_id = ?", [(fp, feed, entry_id) for entry_id, fp in fingerprints])
             return self._enqueue(c, feed, deliveries, now)
+
+    # -- personal subscriptions ----------------------------------------------------------
+
+    def subscriber(self, user_id: str) -> Subscriber | None:
+        with self._guard():
+            row = self._conn.execute(
+                "SELECT user_id, dm_room, digest, language, digest_due FROM subscriber "
+                "WHERE user_id = ?", (user_id,)).fetchone()
+            if row is None:
+                return None
+            feeds = tuple(r[0] for r in self._conn.execute(
+                "SELECT feed FROM subscription WHERE user_id = ? ORDER BY feed", (user_id,)))
+        return Subscriber(row[0], row[1], row[2], row[3], row[4], feeds)
+
+    def subscriber_by_room(self, dm_room: str) -> Subscriber | None:
+        with self._guard():
+            row = self._conn.execute("SELECT user_id FROM subscriber WHERE dm_room = ?",
+                                     (dm_room,)).fetchone()
+        return None if row is None else self.subscriber(row[0])
+
+    def subscribers_of(self, feed: str) -> list[Subscriber]:
+        with self._guard():
+            users = [r[0] for r in self._conn.execute(
+                "SELECT user_id FROM subscription WHERE feed = ? ORDER BY user_id", (feed,))]
+        return [s for s in (self.subscriber(u) for u in users) if s is not None]
+
+    def subscriber_count(self, feed: str) -> int:
+        with self._guard():
+            row = self._conn.execute("SELECT COUNT(*) FROM subscription WHERE feed = ?",
+                                     (feed,)).fetchone()
+        return int(row[0])
+
+    def dm_rooms(self) -> list[str]:
+        with self._guard():
+            return [r[0] for r in self._conn.execute("SELECT dm_room FROM subscriber")]
+
+    def save_subscriber(self, user_id: str, dm_room: str, *, digest: str | None = None,
+                        language: str | None = None, digest_due: float | None = None) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute("INSERT INTO subscriber (user_id, dm_room) VALUES (?, ?) "
+                      "ON CONFLICT (user_id) DO UPDATE SET dm_room = excluded.dm_room",
+                      (user_id, dm_room))
+            if digest is not None:
+                c.execute("UPDATE subscriber SET digest = ?, digest_due = ? WHERE user_id = ?",
+                          (digest, digest_due, user_id))
+            if language is not None:
+                c.execute("UPDATE subscriber SET language = ? WHERE user_id = ?",
+                          (language, user_id))
+
+    def subscribe(self, user_id: str, feeds: Sequence[str]) -> None:
+        with self._guard(), self._transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO subscription (user_id, feed) VALUES (?, ?)",
+                          [(user_id, f) for f in feeds])
+
+    def unsubscribe(self, user_id: str, feeds: Sequence[str]) -> None:
+        with self._guard(), self._transaction() as c:
+            c.executemany("DELETE FROM subscription WHERE user_id = ? AND feed = ?",
+                          [(user_id, f) for f in feeds])
+            c.executemany("DELETE FROM digest_item WHERE user_id = ? AND feed = ?",
+                          [(user_id, f) for f in feeds])
+
+    def forget_user(self, user_id: str) -> None:
+        """Everything stored about a person, gone in one transaction."""
+        with self._guard(), self._transaction() as c:
+            row = c.execute("SELECT dm_room FROM subscriber WHERE user_id = ?",
+                            (user_id,)).fetchone()
+            c.execute("DELETE FROM subscription WHERE user_id = ?", (user_id,))
+            c.execute("DELETE FROM digest_item WHERE user_id = ?", (user_id,))
+            c.execute("DELETE FROM subscriber WHERE user_id = ?", (user_id,))
+            if row is not None:
+                room = row[0]
+                for table in ("outbox", "entry_event", "room_settings"):
+                    c.execute(f"DELETE FROM {table} WHERE room = ?", (room,))
+
+    def due_digests(self, now: float) -> list[Subscriber]:
+        with self._guard():
+            users = [r[0] for r in self._conn.execute(
+                "SELECT user_id FROM subscriber WHERE digest != 'off' AND digest_due <= ?",
+                (now,))]
+        return [s for s in (self.subscriber(u) for u in users) if s is not None]
+
+    def digest_items(self, user_id: str) -> list[DigestItem]:
+        with self._guard():
+            rows = self._conn.execute(
+                "SELECT user_id, feed, entry_id, title, link, published FROM digest_item "
+                "WHERE user_id = ? ORDER BY COALESCE(published, added_at), added_at",
+                (user_id,)).fetchall()
+        return [DigestItem(*row) for row in rows]
+
+    def send_digest(self, user_id: str, items: Sequence[DigestItem],
+                    delivery: NewDelivery | None, feed: str, next_due: float,
+                    now: float) -> list[str]:
+        """Queue one digest and forget its items, at once: never twice, never lost."""
+        with self._guard(), self._transaction() as c:
+            c.executemany("DELETE FROM digest_item WHERE user_id = ? AND feed = ? AND "
+                          "entry_id = ?", [(i.user_id, i.feed, i.entry_id) for i in items])
+            c.execute("UPDATE subscriber SET digest_due = ? WHERE user_id = ?",
+                      (next_due, user_id))
+            return self._enqueue(c, feed, [delivery], now) if delivery else []
 
     # -- media ---------------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# Called for an invitation: (room_id, inviter) -> accept?
-InviteHandler = Callable[[str, str], Awaitable[bool]]
+# Called for an invitation: (room_id, inviter, is_direct) -> accept?
+InviteHandler = Callable[[str, str, bool], Awaitable[bool]]
 
 # Every event we send carries its delivery key under this content key, so a delivery whose
 # acknowledgement was lost can be recognised in the room's history.
@@ -69,6 +69,10 @@ class Transport(Protocol):
 
     async def run_sync(self, handlers: EventHandlers) -> None:
         """Follow the server's event stream until cancelled."""
+        ...
+
+    async def joined_members(self, room_id: str) -> list[str]:
+        """The user ids joined to the room (the bot included)."""
         ...
 
     async def power_level(self, room_id: str, user_id: str) -> float:

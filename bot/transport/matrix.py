@@ -436,6 +436,11 @@ class MatrixTransport:
         return IncomingMessage(room_id, str(source.get("sender")), str(source.get("event_id")),
                                content["body"], timestamp)
 
+    async def joined_members(self, room_id: str) -> list[str]:
+        resp = await self._call(f"reading {room_id}'s members",
+                                lambda: self._client.joined_members(room_id))
+        return [str(member.user_id) for member in resp.members]
+
     async def power_level(self, room_id: str, user_id: str) -> float:
         resp = await self._call(f"reading {room_id}'s state",
                                 lambda: self._client.room_get_state(room_id))
@@ -460,13 +465,15 @@ class MatrixTransport:
         return float(level_content.get("users_default", 0))
 
     async def _handle_invite(self, room_id: str, info: Any, on_invite: InviteHandler) -> bool:
-        inviter = ""
+        inviter, is_direct = "", False
         for event in info.invite_state:
             if getattr(event, "state_key", None) == self._config.user_id and \
                     getattr(event, "membership", None) == "invite":
                 inviter = event.sender
+                content = getattr(event, "content", None)
+                is_direct = isinstance(content, dict) and content.get("is_direct") is True
         try:
-            if await on_invite(room_id, inviter):
+            if await on_invite(room_id, inviter, is_direct):
                 self._set_removed(room_id, None)
                 await self._call(f"joining {room_id}", lambda: self._client.join(room_id))
                 return True

@@ -1,0 +1,198 @@
+"""Personal subscriptions by direct message: ``subscribe``, ``unsubscribe``, ``digest``,
+``list``, ``archive``, ``lang``, ``forget me``.
+
+Only feeds marked ``public: true`` are open to it. What is stored about a person: their
+Matrix id, the direct-message room their items go to, and their choices — nothing else;
+``forget me`` deletes all of it in one transaction. Items go through the same outbox as
+rooms' items (exactly once); a digest is one outbox message per period, queued together
+with the removal of the items it lists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from bot.clock import Clock
+from bot.config import Config, FeedConfig
+from bot.delivery import event_content
+from bot.i18n import format_time, text
+from bot.model import Entry, Message, delivery_key
+from bot.render import format_date, render_entry
+from bot.store import DigestItem, NewDelivery, Store
+
+log = logging.getLogger(__name__)
+
+DIGEST_PERIODS = {"daily": 86400.0, "weekly": 7 * 86400.0}
+DIGEST_FEED = "newsbot.digest"          # the outbox's feed column for digests
+ARCHIVE_DEFAULT, ARCHIVE_MAX = 5, 20
+
+
+def personal_deliveries(feed: FeedConfig, entries: Sequence[Entry], feed_title: str | None,
+                        store: Store, default_language: str,
+                        ) -> tuple[list[NewDelivery], list[DigestItem]]:
+    """What a poll's new entries give personal subscribers: a message each, or a line in
+    their next digest."""
+    if not feed.public or not entries:
+        return [], []
+    deliveries: list[NewDelivery] = []
+    digest: list[DigestItem] = []
+    for subscriber in store.subscribers_of(feed.name):
+        language = subscriber.language or feed.language or default_language
+        for entry in entries:
+            if subscriber.digest != "off":
+                date = entry.published or entry.updated
+                digest.append(DigestItem(subscriber.user_id, feed.name, entry.entry_id,
+                                         entry.title, entry.link,
+                                         date.timestamp() if date else None))
+                continue
+            message = render_entry(entry, feed_title=feed_title, language=language,
+                                   template=feed.template, content=feed.content,
+                                   summary_chars=feed.summary_length,
+                                   max_bytes=feed.max_message_bytes, feed=feed.name)
+            key = delivery_key(feed.name, entry.entry_id, subscriber.dm_room)
+            deliveries.append(NewDelivery(entry.entry_id, subscriber.dm_room, event_content(
+                message, msgtype=feed.msgtype, key=key)))
+    return deliveries, digest
+
+
+class PersonalSubscriptions:
+    def __init__(self, config: Config, store: Store, clock: Clock,
+                 on_enqueued: Callable[[list[str]], None]) -> None:
+        self._config = config
+        self._store = store
+        self._clock = clock
+        self._on_enqueued = on_enqueued
+        self.check_every = 600.0        # how often due digests are looked for
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.public_feeds())
+
+    def public_feeds(self) -> list[str]:
+        return [feed.name for feed in self._config.feeds if feed.public]
+
+    def language(self, user_id: str) -> str:
+        subscriber = self._store.subscriber(user_id)
+        return (subscriber.language if subscriber and subscriber.language
+                else self._config.language)
+
+    # -- the conversation ------------------------------------------------------------------
+
+    def handle(self, room_id: str, user_id: str, body: str) -> str:
+        """Answer one direct message (the text of the answer)."""
+        words = body.strip().split()
+        prefix = self._config.commands.prefix
+        if words and words[0].casefold() == prefix.casefold():
+            words = words[1:]          # "!news subscribe" works here too
+        command = " ".join(w.casefold() for w in words[:2])
+        lang = self.language(user_id)
+        public = self.public_feeds()
+        if not words or words[0].casefold() == "help":
+            return text("dm_help", lang)
+        if command == "forget me":
+            self._store.forget_user(user_id)
+            log.info("forgot everything about a subscriber, as they asked")
+            return text("dm_forgotten", lang)
+        name = words[0].casefold()
+        args = words[1:]
+        if name == "lang" and len(args) == 1 and args[0].casefold() in ("fr", "en"):
+            self._store.save_subscriber(user_id, room_id, language=args[0].casefold())
+            return text("lang_set", args[0].casefold())
+        if name == "archive":
+            count = int(args[0]) if args and args[0].isdigit() else ARCHIVE_DEFAULT
+            return self._archive(public, min(max(count, 1), ARCHIVE_MAX), lang)
+        if name in ("subscribe", "unsubscribe", "list", "digest") and not public:
+            return text("dm_no_public", lang)
+        if name == "list":
+            subscriber = self._store.subscriber(user_id)
+            mine = subscriber.feeds if subscriber else ()
+            digest = subscriber.digest if subscriber else "off"
+            return text("dm_list", lang, feeds=", ".join(public),
+                        mine=", ".join(mine) or text("none", lang),
+                        digest=text(f"digest_{digest}", lang))
+        if name in ("subscribe", "unsubscribe"):
+            chosen = public if not args else [a for a in args if a in public]
+            unknown = [a for a in args if a not in public]
+            if unknown:
+                return text("dm_unknown_feed", lang, name=unknown[0][:64],
+                            feeds=", ".join(public))
+            if name == "subscribe":
+                self._store.save_subscriber(user_id, room_id)
+                self._store.subscribe(user_id, chosen)
+                log.info("a personal subscription to %s", ", ".join(chosen))
+                return text("dm_subscribed", lang, feeds=", ".join(chosen))
+            if self._store.subscriber(user_id) is None:
+                return text("dm_not_subscribed", lang)
+            self._store.unsubscribe(user_id, chosen)
+            return text("dm_unsubscribed", lang, feeds=", ".join(chosen))
+        if name == "digest" and len(args) == 1 and args[0] in ("daily", "weekly", "off"):
+            period = args[0]
+            due = self._clock.now() + DIGEST_PERIODS[period] if period != "off" else None
+            self._store.save_subscriber(user_id, room_id, digest=period, digest_due=due)
+            return text("dm_digest_set", lang, digest=text(f"digest_{period}", lang))
+        return text("dm_unknown", lang, command=" ".join(words)[:40])
+
+    def _archive(self, feeds: list[str], count: int, lang: str) -> str:
+        entries = self._store.latest(feeds, count)
+        if not entries:
+            return text("latest_empty", lang)
+        lines = [text("archive_header", lang)]
+        for entry in entries:
+            when = format_time(entry.published, lang) if entry.published else ""
+            lines.append("• " + " — ".join(p for p in (entry.title, when, entry.link or "")
+                                           if p))
+        return "\n".join(lines)
+
+    # -- digests ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            self.tick()
+            await asyncio.sleep(self.check_every)
+
+    def tick(self) -> list[str]:
+        """Queue every digest that is due. Returns the rooms given something."""
+        now = self._clock.now()
+        rooms: list[str] = []
+        for subscriber in self._store.due_digests(now):
+            period = DIGEST_PERIODS.get(subscriber.digest)
+            if period is None or subscriber.digest_due is None:
+                continue
+            items = self._store.digest_items(subscriber.user_id)
+            next_due = subscriber.digest_due + period
+            while next_due <= now:          # the bot was down: one digest, not a backlog
+                next_due += period
+            delivery = None
+            if items:
+                lang = subscriber.language or self._config.language
+                message = _digest_message(items, subscriber.digest, lang)
+                entry_id = f"newsbot:digest:{int(subscriber.digest_due)}"
+                key = delivery_key(DIGEST_FEED, entry_id, subscriber.dm_room)
+                delivery = NewDelivery(entry_id, subscriber.dm_room, event_content(
+                    message, msgtype="m.notice", key=key))
+            rooms += self._store.send_digest(subscriber.user_id, items, delivery,
+                                             DIGEST_FEED, next_due, now)
+        if rooms:
+            self._on_enqueued(rooms)
+        return rooms
+
+
+def _digest_message(items: Sequence[DigestItem], period: str, lang: str) -> Message:
+    header = text("digest_header", lang, period=text(f"digest_{period}", lang),
+                  count=len(items))
+    body_lines, html_items = [header, ""], []
+    for item in items:
+        when = format_date(datetime.fromtimestamp(item.published, UTC), lang) \
+            if item.published else ""
+        plain = " — ".join(p for p in (item.title, when, item.link or "") if p)
+        body_lines.append(f"• {plain}")
+        title = html.escape(item.title or text("untitled", lang))
+        if item.link:
+            title = f'<a href="{html.escape(item.link)}">{title}</a>'
+        html_items.append(f"<li>{title}{' — ' + html.escape(when) if when else ''}</li>")
+    return Message("\n".join(body_lines),
+                   f"<p>{html.escape(header)}</p><ul>{''.join(html_items)}</ul>")
