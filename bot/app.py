@@ -28,6 +28,7 @@ from bot.rooms import RoomManager
 from bot.store import RoomFeed, Store
 from bot.subscriptions import PersonalSubscriptions
 from bot.transport.base import EventHandlers, Transport
+from bot.welcome import Welcomer
 
 log = logging.getLogger(__name__)
 
@@ -247,12 +248,18 @@ class App:
                      len(self._workers))
             commands = CommandRunner(cfg, self.store, self.transport, fetcher, self,
                                      self.clock, subscriptions=self.subscriptions)
+            welcomer = Welcomer(
+                cfg, self.store, self.transport, self.rooms.managed,
+                lambda room_id: [v.config.name for v in self.feeds_in_room(room_id)],
+                personal=self.subscriptions.enabled)
             handlers = EventHandlers(on_invite=self._on_invite,
                                      on_joined=lambda _room_id: self.deliverer.wake_all(),
-                                     on_message=commands.submit)
+                                     on_message=commands.submit,
+                                     on_member_joined=welcomer.submit)
             background = [tg.create_task(self.transport.run_sync(handlers), name="sync"),
                           tg.create_task(commands.run(), name="commands"),
                           tg.create_task(self.subscriptions.run(), name="digests"),
+                          tg.create_task(welcomer.run(), name="welcome"),
                           tg.create_task(self._maintain(), name="maintenance")]
             await self._stop.wait()
             for task in [*background, *self._poller_tasks.values()]:

@@ -108,6 +108,7 @@ class RoomConfig:
     pin_latest: bool = True
     topic_latest: bool = False          # the topic ends with "— Latest: TITLE LINK"
     moderators: tuple[str, ...] = ()    # given power level 50 (never lowered)
+    welcome: str = "off"                # "dm": newcomers get the latest issue privately
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +230,7 @@ _TAG_NULL = "tag:yaml.org,2002:null"
 _TOP_KEYS = ("matrix", "storage", "fetch", "admins", "feeds", "language", "log_level",
              "commands", "encryption", "rooms")
 _ROOM_KEYS = ("alias", "name", "topic", "avatar", "join_rule", "history", "encrypted",
-              "directory", "space", "pin_latest", "topic_latest", "moderators")
+              "directory", "space", "pin_latest", "topic_latest", "moderators", "welcome")
 _JOIN_RULES = ("public", "knock", "invite")
 _HISTORY = ("shared", "world_readable", "joined", "invited")
 _ALIAS_LOCALPART_RE = re.compile(r"#?([^\s:#]+)")
@@ -1072,12 +1073,13 @@ def _read_managed_room(r: _Reader, node: Node, index: int, server: str | None,
               ("topic_latest", False))}
     space = _read_room_ref(r, items, node, path, "space", server, required=False, ids=True)
     moderators = _read_moderators(r, items, path)
+    welcome = r.choice(items, node, path, "welcome", ("dm", "off"), "off")
     if flags["directory"] and join_rule == "invite":
         r.warn(items.get("directory") or node, f"{path}.directory",
                "an invite-only room listed in the directory: people will find it but not "
                "be able to join (use join_rule: knock to let them ask)")
     if (alias is None or join_rule is None or history is None or moderators is None
-            or any(v is None for v in flags.values())
+            or welcome is None or any(v is None for v in flags.values())
             or (space is None and not _is_null(items.get("space")))
             or (texts["avatar"] is not None and not _MXC_RE.fullmatch(texts["avatar"]))
             or any(texts[k] == "" for k in ("name", "avatar"))):
@@ -1086,7 +1088,8 @@ def _read_managed_room(r: _Reader, node: Node, index: int, server: str | None,
                       avatar=texts["avatar"], join_rule=join_rule, history=history,
                       encrypted=bool(flags["encrypted"]), directory=bool(flags["directory"]),
                       space=space, pin_latest=bool(flags["pin_latest"]),
-                      topic_latest=bool(flags["topic_latest"]), moderators=moderators)
+                      topic_latest=bool(flags["topic_latest"]), moderators=moderators,
+                      welcome=welcome)
 
 
 def _read_managed_rooms(r: _Reader, top: dict[str, Node], server: str | None,

@@ -215,6 +215,16 @@ MESSAGES: dict[str, dict[str, str]] = {
     "stats_line": {"en": "• {name}: {members} room member(s), {subscribers} subscriber(s)",
                    "fr": "• {name} : {members} membre(s) des salons, {subscribers} "
                          "abonnement(s)"},
+    "welcome": {
+        "en": "Welcome to {room}! Every new issue is posted there. The latest one: {latest}",
+        "fr": "Bienvenue dans {room} ! Chaque nouveau numéro y est publié. Le dernier : "
+              "{latest}",
+    },
+    "welcome_nothing": {"en": "nothing yet.", "fr": "rien pour l’instant."},
+    "welcome_dm_hint": {
+        "en": "\nTo receive them here instead, write “help”.",
+        "fr": "\nPour les recevoir ici plutôt, écrivez « help ».",
+    },
     "feed_gone": {
         "en": "⚠️ The feed “{name}” ({url}) is gone (HTTP 410 Gone): newsbot has stopped "
               "fetching it. A moderator can give it a new address in the configuration.",

@@ -362,6 +362,10 @@ class RoomManager:
         self._ours: dict[str, bool] = {}      # event id -> sent by newsbot (for pins)
         self.reports: list[RoomReport] = []
 
+    def managed(self, room_id: str) -> RoomConfig | None:
+        """The declaration of a managed room, by its id."""
+        return self._by_id.get(room_id)
+
     @property
     def room_ids(self) -> dict[str, str]:
         """Alias -> room id of each managed room found or created."""

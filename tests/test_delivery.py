@@ -73,6 +73,9 @@ class ScriptedTransport:
     async def joined_members(self, room_id: str) -> list[str]:
         return []
 
+    async def create_direct_room(self, user_id: str) -> str:
+        return "!dm:test"
+
     async def close(self) -> None:
         pass
 

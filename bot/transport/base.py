@@ -36,6 +36,8 @@ class EventHandlers:
     on_invite: InviteHandler
     on_joined: Callable[[str], None] | None = None      # an accepted invitation was joined
     on_message: Callable[[IncomingMessage], None] | None = None
+    # Someone joined a room the bot is in: (room_id, user_id, join event id).
+    on_member_joined: Callable[[str, str, str], None] | None = None
 
 
 class Transport(Protocol):
@@ -73,6 +75,10 @@ class Transport(Protocol):
 
     async def joined_members(self, room_id: str) -> list[str]:
         """The user ids joined to the room (the bot included)."""
+        ...
+
+    async def create_direct_room(self, user_id: str) -> str:
+        """Open a private conversation with one person; returns its room id."""
         ...
 
     async def power_level(self, room_id: str, user_id: str) -> float:

@@ -413,6 +413,11 @@ class MatrixTransport:
                         message = self._incoming(room_id, event.source, started_ms)
                         if message is not None:
                             handlers.on_message(message)
+                if handlers.on_member_joined is not None:
+                    for event in joined.timeline.events:
+                        if self._is_new_join(event.source, started_ms):
+                            handlers.on_member_joined(room_id, str(event.source["state_key"]),
+                                                      str(event.source.get("event_id")))
             since = resp.next_batch
             self._store.put(SYNC_TOKEN_KEY, since)
 
@@ -435,6 +440,23 @@ class MatrixTransport:
             return None
         return IncomingMessage(room_id, str(source.get("sender")), str(source.get("event_id")),
                                content["body"], timestamp)
+
+    def _is_new_join(self, source: dict[str, Any], started_ms: int) -> bool:
+        if source.get("type") != "m.room.member" or source.get("state_key") in (
+                None, self._config.user_id):
+            return False
+        content = source.get("content") or {}
+        previous = (source.get("unsigned") or {}).get("prev_content") or {}
+        timestamp = source.get("origin_server_ts")
+        return (content.get("membership") == "join" and previous.get("membership") != "join"
+                and isinstance(timestamp, int) and timestamp >= started_ms)
+
+    async def create_direct_room(self, user_id: str) -> str:
+        resp = await self._call(f"opening a conversation with {user_id}",
+                                lambda: self._client.room_create(
+                                    is_direct=True, invite=[user_id],
+                                    preset=nio.api.RoomPreset.trusted_private_chat))
+        return str(resp.room_id)
 
     async def joined_members(self, room_id: str) -> list[str]:
         resp = await self._call(f"reading {room_id}'s members",

@@ -1,0 +1,57 @@
+"""welcome: dm — a newcomer of an announcement room gets the latest issue privately."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from pathlib import Path
+
+from bot.testing import (
+    FeedServer,
+    MemberFactory,
+    NewUserFactory,
+    SynapseServer,
+    make_items,
+)
+from tests.botkit import InProcessBot, bot_config, load, write_config
+
+
+async def test_a_newcomer_is_welcomed_privately_and_the_room_stays_quiet(
+        synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+    bot = await new_user("newsbot")
+    local = f"accueil-{uuid.uuid4().hex[:6]}"
+    alias = f"#{local}:localhost"
+    feed_server.set_feed(feed_path, make_items(2))
+    config = load(write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state", language="fr",
+        rooms=[{"alias": local, "name": "Actualités", "welcome": "dm"}],
+        feeds=[{"name": "actus", "url": feed_server.url(feed_path), "rooms": [alias],
+                "backfill": 1}])), bot)
+    newcomer = await member(await new_user("nouvelle"))
+    async with InProcessBot(config):
+        deadline = time.monotonic() + 20
+        room_id = None
+        while room_id is None:
+            try:
+                room_id = await newcomer.resolve_alias(alias)
+            except Exception:
+                assert time.monotonic() < deadline, "the room was not created"
+                await asyncio.sleep(0.3)
+        await newcomer.join(room_id)
+        await newcomer.wait_for_messages(room_id, 1, sender=bot.user_id)   # the backfill
+        deadline = time.monotonic() + 20
+        invites: list[str] = []
+        while not invites:
+            assert time.monotonic() < deadline, "no private conversation was opened"
+            invites = await newcomer.pending_invites()
+            await asyncio.sleep(0.3)
+        dm = await newcomer.join(invites[0])
+        welcome = (await newcomer.wait_for_messages(dm, 1, sender=bot.user_id))[0]
+        await asyncio.sleep(1)
+        in_room = await newcomer.messages(room_id, sender=bot.user_id)
+    body = welcome["content"]["body"]
+    assert body.startswith("Bienvenue dans Actualités ! Chaque nouveau numéro y est publié.")
+    assert make_items(2)[0].title in body
+    assert len(in_room) == 1          # the room itself got nothing but the issue
