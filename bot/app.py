@@ -94,7 +94,7 @@ class App:
         return None
 
     async def _on_invite(self, room_id: str, inviter: str, is_direct: bool = False) -> bool:
-        if is_direct and any(feed.public for feed in self.config.feeds):
+        if is_direct and self.subscriptions.accepts_conversations:
             # A person opening a private conversation, for personal subscriptions.
             log.info("accepting a direct-message invitation")
             return True

@@ -191,7 +191,8 @@ class CommandRunner:
 
     async def _private(self, room_id: str) -> bool:
         """Is this the bot's direct conversation with one person (no feed posts there)?"""
-        if self._subscriptions is None or self._book.feeds_in_room(room_id):
+        if self._subscriptions is None or not self._subscriptions.accepts_conversations or \
+                self._book.feeds_in_room(room_id):
             return False
         if room_id not in self._is_dm:
             members = await self._transport.joined_members(room_id)

@@ -72,6 +72,12 @@ class PersonalSubscriptions:
     def enabled(self) -> bool:
         return bool(self.public_feeds())
 
+    @property
+    def accepts_conversations(self) -> bool:
+        """Private conversations serve personal subscriptions and the archive for members
+        of announcement rooms."""
+        return self.enabled or bool(self._config.rooms)
+
     def public_feeds(self) -> list[str]:
         return [feed.name for feed in self._config.feeds if feed.public]
 
@@ -104,7 +110,10 @@ class PersonalSubscriptions:
             return text("lang_set", args[0].casefold())
         if name == "archive":
             count = int(args[0]) if args and args[0].isdigit() else ARCHIVE_DEFAULT
-            return self._archive(public, min(max(count, 1), ARCHIVE_MAX), lang)
+            # The association's issues are public: the archive covers every configured
+            # feed, so members of announcement rooms (who cannot post there) catch up here.
+            every = [feed.name for feed in self._config.feeds]
+            return self._archive(every, min(max(count, 1), ARCHIVE_MAX), lang)
         if name in ("subscribe", "unsubscribe", "list", "digest") and not public:
             return text("dm_no_public", lang)
         if name == "list":
