@@ -711,37 +711,40 @@ def _read_fetch(r: _Reader, top: dict[str, Node], root: Node) -> FetchConfig | N
                        concurrency=concurrency, max_backoff=backoff[0])
 
 
-def _read_user_ids(r: _Reader, top: dict[str, Node]) -> tuple[str, ...] | None:
-    node = top.get("admins")
+def _read_user_ids(r: _Reader, items: dict[str, Node], path: str,
+                   key: str = "admins") -> tuple[str, ...] | None:
+    """A list of Matrix user ids under ``key`` (admins, a room's moderators)."""
+    node = items.get(key)
     if _is_null(node):
         return ()
     assert node is not None
-    nodes = r.sequence(node, "admins")
+    full = _join(path, key)
+    nodes = r.sequence(node, full)
     if nodes is None:
         return None
-    admins: list[str] = []
+    users: list[str] = []
     ok = True
     for i, item in enumerate(nodes):
-        path = f"admins[{i}]"
-        if not isinstance(item, ScalarNode) or _is_null(item):
-            r.problem(item, path, "expected a Matrix user id like @alice:example.org")
+        item_path = f"{full}[{i}]"
+        text = r.expand(item, item_path, False) if isinstance(item, ScalarNode) else None
+        if not isinstance(item, ScalarNode) or _is_null(item) or text is None:
+            if text is None and isinstance(item, ScalarNode) and not _is_null(item):
+                ok = False      # an unset ${VAR}, reported
+                continue
+            r.problem(item, item_path, "expected a Matrix user id like @alice:example.org")
             ok = False
             continue
-        text = r.expand(item, path, secret=False)
-        if text is None:
+        user = text.strip()
+        if not _USER_ID_RE.fullmatch(user):
+            r.problem(item, item_path, f"{_quote(user)} is not a Matrix user id like "
+                                       "@alice:example.org")
             ok = False
-            continue
-        text = text.strip()
-        if not _USER_ID_RE.fullmatch(text):
-            r.problem(item, path, f"{_quote(text)} is not a Matrix user id like "
-                                  "@alice:example.org")
-            ok = False
-        elif text in admins:
-            r.problem(item, path, f"{_quote(text)} is listed twice")
+        elif user in users:
+            r.problem(item, item_path, f"{_quote(user)} is listed twice")
             ok = False
         else:
-            admins.append(text)
-    return tuple(admins) if ok else None
+            users.append(user)
+    return tuple(users) if ok else None
 
 
 def _read_rooms(r: _Reader, items: dict[str, Node], parent: Node,
@@ -1005,37 +1008,7 @@ def _read_room_ref(r: _Reader, items: dict[str, Node], parent: Node, path: str, 
 
 
 def _read_moderators(r: _Reader, items: dict[str, Node], path: str) -> tuple[str, ...] | None:
-    node = items.get("moderators")
-    if _is_null(node):
-        return ()
-    assert node is not None
-    full = _join(path, "moderators")
-    nodes = r.sequence(node, full)
-    if nodes is None:
-        return None
-    users: list[str] = []
-    ok = True
-    for i, item in enumerate(nodes):
-        item_path = f"{full}[{i}]"
-        text = r.expand(item, item_path, False) if isinstance(item, ScalarNode) else None
-        if not isinstance(item, ScalarNode) or _is_null(item) or text is None:
-            if text is None and isinstance(item, ScalarNode) and not _is_null(item):
-                ok = False      # an unset ${VAR}, reported
-                continue
-            r.problem(item, item_path, "expected a Matrix user id like @alice:example.org")
-            ok = False
-            continue
-        user = text.strip()
-        if not _USER_ID_RE.fullmatch(user):
-            r.problem(item, item_path, f"{_quote(user)} is not a Matrix user id like "
-                                       "@alice:example.org")
-            ok = False
-        elif user in users:
-            r.problem(item, item_path, f"{_quote(user)} is listed twice")
-            ok = False
-        else:
-            users.append(user)
-    return tuple(users) if ok else None
+    return _read_user_ids(r, items, path, "moderators")
 
 
 def _read_managed_room(r: _Reader, node: Node, index: int, server: str | None,
@@ -1126,7 +1099,7 @@ def _read_config(r: _Reader, root: Node) -> Config | None:
     matrix = _read_matrix(r, top, root)
     storage = _read_storage(r, top, root)
     fetch = _read_fetch(r, top, root)
-    admins = _read_user_ids(r, top)
+    admins = _read_user_ids(r, top, "")
     language = r.choice(top, root, "", "language", _LANGUAGES, "en")
     log_level = r.choice(top, root, "", "log_level", _LOG_LEVELS, "INFO", fold=True)
     feeds = _read_feeds(r, top, root)
