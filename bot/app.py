@@ -24,6 +24,7 @@ from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher
 from bot.feeds.poller import FeedPoller
 from bot.media import MediaResolver
+from bot.metrics import Metrics
 from bot.rooms import RoomManager
 from bot.store import RoomFeed, Store
 from bot.subscriptions import PersonalSubscriptions
@@ -202,6 +203,15 @@ class App:
         for room in feed.rooms:
             self._start_worker(room)
 
+    def _metrics_task(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        if self.config.metrics_listen is None:
+            return []
+        metrics = Metrics(self.store, self.transport, self.clock,
+                          lambda: [feed for feed, _ in self._feeds.values()],
+                          self.config.matrix.user_id, lambda: self.deliverer.delivered)
+        host, port = self.config.metrics_listen
+        return [tg.create_task(metrics.serve(host, port), name="metrics")]
+
     def _enqueued(self, rooms: list[str]) -> None:
         """New deliveries: rooms seen for the first time (a new subscriber's private
         conversation) get a worker, and every one is woken."""
@@ -260,6 +270,7 @@ class App:
                           tg.create_task(commands.run(), name="commands"),
                           tg.create_task(self.subscriptions.run(), name="digests"),
                           tg.create_task(welcomer.run(), name="welcome"),
+                          *self._metrics_task(tg),
                           tg.create_task(self._maintain(), name="maintenance")]
             await self._stop.wait()
             for task in [*background, *self._poller_tasks.values()]:

@@ -26,6 +26,7 @@ from bot.errors import FeedError, RateLimitedError, TemporaryTransportError, Tra
 from bot.feeds.fetch import Fetcher
 from bot.feeds.parse import parse_feed_async
 from bot.i18n import format_duration, format_time, text
+from bot.metrics import count_readers
 from bot.store import RoomFeed, RoomFeedSettings, Store
 from bot.subscriptions import PersonalSubscriptions
 from bot.transport.base import IncomingMessage, Transport
@@ -334,13 +335,10 @@ class CommandRunner:
             return Reply(text("no_feeds", lang))
         lines = [text("stats_header", lang)]
         for view in views:
-            members: set[str] = set()
-            for ref in view.config.rooms:
-                room_id = await self._transport.resolve_room(ref)
-                members.update(await self._transport.joined_members(room_id))
-            members.discard(self._config.matrix.user_id)
-            lines.append(text("stats_line", lang, name=view.config.name, members=len(members),
-                              subscribers=self._store.subscriber_count(view.config.name)))
+            readers = await count_readers(self._transport, self._store, view.config,
+                                          self._config.matrix.user_id)
+            lines.append(text("stats_line", lang, name=view.config.name,
+                              members=readers.members, subscribers=readers.subscribers))
         return Reply("\n".join(lines))
 
     # -- moderators --------------------------------------------------------------------

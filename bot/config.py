@@ -144,6 +144,7 @@ class Config:
     commands: CommandsConfig = CommandsConfig()
     encryption: EncryptionConfig = EncryptionConfig()
     rooms: tuple[RoomConfig, ...] = ()
+    metrics_listen: tuple[str, int] | None = None   # metrics.listen: "127.0.0.1:9180"
     source: Path | None = None
 
 
@@ -228,7 +229,7 @@ _TAG_BOOL = "tag:yaml.org,2002:bool"
 _TAG_NULL = "tag:yaml.org,2002:null"
 
 _TOP_KEYS = ("matrix", "storage", "fetch", "admins", "feeds", "language", "log_level",
-             "commands", "encryption", "rooms")
+             "commands", "encryption", "rooms", "metrics")
 _ROOM_KEYS = ("alias", "name", "topic", "avatar", "join_rule", "history", "encrypted",
               "directory", "space", "pin_latest", "topic_latest", "moderators", "welcome")
 _JOIN_RULES = ("public", "knock", "invite")
@@ -1107,13 +1108,37 @@ def _read_config(r: _Reader, root: Node) -> Config | None:
     encryption = _read_encryption(r, top, root)
     server = matrix.user_id.split(":", 1)[1] if matrix is not None else None
     rooms = _read_managed_rooms(r, top, server, feeds, encryption)
+    metrics = _read_metrics(r, top, root)
     if (matrix is None or storage is None or fetch is None or admins is None
             or feeds is None or language is None or log_level is None or commands is None
-            or encryption is None or rooms is None):
+            or encryption is None or rooms is None or isinstance(metrics, bool)):
         return None
     return Config(matrix=matrix, storage=storage, fetch=fetch, admins=admins, feeds=feeds,
                   language=language, log_level=log_level, commands=commands,
-                  encryption=encryption, rooms=rooms)
+                  encryption=encryption, rooms=rooms, metrics_listen=metrics)
+
+
+def _read_metrics(r: _Reader, top: dict[str, Node], root: Node,
+                  ) -> tuple[str, int] | None | bool:
+    """``metrics.listen``: host:port, None when off, False after a reported problem."""
+    found = r.section(top, root, "", "metrics", ("listen",), required=False)
+    if found is None:
+        return False if not _is_null(top.get("metrics")) else None
+    items, node = found
+    listen = r.string(items, node, "metrics", "listen")
+    if listen is None:
+        return None if _is_null(items.get("listen")) else False
+    text, value_node = listen
+    host, _, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        r.problem(value_node, "metrics.listen",
+                  f"{_quote(text)} is not host:port (example: 127.0.0.1:9180)")
+        return False
+    if host not in _LOOPBACK_HOSTS:
+        r.warn(value_node, "metrics.listen", "not a loopback address: put the metrics "
+               "behind your own access control")
+    return host, int(port)
 
 
 # --- entry points -----------------------------------------------------------------------

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from bot.app import App
 from bot.store.sqlite import DB_FILENAME
 from bot.testing import (
@@ -17,6 +19,7 @@ from bot.testing import (
     NewUserFactory,
     RegisteredUser,
     SynapseServer,
+    free_port,
     make_items,
 )
 from tests.botkit import bot_config, load, write_config
@@ -150,8 +153,10 @@ async def test_stats_and_archive_in_a_room(
     for name in ("a", "b"):
         await (await member(await new_user(name))).join(room)
     feed_server.set_feed(feed_path, make_items(3))
+    port = free_port()
     config = load(write_config(tmp_path / "c.yaml", bot_config(
         homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+        metrics={"listen": f"127.0.0.1:{port}"},
         feeds=[{"name": "actus", "url": feed_server.url(feed_path), "rooms": [room],
                 "backfill": 1}])), bot)
     app, task = await start(config)
@@ -162,5 +167,12 @@ async def test_stats_and_archive_in_a_room(
         archive = await say(owner, room, bot, "!news archive 3")
         assert archive.splitlines()[0] == "The last issues:"
         assert len(archive.splitlines()) == 4
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            metrics = await resp.text()
+        assert 'newsbot_feed_readers{feed="actus"} 3' in metrics.splitlines()
+        assert 'newsbot_feed_failures{feed="actus"} 0' in metrics.splitlines()
+        assert "newsbot_outbox_pending 0" in metrics.splitlines()
+        assert "@" not in metrics            # counted, never listed
     finally:
         await stop(app, task)

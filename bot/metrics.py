@@ -1,0 +1,127 @@
+"""Reader counts and health, for ``!news stats`` and an optional local metrics endpoint.
+
+Readers are counted, never listed: the joined members of a feed's rooms (the bot aside)
+plus its personal subscribers. No read receipts are collected, nothing per person is kept.
+The endpoint (``metrics.listen``, off by default) speaks the Prometheus text format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from bot.clock import Clock
+from bot.config import FeedConfig
+from bot.errors import TransportError
+from bot.store import Store
+from bot.transport.base import Transport
+
+log = logging.getLogger(__name__)
+
+# Reader counts cost one request per room: counted on a scrape, at most this often.
+COUNT_EVERY = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Readers:
+    members: int         # joined members of the feed's rooms, each person once
+    subscribers: int     # personal subscriptions
+
+    @property
+    def total(self) -> int:
+        return self.members + self.subscribers
+
+
+async def count_readers(transport: Transport, store: Store, feed: FeedConfig,
+                        bot_user: str) -> Readers:
+    members: set[str] = set()
+    for ref in feed.rooms:
+        room_id = await transport.resolve_room(ref)
+        members.update(await transport.joined_members(room_id))
+    members.discard(bot_user)
+    return Readers(len(members), store.subscriber_count(feed.name))
+
+
+class Metrics:
+    def __init__(self, store: Store, transport: Transport, clock: Clock,
+                 feeds: Callable[[], list[FeedConfig]], bot_user: str,
+                 delivered: Callable[[], int]) -> None:
+        self._store = store
+        self._transport = transport
+        self._clock = clock
+        self._feeds = feeds
+        self._bot_user = bot_user
+        self._delivered = delivered
+        self.readers: dict[str, Readers] = {}
+        self._counted_at: float | None = None
+
+    async def refresh(self) -> None:
+        now = self._clock.now()
+        if self._counted_at is not None and now - self._counted_at < COUNT_EVERY:
+            return
+        self._counted_at = now
+        for feed in self._feeds():
+            try:
+                self.readers[feed.name] = await count_readers(
+                    self._transport, self._store, feed, self._bot_user)
+            except TransportError as exc:
+                log.info("metrics: readers of %s not counted now: %s", feed.name, exc)
+
+    def render(self) -> str:
+        lines = [
+            "# HELP newsbot_feed_readers Joined members of the feed's rooms plus personal "
+            "subscribers.",
+            "# TYPE newsbot_feed_readers gauge",
+        ]
+        lines += [f'newsbot_feed_readers{{feed="{_label(name)}"}} {r.total}'
+                  for name, r in sorted(self.readers.items())]
+        lines += ["# HELP newsbot_feed_subscribers Personal subscriptions by direct message.",
+                  "# TYPE newsbot_feed_subscribers gauge"]
+        lines += [f'newsbot_feed_subscribers{{feed="{_label(name)}"}} {r.subscribers}'
+                  for name, r in sorted(self.readers.items())]
+        lines += ["# HELP newsbot_feed_failures Consecutive failed fetches.",
+                  "# TYPE newsbot_feed_failures gauge",
+                  "# HELP newsbot_feed_last_success_seconds When the feed was last read.",
+                  "# TYPE newsbot_feed_last_success_seconds gauge"]
+        for feed in self._feeds():
+            state = self._store.feed_state(feed.name)
+            if state is None:
+                continue
+            label = _label(feed.name)
+            lines.append(f'newsbot_feed_failures{{feed="{label}"}} {state.failures}')
+            if state.last_success is not None:
+                lines.append(f'newsbot_feed_last_success_seconds{{feed="{label}"}} '
+                             f"{state.last_success:.0f}")
+        lines += ["# HELP newsbot_outbox_pending Items waiting to be delivered.",
+                  "# TYPE newsbot_outbox_pending gauge",
+                  f"newsbot_outbox_pending {self._store.pending_count()}",
+                  "# HELP newsbot_delivered_total Items delivered since the bot started.",
+                  "# TYPE newsbot_delivered_total counter",
+                  f"newsbot_delivered_total {self._delivered()}"]
+        return "\n".join(lines) + "\n"
+
+    async def serve(self, host: str, port: int) -> None:
+        """Serve /metrics until cancelled. Nothing runs between scrapes."""
+        async def handler(_request: web.Request) -> web.Response:
+            await self.refresh()
+            return web.Response(text=self.render(), content_type="text/plain",
+                                charset="utf-8")
+
+        app = web.Application()
+        app.router.add_get("/metrics", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            log.info("metrics on http://%s:%d/metrics", host, port)
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
