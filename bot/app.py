@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 from collections.abc import Coroutine
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DRAIN_SECONDS = 10.0
+ADMIN_ROOMS_KEY = "app.admin_invited_rooms"
 PRUNE_EVERY = 24 * 3600.0
 KEEP_SENT_ROWS = 30 * 24 * 3600.0
 
@@ -101,6 +103,10 @@ class App:
             return True
         if inviter in self.config.admins:
             log.info("accepting the invite to %s from admin %s", room_id, inviter)
+            rooms = self._admin_rooms()
+            if room_id not in rooms:
+                rooms.append(room_id)
+                self.store.put(ADMIN_ROOMS_KEY, json.dumps(rooms))
             return True
         if room_id in self._room_ids.values() or any(
                 room_id in feed.rooms for feed, _ in self._feeds.values()):
@@ -166,6 +172,18 @@ class App:
                     views.append(FeedView(feed, ref, from_config))
                     break
         return views
+
+    def _admin_rooms(self) -> list[str]:
+        raw = self.store.get(ADMIN_ROOMS_KEY)
+        return list(json.loads(raw)) if raw else []
+
+    def may_add_feeds(self, room_id: str) -> bool:
+        """Rooms whose moderators may add feeds: those the configuration posts to, the
+        managed ones, and those an admin brought the bot into. Anyone can make a room
+        and be its moderator: a room the bot merely sits in must not become a way to
+        make it fetch arbitrary addresses."""
+        return bool(self.feeds_in_room(room_id)) or self.rooms.managed(room_id) is not None \
+            or room_id in self._admin_rooms()
 
     def name_taken(self, name: str) -> bool:
         # A name that ever had state keeps it (seen entries): never reuse one.

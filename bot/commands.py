@@ -28,7 +28,7 @@ from bot.feeds.parse import parse_feed_async
 from bot.i18n import format_duration, format_time, text
 from bot.metrics import count_readers
 from bot.store import RoomFeed, RoomFeedSettings, Store
-from bot.subscriptions import PersonalSubscriptions
+from bot.subscriptions import PersonalSubscriptions, small_number
 from bot.transport.base import IncomingMessage, Transport
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ MODERATOR_COMMANDS = frozenset({"add", "remove", "pause", "resume", "interval", 
                                 "lang"})
 FEED_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MIN_COMMAND_INTERVAL = 60.0
+MAX_COMMAND_INTERVAL = 30 * 86400.0
 LATEST_DEFAULT, LATEST_MAX = 5, 20
 
 
@@ -75,6 +76,8 @@ class FeedBook(Protocol):
 
     def name_taken(self, name: str) -> bool: ...
 
+    def may_add_feeds(self, room_id: str) -> bool: ...
+
     def add_room_feed(self, feed: RoomFeed) -> None: ...
 
     def remove_room_feed(self, name: str) -> None: ...
@@ -83,6 +86,7 @@ class FeedBook(Protocol):
 @dataclass(frozen=True, slots=True)
 class Reply:
     body: str
+    then_leave: bool = False       # leave the (private) room after answering
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,15 +165,14 @@ class CommandRunner:
                                     clock)
         self.queue: asyncio.Queue[IncomingMessage] = asyncio.Queue(maxsize=200)
         self._subscriptions = subscriptions
-        self._is_dm: dict[str, bool] = {}      # room id -> a private conversation?
 
     # -- intake ------------------------------------------------------------------------
 
     def submit(self, message: IncomingMessage) -> None:
         """Called from the sync loop: never blocks it."""
         if parse_command(message.body, self._commands.prefix) is None and (
-                self._subscriptions is None or self._is_dm.get(message.room_id) is False
-                or self._book.feeds_in_room(message.room_id)):
+                self._subscriptions is None or not self._transport.is_direct(message.room_id)
+                and self._store.subscriber_by_room(message.room_id) is None):
             return      # chat, not a command (direct messages need no prefix)
         try:
             self.queue.put_nowait(message)
@@ -180,9 +183,20 @@ class CommandRunner:
     async def run(self) -> None:
         while True:
             message = await self.queue.get()
-            reply = await self.handle(message)
+            try:
+                reply = await self.handle(message)
+            except Exception:
+                # Whatever a message contains, it must never stop the bot.
+                log.exception("a command in %s could not be handled", message.room_id)
+                reply = Reply(text("failed", self.language(message.room_id),
+                                   reason="internal error"))
             if reply is not None:
                 await self._send_reply(message, reply)
+            if reply is not None and reply.then_leave:
+                try:
+                    await self._transport.leave_direct(message.room_id)
+                except TransportError as exc:
+                    log.warning("could not leave a private conversation: %s", exc)
             self._limiter.forget_idle()
 
     # -- answering ---------------------------------------------------------------------
@@ -195,10 +209,10 @@ class CommandRunner:
         if self._subscriptions is None or not self._subscriptions.accepts_conversations or \
                 self._book.feeds_in_room(room_id):
             return False
-        if room_id not in self._is_dm:
-            members = await self._transport.joined_members(room_id)
-            self._is_dm[room_id] = len(members) == 2
-        return self._is_dm[room_id]
+        # Known from how the bot joined (a direct invitation, or a conversation it opened),
+        # never guessed from a member count: a fresh two-person room is not a DM.
+        return self._transport.is_direct(room_id) or \
+            self._store.subscriber_by_room(room_id) is not None
 
     async def handle(self, message: IncomingMessage) -> Reply | None:
         command = parse_command(message.body, self._commands.prefix)
@@ -213,8 +227,11 @@ class CommandRunner:
             if not allowed:
                 return Reply(text("rate_limited", lang, count=self._commands.rate_limit,
                                   seconds=int(self._commands.rate_window))) if tell else None
-            return Reply(self._subscriptions.handle(message.room_id, message.sender,
-                                                    message.body))
+            answer = self._subscriptions.handle(message.room_id, message.sender,
+                                                message.body)
+            forgotten = self._store.subscriber(message.sender) is None and \
+                " ".join(message.body.casefold().split()[-2:]) == "forget me"
+            return Reply(answer, then_leave=forgotten)
         if command is None:
             return None
         lang = self.language(message.room_id)
@@ -286,9 +303,9 @@ class CommandRunner:
         return Reply("\n".join(lines))
 
     async def _cmd_latest(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
-        if len(args) > 1 or (args and not args[0].isdigit()):
+        if len(args) > 1 or (args and small_number(args[0]) is None):
             raise UsageError
-        count = min(int(args[0]), LATEST_MAX) if args else LATEST_DEFAULT
+        count = min(small_number(args[0]) or 1, LATEST_MAX) if args else LATEST_DEFAULT
         feeds = [v.config.name for v in self._book.feeds_in_room(message.room_id)]
         entries = self._store.latest(feeds, max(count, 1))
         if not entries:
@@ -352,6 +369,9 @@ class CommandRunner:
             return Reply(text("bad_url", lang, url=url[:200]))
         if len(args) == 2 and not FEED_NAME.match(args[1]):
             return Reply(text("bad_name", lang, name=args[1][:64]))
+        if message.sender not in self._config.admins and \
+                not self._book.may_add_feeds(message.room_id):
+            return Reply(text("add_needs_admin", lang))
         in_room = self._book.feeds_in_room(message.room_id)
         cap = self._commands.max_feeds_per_room
         if len(in_room) >= cap:
@@ -420,9 +440,10 @@ class CommandRunner:
             seconds = parse_duration(args[1])
         except ValueError:
             seconds = -1.0
-        if seconds < MIN_COMMAND_INTERVAL:
+        if not MIN_COMMAND_INTERVAL <= seconds <= MAX_COMMAND_INTERVAL:
             return Reply(text("bad_interval", lang, value=args[1][:40],
-                              minimum=format_duration(MIN_COMMAND_INTERVAL, lang)))
+                              minimum=format_duration(MIN_COMMAND_INTERVAL, lang),
+                              maximum=format_duration(MAX_COMMAND_INTERVAL, lang)))
         self._store.set_feed_interval(view.config.name, seconds)
         return Reply(text("interval_set", lang, name=view.config.name,
                           interval=format_duration(seconds, lang)))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -59,12 +60,14 @@ def edit_content(new: dict[str, object], *, original_event_id: str,
     replacement = {k: v for k, v in new.items()
                    if k in ("msgtype", "body", "format", "formatted_body")}
     replacement["m.mentions"] = {}
+    # What clients without edit support show: "* " and the title only, so that the edit
+    # (which carries the whole new version in m.new_content) stays within the size limit.
+    title = str(new["body"]).split("\n", 1)[0]
     content: dict[str, object] = {
         "msgtype": new["msgtype"],
-        # What clients without edit support show: the usual "* " convention.
-        "body": f"* {new['body']}",
+        "body": f"* {title}",
         "format": "org.matrix.custom.html",
-        "formatted_body": f"* {new.get('formatted_body', '')}",
+        "formatted_body": f"* {html.escape(title, quote=False)}",
         "m.new_content": replacement,
         "m.relates_to": {"rel_type": "m.replace", "event_id": original_event_id},
         "m.mentions": {},
@@ -157,6 +160,11 @@ class Deliverer:
                 delay = min(self._retry_base * 2 ** (failures - 1), self._retry_cap)
                 log.warning("room %s: %s; retrying in %.0f s", room, exc, delay)
                 await self._pause_unless_stopping(room, delay, interruptible=False)
+            except MessageRejectedError as exc:
+                # Only reachable outside a send (a send's refusal is handled in _deliver):
+                # never let it end the worker.
+                log.error("room %s: %s", room, exc)
+                await self._pause_unless_stopping(room, self._retry_cap, interruptible=True)
             except RoomUnavailableError as exc:
                 if not unavailable_logged:
                     log.error("room %s: %s; its deliveries wait (retrying every %.0f s)",
@@ -200,7 +208,7 @@ class Deliverer:
         return self._attempt_generation.get(delivery.key, 0) != self._transport.login_generation
 
     async def _deliver(self, room_id: str, delivery: Delivery) -> None:
-        if IMAGE_FIELD in delivery.content:
+        if IMAGE_FIELD in delivery.content and delivery.first_attempt_at is None:
             final = await self._finalize(delivery)
             if final is None:
                 return

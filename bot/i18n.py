@@ -97,6 +97,12 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "I could not add {url}: {reason}",
         "fr": "Je n’ai pas pu ajouter {url} : {reason}",
     },
+    "add_needs_admin": {
+        "en": "Only newsbot's admins can add the first feed of a room they did not bring "
+              "it into.",
+        "fr": "Seul·es les admins de newsbot peuvent ajouter le premier flux d’un salon où "
+              "ils ne l’ont pas invité.",
+    },
     "bad_url": {
         "en": "“{url}” is not a web address (http:// or https://).",
         "fr": "« {url} » n’est pas une adresse web (http:// ou https://).",
@@ -130,8 +136,9 @@ MESSAGES: dict[str, dict[str, str]] = {
     "interval_set": {"en": "“{name}” will be fetched every {interval}.",
                      "fr": "« {name} » sera lu toutes les {interval}."},
     "bad_interval": {
-        "en": "“{value}” is not a duration of at least {minimum} (examples: 30m, 2h).",
-        "fr": "« {value} » n’est pas une durée d’au moins {minimum} (exemples : 30m, 2h).",
+        "en": "“{value}” is not a duration from {minimum} to {maximum} (examples: 30m, 2h).",
+        "fr": "« {value} » n’est pas une durée de {minimum} à {maximum} (exemples : 30m, "
+              "2h).",
     },
     "filter_set": {
         "en": "“{name}” in this room: {filters}.",
@@ -262,6 +269,9 @@ def format_time(timestamp: float | None, language: str) -> str:
     from datetime import UTC, datetime
     if timestamp is None:
         return text("never", language)
-    moment = datetime.fromtimestamp(timestamp, UTC)
+    try:
+        moment = datetime.fromtimestamp(timestamp, UTC)
+    except (OverflowError, OSError, ValueError):
+        return "?"
     pattern = "%d/%m/%Y %H:%M UTC" if language == "fr" else "%Y-%m-%d %H:%M UTC"
     return moment.strftime(pattern)

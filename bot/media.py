@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.clock import Clock
-from bot.errors import FeedError
+from bot.errors import AuthError, FeedError, TemporaryTransportError, TransportError
 from bot.feeds.fetch import Fetcher
 from bot.store import MediaRow, Store
 from bot.transport.base import Transport
@@ -131,7 +131,17 @@ class MediaResolver:
                                   self._clock.now())
             return None
         name = urlsplit(url).path.rsplit("/", 1)[-1][:100] or "image"
-        mxc = await self._transport.upload_media(data, info.mimetype, name)
+        try:
+            mxc = await self._transport.upload_media(data, info.mimetype, name)
+        except (TemporaryTransportError, AuthError):
+            raise           # worth retrying: the delivery waits
+        except TransportError as exc:
+            # Refused for good (too large for this homeserver, forbidden): the item goes
+            # out without its picture rather than never.
+            log.warning("image %s not shown: the homeserver refused it (%s)", url, exc)
+            self._store.put_media(MediaRow(url, None, info.mimetype, len(data), info.width,
+                                           info.height), self._clock.now())
+            return None
         row = MediaRow(url, mxc, info.mimetype, len(data), info.width, info.height)
         self._store.put_media(row, self._clock.now())
         return row

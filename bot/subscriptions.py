@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 DIGEST_PERIODS = {"daily": 86400.0, "weekly": 7 * 86400.0}
 DIGEST_FEED = "newsbot.digest"          # the outbox's feed column for digests
 ARCHIVE_DEFAULT, ARCHIVE_MAX = 5, 20
+
+
+def small_number(word: str) -> int | None:
+    """A count a person may type: 1 to 3 ASCII digits ("²" and 5,000 digits are not)."""
+    return int(word) if re.fullmatch(r"[0-9]{1,3}", word) else None
 
 
 def personal_deliveries(feed: FeedConfig, entries: Sequence[Entry], feed_title: str | None,
@@ -109,7 +115,7 @@ class PersonalSubscriptions:
             self._store.save_subscriber(user_id, room_id, language=args[0].casefold())
             return text("lang_set", args[0].casefold())
         if name == "archive":
-            count = int(args[0]) if args and args[0].isdigit() else ARCHIVE_DEFAULT
+            count = (small_number(args[0]) if args else None) or ARCHIVE_DEFAULT
             # The association's issues are public: the archive covers every configured
             # feed, so members of announcement rooms (who cannot post there) catch up here.
             every = [feed.name for feed in self._config.feeds]

@@ -151,8 +151,14 @@ async def test_bad_arguments_get_the_usage_line_and_config_feeds_stay(rig: Rig) 
          "(you can pause it here).")
     assert await ask(rig.moderator, rig.room, rig.bot, "!news pause nope") == \
         "This room has no feed named “nope”. See !news list."
+    assert await ask(rig.moderator, rig.room, rig.bot, "!news latest ²") == \
+        "Usage: !news latest [n]"
+    assert await ask(rig.moderator, rig.room, rig.bot, "!news latest " + "9" * 5000) == \
+        "Usage: !news latest [n]"
     assert await ask(rig.moderator, rig.room, rig.bot, "!news interval officiel 5s") == \
-        "“5s” is not a duration of at least 1 min (examples: 30m, 2h)."
+        "“5s” is not a duration from 1 min to 30 d (examples: 30m, 2h)."
+    assert await ask(rig.moderator, rig.room, rig.bot, "!news interval officiel 3000000d") \
+        == "“3000000d” is not a duration from 1 min to 30 d (examples: 30m, 2h)."
     assert await ask(rig.moderator, rig.room, rig.bot, "!news interval officiel 2h") == \
         "“officiel” will be fetched every 2 h."
 

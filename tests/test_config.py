@@ -662,8 +662,8 @@ def test_message_settings() -> None:
     (feed,) = config.feeds
     assert (feed.template, feed.content, feed.summary_length, feed.max_message_bytes) == (
         "compact", "full", 0, 20 * 1024)
-    (feed,) = load(VALID + "    template: full\n    max_message_bytes: 61440\n")[0].feeds
-    assert (feed.template, feed.max_message_bytes) == ("full", 61440)
+    (feed,) = load(VALID + "    template: full\n    max_message_bytes: 45056\n")[0].feeds
+    assert (feed.template, feed.max_message_bytes) == ("full", 45056)
 
 
 def test_inline_template_is_kept_as_source() -> None:
@@ -717,7 +717,7 @@ def test_template_problems_name_the_key_and_the_template_line() -> None:
         "'upper' (when rendering an entry with no title, link, date, author or text)",
         'config.yaml:36: feeds[4].content: "partial" is not one of: summary, full',
         "config.yaml:37: feeds[4].summary_length: must be at least 0 (got -1)",
-        "config.yaml:38: feeds[4].max_message_bytes: must be between 4096 and 61440 bytes "
+        "config.yaml:38: feeds[4].max_message_bytes: must be between 4096 and 45056 bytes "
         "(homeservers refuse events over 65536), got 1048576",
         'config.yaml:42: feeds[5].template: "notes" is not a built-in template (default, '
         "compact, full); a template of your own is Jinja2 HTML, such as "

@@ -76,6 +76,12 @@ class ScriptedTransport:
     async def create_direct_room(self, user_id: str) -> str:
         return "!dm:test"
 
+    def is_direct(self, room_id: str) -> bool:
+        return False
+
+    async def leave_direct(self, room_id: str) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 
@@ -224,3 +230,44 @@ def error(status: int, errcode: str | None, message: str = "x") -> nio.ErrorResp
 def test_matrix_errors_map_to_what_the_bot_should_do(
         status: int, errcode: str | None, expected: type[TransportError]) -> None:
     assert type(_error_for("sending", error(status, errcode))) is expected
+
+
+async def test_an_image_the_homeserver_refuses_does_not_stop_the_item(store: Store) -> None:
+    """M_TOO_LARGE from the media repository: the item goes out without its picture."""
+    import struct
+    import zlib
+    from types import SimpleNamespace
+
+    from bot.media import IMAGE_FIELD, MediaResolver
+
+    def png(width: int, height: int) -> bytes:
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(
+                ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                  8, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\x00" * (width + 1) * height))
+                + chunk(b"IEND", b""))
+
+    class Fetcher:
+        async def fetch(self, url: str) -> SimpleNamespace:
+            return SimpleNamespace(body=png(100, 100))
+
+    class Refusing(ScriptedTransport):
+        async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
+            raise MessageRejectedError("M_TOO_LARGE")
+
+    store.ensure_feed("news", "http://x/feed")
+    content = {"body": "a", "formatted_body": "<p>a</p>",
+               IMAGE_FIELD: {"url": "http://x/a.png", "mode": "inline", "alt": "a"}}
+    store.record_poll(PollOutcome(
+        feed="news", now=1.0, next_fetch=2.0, etag=None, last_modified=None, body_hash=None,
+        title=None, new_url=None, seen_entry_ids=["a"],
+        deliveries=[NewDelivery("a", "!r:x", content)]))
+    transport = Refusing()
+    media = MediaResolver(Fetcher(), transport, store, SystemClock())  # type: ignore[arg-type]
+    deliverer = Deliverer(store, transport, SystemClock(), media=media)
+    await run_until(deliverer, "!r:x", lambda: transport.sent == ["a"])
+    row = store._conn.execute("SELECT content FROM outbox WHERE entry_id = 'a'").fetchone()
+    assert "<img" not in row[0]
+    assert IMAGE_FIELD not in row[0]

@@ -255,25 +255,32 @@ class FeedPoller:
                                      now)
             return []
         deliveries = []
+        settled: list[tuple[str, str]] = []
         for entry, fp in changed:
             sent = self._store.entry_events(feed.name, entry.entry_id)
+            deferred = False
             for new in self._deliveries((entry,), feed_title):
                 if new.entry_id != entry.entry_id:
                     continue          # a separate image stays as it was
                 original_key = delivery_key(feed.name, entry.entry_id, new.room)
                 original = sent.get(new.room)
                 if original is None:
-                    # Not delivered yet: deliver the corrected version instead.
-                    self._store.update_pending_content(original_key, new.content)
+                    # Not delivered yet: deliver the corrected version instead — unless a
+                    # send was already attempted (the homeserver may hold the first
+                    # version): then wait for it, and edit on a later poll.
+                    if not self._store.update_pending_content(original_key, new.content) \
+                            and self._store.pending_key(original_key):
+                        deferred = True
                     continue
-                edit_id = f"{entry.entry_id}#edit#{fp[:16]}"
+                edit_id = f"{entry.entry_id}#edit#{fp[:16]}#{int(now)}"
                 key = delivery_key(feed.name, edit_id, new.room)
                 deliveries.append(NewDelivery(edit_id, new.room, edit_content(
                     new.content, original_event_id=original, key=key)))
-            log.info("feed %s: entry %s changed; editing its message(s) in place",
-                     feed.name, entry.entry_id)
-        return self._store.record_edits(feed.name, [(e.entry_id, fp) for e, fp in changed],
-                                        deliveries, now)
+            if not deferred:
+                settled.append((entry.entry_id, fp))
+                log.info("feed %s: entry %s changed; editing its message(s) in place",
+                         feed.name, entry.entry_id)
+        return self._store.record_edits(feed.name, settled, deliveries, now)
 
     def _gone(self, url: str, now: float) -> None:
         """410 Gone: the publisher says the feed will not come back. Stop, and tell the

@@ -392,11 +392,18 @@ class Store:
                       (event_id, key))
 
     def update_pending_content(self, key: str, content: dict[str, object]) -> bool:
-        """Replace what a delivery will send, while it is still pending."""
+        """Replace what a delivery will send, while no attempt to send it was made (after
+        one, the homeserver may already hold the first version under its txn id)."""
         with self._guard(), self._transaction() as c:
-            cur = c.execute("UPDATE outbox SET content = ? WHERE key = ? AND state = 'pending'",
+            cur = c.execute("UPDATE outbox SET content = ? WHERE key = ? AND state = 'pending' "
+                            "AND first_attempt_at IS NULL",
                             (json.dumps(content, ensure_ascii=False), key))
         return cur.rowcount > 0
+
+    def pending_key(self, key: str) -> bool:
+        with self._guard():
+            return self._conn.execute("SELECT 1 FROM outbox WHERE key = ? AND state = "
+                                      "'pending'", (key,)).fetchone() is not None
 
     def entry_events(self, feed: str, entry_id: str) -> dict[str, str]:
         """room -> event id of this entry's message in each room it was posted to."""

@@ -81,6 +81,14 @@ class Transport(Protocol):
         """Open a private conversation with one person; returns its room id."""
         ...
 
+    def is_direct(self, room_id: str) -> bool:
+        """Is this one of the bot's private conversations with one person?"""
+        ...
+
+    async def leave_direct(self, room_id: str) -> None:
+        """Leave a private conversation and forget it was one."""
+        ...
+
     async def power_level(self, room_id: str, user_id: str) -> float:
         """The user's power level in the room (infinity for a room creator that outranks
         every level, as in room version 12)."""

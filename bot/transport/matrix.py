@@ -55,6 +55,7 @@ SESSION_FILENAME = "matrix-session.json"
 CRYPTO_DIRNAME = "crypto"
 SYNC_TOKEN_KEY = "matrix.sync_token"
 REMOVED_ROOMS_KEY = "matrix.removed_rooms"
+DIRECT_ROOMS_KEY = "matrix.direct_rooms"
 
 # Keep the sync light: no presence, no account data, no typing/receipts, members lazily.
 SYNC_FILTER: dict[str, Any] = {
@@ -122,6 +123,7 @@ class MatrixTransport:
         self._crypto: Crypto | None = None
         self._encrypted: set[str] = set()
         self._removed: dict[str, str] | None = None
+        self._direct: set[str] | None = None
         self._login_lock = asyncio.Lock()
         self._started_ms = int(time.time() * 1000)
         self.login_generation = 0     # bumped by each re-login after a refused token
@@ -452,11 +454,18 @@ class MatrixTransport:
                 and isinstance(timestamp, int) and timestamp >= started_ms)
 
     async def create_direct_room(self, user_id: str) -> str:
-        resp = await self._call(f"opening a conversation with {user_id}",
+        # Encrypted from the start when the bot can encrypt: a private conversation.
+        state = [{"type": "m.room.encryption", "state_key": "",
+                  "content": {"algorithm": "m.megolm.v1.aes-sha2"}}] if self._crypto else []
+        resp = await self._call("opening a private conversation",
                                 lambda: self._client.room_create(
-                                    is_direct=True, invite=[user_id],
+                                    is_direct=True, invite=[user_id], initial_state=state,
                                     preset=nio.api.RoomPreset.trusted_private_chat))
-        return str(resp.room_id)
+        room_id = str(resp.room_id)
+        if state:
+            self._encrypted.add(room_id)
+        self._mark_direct(room_id)
+        return room_id
 
     async def joined_members(self, room_id: str) -> list[str]:
         resp = await self._call(f"reading {room_id}'s members",
@@ -498,6 +507,16 @@ class MatrixTransport:
             if await on_invite(room_id, inviter, is_direct):
                 self._set_removed(room_id, None)
                 await self._call(f"joining {room_id}", lambda: self._client.join(room_id))
+                if is_direct:
+                    # "is_direct" is the inviter's word: a conversation with more people
+                    # is a group room, which only admins may bring the bot into.
+                    if len(await self.joined_members(room_id)) > 2:
+                        log.warning("left %s: invited as a private conversation, but it has "
+                                    "more members", room_id)
+                        await self._call(f"leaving {room_id}",
+                                         lambda: self._client.room_leave(room_id))
+                        return False
+                    self._mark_direct(room_id)
                 return True
             await self._call(f"rejecting the invite to {room_id}",
                              lambda: self._client.room_leave(room_id))
@@ -522,6 +541,31 @@ class MatrixTransport:
                 reason += f" ({str(why)[:200]})"
             self._set_removed(room_id, reason)
             log.error("%s; its deliveries wait until newsbot is invited again", reason)
+
+    def is_direct(self, room_id: str) -> bool:
+        """Did the bot join this room as a private conversation with one person?"""
+        return room_id in self._direct_rooms()
+
+    def _direct_rooms(self) -> set[str]:
+        if self._direct is None:
+            raw = self._store.get(DIRECT_ROOMS_KEY)
+            self._direct = set(json.loads(raw)) if raw else set()
+        return self._direct
+
+    async def leave_direct(self, room_id: str) -> None:
+        """Leave a private conversation and forget it was one (``forget me``)."""
+        rooms = self._direct_rooms()
+        if room_id in rooms:
+            rooms.discard(room_id)
+            self._store.put(DIRECT_ROOMS_KEY, json.dumps(sorted(rooms)))
+        await self._call("leaving a private conversation",
+                         lambda: self._client.room_leave(room_id))
+
+    def _mark_direct(self, room_id: str) -> None:
+        rooms = self._direct_rooms()
+        if room_id not in rooms:
+            rooms.add(room_id)
+            self._store.put(DIRECT_ROOMS_KEY, json.dumps(sorted(rooms)))
 
     def _removed_rooms(self) -> dict[str, str]:
         if self._removed is None:
