@@ -1131,7 +1131,7 @@ def _read_metrics(r: _Reader, top: dict[str, Node], root: Node,
     text, value_node = listen
     host, _, port = text.strip().rpartition(":")
     host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         r.problem(value_node, "metrics.listen",
                   f"{_quote(text)} is not host:port (example: 127.0.0.1:9180)")
         return False

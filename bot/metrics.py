@@ -37,11 +37,18 @@ class Readers:
 
 
 async def count_readers(transport: Transport, store: Store, feed: FeedConfig,
-                        bot_user: str) -> Readers:
+                        bot_user: str,
+                        seen: dict[str, list[str]] | None = None) -> Readers:
+    """``seen`` (room -> members) lets one counting pass ask for each room once."""
     members: set[str] = set()
     for ref in feed.rooms:
-        room_id = await transport.resolve_room(ref)
-        members.update(await transport.joined_members(room_id))
+        if seen is None or ref not in seen:
+            room_members = await transport.joined_members(await transport.resolve_room(ref))
+            if seen is not None:
+                seen[ref] = room_members
+        else:
+            room_members = seen[ref]
+        members.update(room_members)
     members.discard(bot_user)
     return Readers(len(members), store.subscriber_count(feed.name))
 
@@ -63,13 +70,18 @@ class Metrics:
         now = self._clock.now()
         if self._counted_at is not None and now - self._counted_at < COUNT_EVERY:
             return
-        self._counted_at = now
+        seen: dict[str, list[str]] = {}
+        counted: dict[str, Readers] = {}
         for feed in self._feeds():
             try:
-                self.readers[feed.name] = await count_readers(
-                    self._transport, self._store, feed, self._bot_user)
+                counted[feed.name] = await count_readers(
+                    self._transport, self._store, feed, self._bot_user, seen)
             except TransportError as exc:
                 log.info("metrics: readers of %s not counted now: %s", feed.name, exc)
+                if feed.name in self.readers:
+                    counted[feed.name] = self.readers[feed.name]
+        self.readers = counted      # removed feeds disappear
+        self._counted_at = self._clock.now()
 
     def render(self) -> str:
         lines = [
@@ -116,7 +128,13 @@ class Metrics:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            try:
+                await web.TCPSite(runner, host, port).start()
+            except OSError as exc:
+                # The bot's job is the news: a busy port costs the metrics, not the bot.
+                log.error("metrics: cannot listen on %s:%d (%s); no metrics endpoint",
+                          host, port, exc.strerror or exc)
+                return
             log.info("metrics on http://%s:%d/metrics", host, port)
             await asyncio.Event().wait()
         finally:

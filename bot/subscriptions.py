@@ -46,6 +46,7 @@ def personal_deliveries(feed: FeedConfig, entries: Sequence[Entry], feed_title: 
         return [], []
     deliveries: list[NewDelivery] = []
     digest: list[DigestItem] = []
+    rendered: dict[tuple[str, str], Message] = {}      # (entry id, language): render once
     for subscriber in store.subscribers_of(feed.name):
         language = subscriber.language or feed.language or default_language
         for entry in entries:
@@ -55,10 +56,13 @@ def personal_deliveries(feed: FeedConfig, entries: Sequence[Entry], feed_title: 
                                          entry.title, entry.link,
                                          date.timestamp() if date else None))
                 continue
-            message = render_entry(entry, feed_title=feed_title, language=language,
-                                   template=feed.template, content=feed.content,
-                                   summary_chars=feed.summary_length,
-                                   max_bytes=feed.max_message_bytes, feed=feed.name)
+            message = rendered.get((entry.entry_id, language))
+            if message is None:
+                message = render_entry(entry, feed_title=feed_title, language=language,
+                                       template=feed.template, content=feed.content,
+                                       summary_chars=feed.summary_length,
+                                       max_bytes=feed.max_message_bytes, feed=feed.name)
+                rendered[(entry.entry_id, language)] = message
             key = delivery_key(feed.name, entry.entry_id, subscriber.dm_room)
             deliveries.append(NewDelivery(entry.entry_id, subscriber.dm_room, event_content(
                 message, msgtype=feed.msgtype, key=key)))
@@ -86,6 +90,11 @@ class PersonalSubscriptions:
 
     def public_feeds(self) -> list[str]:
         return [feed.name for feed in self._config.feeds if feed.public]
+
+    def archive_feeds(self) -> list[str]:
+        managed = {room.alias for room in self._config.rooms}
+        return [feed.name for feed in self._config.feeds
+                if feed.public or any(room in managed for room in feed.rooms)]
 
     def language(self, user_id: str) -> str:
         subscriber = self._store.subscriber(user_id)
@@ -116,10 +125,9 @@ class PersonalSubscriptions:
             return text("lang_set", args[0].casefold())
         if name == "archive":
             count = (small_number(args[0]) if args else None) or ARCHIVE_DEFAULT
-            # The association's issues are public: the archive covers every configured
-            # feed, so members of announcement rooms (who cannot post there) catch up here.
-            every = [feed.name for feed in self._config.feeds]
-            return self._archive(every, min(max(count, 1), ARCHIVE_MAX), lang)
+            # Public feeds, and those of announcement rooms (whose members cannot post
+            # there): never the feeds of private rooms, as anyone can write to the bot.
+            return self._archive(self.archive_feeds(), min(max(count, 1), ARCHIVE_MAX), lang)
         if name in ("subscribe", "unsubscribe", "list", "digest") and not public:
             return text("dm_no_public", lang)
         if name == "list":
@@ -146,10 +154,27 @@ class PersonalSubscriptions:
             return text("dm_unsubscribed", lang, feeds=", ".join(chosen))
         if name == "digest" and len(args) == 1 and args[0] in ("daily", "weekly", "off"):
             period = args[0]
+            previous = self._store.subscriber(user_id)
+            if previous is not None and previous.digest != "off" and period != previous.digest:
+                self._flush(previous.user_id, previous.dm_room, previous.digest, lang)
             due = self._clock.now() + DIGEST_PERIODS[period] if period != "off" else None
             self._store.save_subscriber(user_id, room_id, digest=period, digest_due=due)
             return text("dm_digest_set", lang, digest=text(f"digest_{period}", lang))
         return text("dm_unknown", lang, command=" ".join(words)[:40])
+
+    def _flush(self, user_id: str, dm_room: str, period: str, lang: str) -> None:
+        """Leaving a digest period: what waited for it goes out now, never lost."""
+        items = self._store.digest_items(user_id)
+        if not items:
+            return
+        entry_id = f"newsbot:digest:{int(self._clock.now())}"
+        key = delivery_key(DIGEST_FEED, entry_id, dm_room)
+        delivery = NewDelivery(entry_id, dm_room, event_content(
+            _digest_message(items, period, lang), msgtype="m.notice", key=key))
+        rooms = self._store.send_digest(user_id, items, delivery, DIGEST_FEED, 0.0,
+                                        self._clock.now())
+        if rooms:
+            self._on_enqueued(rooms)
 
     def _archive(self, feeds: list[str], count: int, lang: str) -> str:
         entries = self._store.latest(feeds, count)

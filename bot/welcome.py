@@ -8,6 +8,7 @@ their existing conversation; anyone else gets a new private conversation.
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import html
 import logging
@@ -35,12 +36,19 @@ class Welcomer:
         self._room_feeds = room_feeds          # room id -> names of its feeds
         self._personal = personal              # are personal subscriptions offered?
         self._queue: asyncio.Queue[tuple[str, str, str]] = asyncio.Queue(maxsize=500)
+        # Who was welcomed lately, per room (bounded, never stored): leaving and joining
+        # again must not open conversation after conversation.
+        self._welcomed: collections.OrderedDict[tuple[str, str], None] = \
+            collections.OrderedDict()
 
     def submit(self, room_id: str, user_id: str, event_id: str) -> None:
         """From the sync loop: never blocks it."""
         room = self._managed_room(room_id)
-        if room is None or room.welcome != "dm":
+        if room is None or room.welcome != "dm" or (room_id, user_id) in self._welcomed:
             return
+        self._welcomed[(room_id, user_id)] = None
+        if len(self._welcomed) > 10_000:
+            self._welcomed.popitem(last=False)
         try:
             self._queue.put_nowait((room_id, user_id, event_id))
         except asyncio.QueueFull:

@@ -14,6 +14,7 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
+from bot.testing.e2emember import EncryptedMember
 from tests.botkit import InProcessBot, bot_config, load, write_config
 
 
@@ -29,7 +30,11 @@ async def test_a_newcomer_is_welcomed_privately_and_the_room_stays_quiet(
         rooms=[{"alias": local, "name": "Actualités", "welcome": "dm"}],
         feeds=[{"name": "actus", "url": feed_server.url(feed_path), "rooms": [alias],
                 "backfill": 1}])), bot)
-    newcomer = await member(await new_user("nouvelle"))
+    newcomer_user = await new_user("nouvelle")
+    newcomer = await member(newcomer_user)
+    # The newcomer's own client, with its keys: the private conversation is encrypted.
+    own_client = await EncryptedMember(synapse.base_url, newcomer_user,
+                                       tmp_path / "newcomer-store").__aenter__()
     async with InProcessBot(config):
         deadline = time.monotonic() + 20
         room_id = None
@@ -48,10 +53,11 @@ async def test_a_newcomer_is_welcomed_privately_and_the_room_stays_quiet(
             invites = await newcomer.pending_invites()
             await asyncio.sleep(0.3)
         dm = await newcomer.join(invites[0])
-        welcome = (await newcomer.wait_for_messages(dm, 1, sender=bot.user_id))[0]
+        body = (await own_client.wait_for(dm, 1, sender=bot.user_id))[0]
         await asyncio.sleep(1)
         in_room = await newcomer.messages(room_id, sender=bot.user_id)
-    body = welcome["content"]["body"]
+        assert await newcomer.messages(dm, sender=bot.user_id) == []   # nothing in clear
+    await own_client.close()
     assert body.startswith("Bienvenue dans Actualités ! Chaque nouveau numéro y est publié.")
     assert make_items(2)[0].title in body
     assert len(in_room) == 1          # the room itself got nothing but the issue

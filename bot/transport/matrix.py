@@ -124,6 +124,8 @@ class MatrixTransport:
         self._encrypted: set[str] = set()
         self._removed: dict[str, str] | None = None
         self._direct: set[str] | None = None
+        # Private conversations the bot opened, and who it invited (key sharing).
+        self._invitees: dict[str, tuple[str, ...]] = {}
         self._login_lock = asyncio.Lock()
         self._started_ms = int(time.time() * 1000)
         self.login_generation = 0     # bumped by each re-login after a refused token
@@ -332,13 +334,14 @@ class MatrixTransport:
                     f"{room_id} is end-to-end encrypted and encryption is unavailable "
                     "(disabled, or the vodozemac package missing); refusing to post in the "
                     "clear")
-            await self._crypto.prepare_send(room_id)
+            await self._crypto.prepare_send(room_id, self._invitees.get(room_id, ()))
         elif self._client.olm is not None and room_id not in self._client.rooms:
             # nio refuses to send into a room it has not seen in a sync once it encrypts.
             self._client.rooms[room_id] = nio.MatrixRoom(room_id, self._client.user_id)
         resp = await self._call(f"sending to {room_id}", lambda: self._client.room_send(
             room_id, "m.room.message", dict(content), tx_id=txn_id,
             ignore_unverified_devices=True))
+        self._invitees.pop(room_id, None)       # their key went with this message
         return str(resp.event_id)
 
     async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
@@ -464,6 +467,7 @@ class MatrixTransport:
         room_id = str(resp.room_id)
         if state:
             self._encrypted.add(room_id)
+            self._invitees[room_id] = (user_id,)
         self._mark_direct(room_id)
         return room_id
 
@@ -473,27 +477,42 @@ class MatrixTransport:
         return [str(member.user_id) for member in resp.members]
 
     async def power_level(self, room_id: str, user_id: str) -> float:
-        resp = await self._call(f"reading {room_id}'s state",
-                                lambda: self._client.room_get_state(room_id))
-        levels: dict[str, Any] = {}
-        create: dict[str, Any] = {}
-        for event in resp.events:
-            if event.get("type") == "m.room.power_levels" and event.get("state_key") == "":
-                levels = event
-            elif event.get("type") == "m.room.create" and event.get("state_key") == "":
-                create = event
-        content = create.get("content", {})
-        version = str(content.get("room_version", "1"))
-        creators = {create.get("sender"), *content.get("additional_creators", [])}
-        if version.isdigit() and int(version) >= 12 and user_id in creators:
-            return math.inf     # creators outrank every power level from version 12 on
-        level_content = levels.get("content", {})
-        users = level_content.get("users", {})
-        if user_id in users:
+        # Two state events, not the room's whole state (megabytes in a large room).
+        levels = await self._state_content(room_id, "m.room.power_levels")
+        users = levels.get("users", {}) if levels else {}
+        if isinstance(users, dict) and user_id in users:
             return float(users[user_id])
-        if not levels and user_id in creators:
-            return 100.0        # no power levels at all: the creator holds 100
-        return float(level_content.get("users_default", 0))
+        content = await self._state_content(room_id, "m.room.create") or {}
+        version = str(content.get("room_version", "1"))
+        creators = set(content.get("additional_creators", []))
+        if "creator" in content:
+            creators.add(content["creator"])
+        if version.isdigit() and int(version) >= 12:
+            creators.add(await self._create_sender(room_id))
+            if user_id in creators:
+                return math.inf     # creators outrank every power level from version 12 on
+        if levels is None:
+            return 100.0 if user_id in creators else 0.0
+        return float(levels.get("users_default", 0))
+
+    async def _state_content(self, room_id: str, event_type: str) -> dict[str, Any] | None:
+        try:
+            resp = await self._call(f"reading {room_id}'s {event_type}",
+                                    lambda: self._client.room_get_state_event(room_id,
+                                                                               event_type))
+        except RoomUnavailableError as exc:
+            if exc.errcode == "M_NOT_FOUND":
+                return None
+            raise
+        return resp.content if isinstance(resp.content, dict) else {}
+
+    async def _create_sender(self, room_id: str) -> str:
+        """Who created the room (v12 creators are not listed in power levels). Room
+        version 12 room ids are the create event's hash, so the event is fetchable."""
+        event_id = "$" + room_id[1:].split(":", 1)[0]
+        resp = await self._call(f"reading {room_id}'s creation event",
+                                lambda: self._client.room_get_event(room_id, event_id))
+        return str(resp.event.sender)
 
     async def _handle_invite(self, room_id: str, info: Any, on_invite: InviteHandler) -> bool:
         inviter, is_direct = "", False

@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -196,8 +196,10 @@ class Crypto:
 
     # -- sending ---------------------------------------------------------------------------
 
-    async def prepare_send(self, room_id: str) -> None:
-        """Make sure every device that should read the next message holds its key."""
+    async def prepare_send(self, room_id: str, invitees: Sequence[str] = ()) -> None:
+        """Make sure every device that should read the next message holds its key —
+        ``invitees`` too: a private conversation's first message is sent before the
+        person has joined it."""
         client = self.client
         if room_id not in client.rooms:     # after a restart with a stored sync token
             client.rooms[room_id] = nio.MatrixRoom(room_id, client.user_id, encrypted=True)
@@ -206,6 +208,10 @@ class Crypto:
         if not room.members_synced:
             await self._call(f"reading {room_id}'s members",
                              lambda: client.joined_members(room_id))
+        for user in invitees:
+            if user not in room.users:
+                room.add_member(user, None, None, invited=True)
+                self.olm.users_for_key_query.add(user)
         if client.should_query_keys:
             await self._call("querying keys", client.keys_query)
         skipped = self._skipped(room_id)
@@ -275,6 +281,8 @@ class Crypto:
     async def _on_key_request(self, request: nio.RoomKeyRequest) -> None:
         key = (request.room_id, request.sender, request.requesting_device_id,
                request.session_id)
+        if len(self.key_requests) > 10_000:
+            self.key_requests.clear()       # a flood must not grow memory for months
         self.key_requests[key] += 1
         if self.key_requests[key] > 1:
             log.warning("room %s: %s (device %s) asked %d times for a room key: that member "
