@@ -313,10 +313,14 @@ class MatrixTransport:
         # Joining by the alias lets the homeserver use the servers the alias names.
         await self._call(f"joining {room}", lambda: self._client.join(room))
         try:
-            await self._call(
+            encryption = await self._call(
                 f"reading {room}'s encryption",
                 lambda: self._client.room_get_state_event(room_id, "m.room.encryption"))
             self._encrypted.add(room_id)
+            if self._crypto is not None and isinstance(encryption.content, dict):
+                # Its rotation settings, before the first message: the sync may bring the
+                # state event only later.
+                self._crypto.room_settings[room_id] = dict(encryption.content)
         except RoomUnavailableError as exc:
             if exc.errcode != "M_NOT_FOUND":
                 raise
