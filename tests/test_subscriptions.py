@@ -110,13 +110,27 @@ async def test_a_dm_subscriber_gets_each_item_once_a_digest_once_and_can_be_forg
         assert [e["content"]["body"].splitlines()[0] for e in items_in_dm] == \
             [make_items(2)[0].title]
 
+        # A correction reaches the subscriber too, as an edit of their message.
+        corrected = make_items(2)
+        corrected[0].title = "Élection du bureau : résultats corrigés"
+        feed_server.set_feed(feed_path, corrected)
+        deadline = time.monotonic() + 20
+        edits: list[dict[str, Any]] = []
+        while not edits and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            edits = [e["content"] for e in await reader.messages(dm, sender=bot.user_id)
+                     if e["content"].get("m.relates_to", {}).get("rel_type") == "m.replace"]
+        assert edits, "the subscriber's copy was not corrected"
+        assert edits[0]["m.relates_to"]["event_id"] == items_in_dm[0]["event_id"]
+        assert edits[0]["m.new_content"]["body"].startswith(corrected[0].title)
+
         # A weekly digest instead: nothing per item, one message when the week is over.
         assert await say(reader, dm, bot, "digest weekly") == "Résumé : hebdomadaire."
         feed_server.set_feed(feed_path, make_items(4))
         await owner.wait_for_messages(room, 4, sender=bot.user_id)
         await asyncio.sleep(1)
         assert len([e for e in await reader.messages(dm, sender=bot.user_id)
-                    if "m.relates_to" not in e["content"]]) == 1
+                    if "m.relates_to" not in e["content"]]) == 1      # no item, no digest
         assert app.subscriptions.tick() == []          # not due yet
         clock.offset = 7 * 86400 + 60
         assert app.subscriptions.tick() == [dm]

@@ -259,7 +259,9 @@ class FeedPoller:
         for entry, fp in changed:
             sent = self._store.entry_events(feed.name, entry.entry_id)
             deferred = False
-            for new in self._deliveries((entry,), feed_title):
+            personal, _ = personal_deliveries(feed, (entry,), feed_title, self._store,
+                                              self._language)
+            for new in [*self._deliveries((entry,), feed_title), *personal]:
                 if new.entry_id != entry.entry_id:
                     continue          # a separate image stays as it was
                 original_key = delivery_key(feed.name, entry.entry_id, new.room)
