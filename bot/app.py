@@ -40,6 +40,7 @@ DRAIN_SECONDS = 10.0
 ADMIN_ROOMS_KEY = "app.admin_invited_rooms"
 PRUNE_EVERY = 24 * 3600.0
 KEEP_SENT_ROWS = 30 * 24 * 3600.0
+KEEP_MEDIA_ROWS = 90 * 24 * 3600.0
 
 
 class App:
@@ -306,4 +307,6 @@ class App:
             removed = self.store.prune_sent(self.clock.now() - KEEP_SENT_ROWS)
             if removed:
                 log.info("forgot %d delivered outbox rows older than 30 days", removed)
+            # Old images: an item needing one again fetches and uploads it again.
+            self.store.prune_media(self.clock.now() - KEEP_MEDIA_ROWS)
             await asyncio.sleep(PRUNE_EVERY)

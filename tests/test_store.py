@@ -177,3 +177,13 @@ def test_read_only_storage_is_a_clear_error(tmp_path: Path) -> None:
     store = Store(conn, tmp_path / DB_FILENAME)
     with pytest.raises(StorageError, match="must be writable"):
         store.ensure_feed("news", "http://a/feed")
+
+
+def test_old_media_rows_are_forgotten(tmp_path: Path) -> None:
+    from bot.store import MediaRow
+    store = Store.open(tmp_path)
+    store.put_media(MediaRow("http://a/old.png", "mxc://x/1", "image/png", 10, 20, 20), 100.0)
+    store.put_media(MediaRow("http://a/new.png", "mxc://x/2", "image/png", 10, 20, 20), 900.0)
+    assert store.prune_media(500.0) == 1
+    assert store.media("http://a/old.png") is None
+    assert store.media("http://a/new.png") is not None

@@ -540,6 +540,11 @@ class Store:
                 (url,)).fetchone()
         return None if row is None else MediaRow(*row)
 
+    def prune_media(self, older_than: float) -> int:
+        with self._guard(), self._transaction() as c:
+            cur = c.execute("DELETE FROM media_cache WHERE fetched_at < ?", (older_than,))
+        return cur.rowcount
+
     def put_media(self, media: MediaRow, now: float) -> None:
         with self._guard(), self._transaction() as c:
             c.execute("INSERT OR REPLACE INTO media_cache (url, mxc, mimetype, size, width, "
