@@ -13,7 +13,7 @@ import math
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -712,6 +712,34 @@ def _read_fetch(r: _Reader, top: dict[str, Node], root: Node) -> FetchConfig | N
                        concurrency=concurrency, max_backoff=backoff[0])
 
 
+def _unique_ids(r: _Reader, nodes: list[Node], full: str, valid: Callable[[str], bool],
+                example: str, invalid: str) -> tuple[str, ...] | None:
+    """The items of a list of Matrix ids, each valid and listed once; every problem is
+    reported (``example`` for a non-text item, ``invalid`` after the quoted value)."""
+    values: list[str] = []
+    ok = True
+    for i, item in enumerate(nodes):
+        item_path = f"{full}[{i}]"
+        text = r.expand(item, item_path, False) if isinstance(item, ScalarNode) else None
+        if not isinstance(item, ScalarNode) or _is_null(item):
+            r.problem(item, item_path, f"expected {example}")
+            ok = False
+            continue
+        if text is None:
+            ok = False      # an unset ${VAR}, reported
+            continue
+        value = text.strip()
+        if not valid(value):
+            r.problem(item, item_path, f"{_quote(value)} {invalid}")
+            ok = False
+        elif value in values:
+            r.problem(item, item_path, f"{_quote(value)} is listed twice")
+            ok = False
+        else:
+            values.append(value)
+    return tuple(values) if ok else None
+
+
 def _read_user_ids(r: _Reader, items: dict[str, Node], path: str,
                    key: str = "admins") -> tuple[str, ...] | None:
     """A list of Matrix user ids under ``key`` (admins, a room's moderators)."""
@@ -723,29 +751,9 @@ def _read_user_ids(r: _Reader, items: dict[str, Node], path: str,
     nodes = r.sequence(node, full)
     if nodes is None:
         return None
-    users: list[str] = []
-    ok = True
-    for i, item in enumerate(nodes):
-        item_path = f"{full}[{i}]"
-        text = r.expand(item, item_path, False) if isinstance(item, ScalarNode) else None
-        if not isinstance(item, ScalarNode) or _is_null(item) or text is None:
-            if text is None and isinstance(item, ScalarNode) and not _is_null(item):
-                ok = False      # an unset ${VAR}, reported
-                continue
-            r.problem(item, item_path, "expected a Matrix user id like @alice:example.org")
-            ok = False
-            continue
-        user = text.strip()
-        if not _USER_ID_RE.fullmatch(user):
-            r.problem(item, item_path, f"{_quote(user)} is not a Matrix user id like "
-                                       "@alice:example.org")
-            ok = False
-        elif user in users:
-            r.problem(item, item_path, f"{_quote(user)} is listed twice")
-            ok = False
-        else:
-            users.append(user)
-    return tuple(users) if ok else None
+    return _unique_ids(r, nodes, full, lambda v: bool(_USER_ID_RE.fullmatch(v)),
+                       "a Matrix user id like @alice:example.org",
+                       "is not a Matrix user id like @alice:example.org")
 
 
 def _read_rooms(r: _Reader, items: dict[str, Node], parent: Node,
@@ -762,29 +770,11 @@ def _read_rooms(r: _Reader, items: dict[str, Node], parent: Node,
     if not nodes:
         r.problem(node, full, "needs at least one room")
         return None
-    rooms: list[str] = []
-    ok = True
-    for i, item in enumerate(nodes):
-        item_path = f"{full}[{i}]"
-        text = r.expand(item, item_path, False) if isinstance(item, ScalarNode) else None
-        if not isinstance(item, ScalarNode) or _is_null(item):
-            r.problem(item, item_path, "expected a room like #news:example.org")
-            ok = False
-            continue
-        if text is None:
-            ok = False
-            continue
-        room = text.strip()
-        if not (_ROOM_ALIAS_RE.fullmatch(room) or _ROOM_ID_RE.fullmatch(room)):
-            r.problem(item, item_path, f"{_quote(room)} is not a room alias "
-                                       "(#name:server) or room id (!id:server)")
-            ok = False
-        elif room in rooms:
-            r.problem(item, item_path, f"{_quote(room)} is listed twice")
-            ok = False
-        else:
-            rooms.append(room)
-    return tuple(rooms) if ok else None
+    return _unique_ids(
+        r, nodes, full,
+        lambda v: bool(_ROOM_ALIAS_RE.fullmatch(v) or _ROOM_ID_RE.fullmatch(v)),
+        "a room like #news:example.org",
+        "is not a room alias (#name:server) or room id (!id:server)")
 
 
 def _read_template(r: _Reader, items: dict[str, Node], parent: Node,
