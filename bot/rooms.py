@@ -366,11 +366,6 @@ class RoomManager:
         """The declaration of a managed room, by its id."""
         return self._by_id.get(room_id)
 
-    @property
-    def room_ids(self) -> dict[str, str]:
-        """Alias -> room id of each managed room found or created."""
-        return {room.alias: room_id for room_id, room in self._by_id.items()}
-
     async def _retry(self, request: Callable[[], Awaitable[T]]) -> T:
         """The request, waiting out the homeserver's rate limits a few times."""
         for attempt in range(RATE_LIMIT_WAITS):

@@ -260,10 +260,6 @@ class Store:
                          last_error=row[10], failures=row[11], next_fetch=row[12],
                          disabled=row[13])
 
-    def feed_names(self) -> list[str]:
-        with self._guard():
-            return [r[0] for r in self._conn.execute("SELECT name FROM feed_state ORDER BY name")]
-
     def unseen(self, feed: str, entry_ids: Iterable[str]) -> set[str]:
         """Those of ``entry_ids`` never seen in this feed."""
         ids = list(dict.fromkeys(entry_ids))
