@@ -24,7 +24,7 @@ from aiohttp.typedefs import Handler
 from bot import USER_AGENT
 from bot.errors import BlockedURLError, FetchError
 from bot.feeds.fetch import Fetcher, _GuardedResolver, parse_retry_after
-from bot.feeds.netguard import IPAddress, blocked_reason, default_policy
+from bot.feeds.netguard import IPAddress, blocked_reason, default_policy, host_problem
 
 FEED = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
 MiB = 1024 * 1024
@@ -374,13 +374,65 @@ async def test_other_literals_refused(srv: FeedServer, guarded: Fetcher, host: s
     assert "allow_private_networks" in message
 
 
-@pytest.mark.parametrize("host", ["2130706433", "0x7f.0.0.1", "127.1", "127.0.0.1."])
-async def test_odd_spellings_of_loopback_never_connect(
-    srv: FeedServer, guarded: Fetcher, host: str
+# Every spelling that the C library reads as 127.0.0.1 (or 0.0.0.0, which reaches it).
+LOOPBACK_SPELLINGS = ["2130706433", "127.1", "0177.0.0.1", "017700000001", "0", "0x7f.1",
+                      "0x7f000001", "0x7f.0.0.1", "127.0.0.1.", "0177.1", "127.0.1"]
+
+
+@pytest.mark.parametrize("host", [*LOOPBACK_SPELLINGS, "[127.0.0.1]", "a_b.example", "-a.org",
+                                  "example..org", "example.123", "a.0x1f", "256.1.1.1",
+                                  "127.0.0.01", "x" * 64 + ".org", "gg::1", ""])
+def test_guard_refuses_hosts_neither_canonical_ip_nor_dns_name(host: str) -> None:
+    # The guard's own judgement, independent of what aiohttp or yarl make of the URL.
+    assert host_problem(host) == (f"host {host!r} is neither a canonical IP address "
+                                  "nor a DNS name")
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "8.8.8.8", "0.0.0.0", "::1", "[::1]",
+                                  "::ffff:7f00:1", "fe80::1%25eth0", "example.org",
+                                  "example.org.", "localhost", "xn--bcher-kva.de",
+                                  "3com.com", "123.example", "0x.com", "a-b.c-d.org"])
+def test_guard_accepts_canonical_ips_and_dns_names(host: str) -> None:
+    assert host_problem(host) is None
+
+
+@pytest.fixture(params=["aiohttp-as-installed", "aiohttp-before-3.14.1"])
+def aiohttp_numeric_check(request: pytest.FixtureRequest,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run with aiohttp's own refusal of numeric spellings, and without it: aiohttp
+    before 3.14.1 handed ``2130706433`` or ``127.1`` to the socket as an IP literal
+    without asking the resolver, so the guard must not rely on aiohttp."""
+    if request.param == "aiohttp-before-3.14.1":
+        if not hasattr(aiohttp.connector, "is_canonical_ipv4_address"):
+            pytest.skip("this aiohttp has no numeric-host check to disable")
+        monkeypatch.setattr(aiohttp.connector, "is_canonical_ipv4_address", lambda host: True)
+
+
+@pytest.mark.usefixtures("aiohttp_numeric_check")
+@pytest.mark.parametrize("private_allowed", [False, True], ids=["default", "private-allowed"])
+@pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
+async def test_odd_spellings_of_loopback_refused_before_any_request(
+    srv: FeedServer, host: str, private_allowed: bool
 ) -> None:
+    url = f"http://{host}:{srv.port}/feed"
     before = len(srv.hits)
-    await fetch_error(guarded, f"http://{host}:{srv.port}/feed")  # refused or invalid
-    assert len(srv.hits) == before
+    async with Fetcher(allow_private_networks=private_allowed) as fetcher:
+        message = await blocked(fetcher, url)
+    assert message == (f"refused {url}: host {host!r} is neither a canonical IP address "
+                       "nor a DNS name")
+    assert len(srv.hits) == before  # nothing reached the server
+
+
+@pytest.mark.usefixtures("aiohttp_numeric_check")
+@pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
+async def test_redirect_to_odd_spelling_of_loopback_refused(srv: FeedServer, host: str) -> None:
+    target = f"http://{host}:{srv.port}/feed?spelled=1"
+    async with Fetcher(_address_policy=_only_127_0_0_1_is_public) as fetcher:
+        before = len(srv.hits)
+        message = await blocked(fetcher, srv.url(f"/redirect/302?to={target}"))
+    assert message.startswith(f"refused {target}: host {host!r} is neither")
+    new_paths = srv.paths()[before:]
+    assert len(new_paths) == 1 and new_paths[0].startswith("/redirect/302?")
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/feed", "file:///etc/passwd",

@@ -3,8 +3,11 @@
 One ``aiohttp.ClientSession`` per ``Fetcher``. Every aiohttp error is turned into a
 ``FetchError`` with one human line here, so no aiohttp type reaches the callers.
 
-The SSRF guard has two halves, both applied on every redirect hop:
+The SSRF guard has three parts, all applied on every redirect hop:
 
+* a host must be a canonical IP literal or a valid DNS name, whatever the policy
+  (``127.1`` or ``2130706433`` mean 127.0.0.1 to the C library but no address to
+  Python, so checking them as names would check something else than is connected to);
 * literal IP hosts are checked before the request, because aiohttp never runs its
   resolver for them;
 * names are checked by a resolver that wraps aiohttp's own and drops refused
@@ -33,7 +36,13 @@ from yarl import URL
 
 from bot import USER_AGENT
 from bot.errors import BlockedURLError, FetchError
-from bot.feeds.netguard import AddressPolicy, default_policy, parse_ip, refusal_message
+from bot.feeds.netguard import (
+    AddressPolicy,
+    default_policy,
+    host_problem,
+    parse_ip,
+    refusal_message,
+)
 
 __all__ = ["FetchResult", "Fetcher"]
 
@@ -245,9 +254,13 @@ class Fetcher:
             raise BlockedURLError(
                 f"refused {_short(url)}: scheme {scheme} is not allowed, only http and https"
             )
-        host = url.host
+        host = url.raw_host  # IDNA-encoded: the name as it is looked up
         if not host:
             raise FetchError(f"invalid URL {_short(url)}: no host")
+        # Whatever the address policy: a spelling parsers disagree on is a way around it.
+        spelling = host_problem(host)
+        if spelling is not None:
+            raise BlockedURLError(f"refused {_short(url)}: {spelling}")
         if self._policy is None:
             return
         ip = parse_ip(host)

@@ -1,12 +1,15 @@
-"""Which network addresses the fetcher may connect to (the SSRF policy).
+"""Which hosts and network addresses the fetcher may connect to (the SSRF policy).
 
-Pure functions only: the fetcher applies them to literal IPs in URLs and to every
-address its DNS resolver returns, at connect time.
+Pure functions only: the fetcher applies them to the host of every URL (first one and
+each redirect), to literal IPs in URLs and to every address its DNS resolver returns,
+at connect time.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from collections.abc import Callable
 from typing import TypeAlias
 
@@ -81,6 +84,54 @@ def default_policy(host: str, ip: IPAddress) -> str | None:
     """The policy used unless private networks are allowed: judge the address alone."""
     del host  # the same address is as dangerous under any name
     return blocked_reason(ip)
+
+
+# One DNS label: letters, digits and hyphens, 1 to 63 of them, no hyphen at either end.
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)", re.ASCII | re.IGNORECASE)
+# A last label that URL parsers (WHATWG's "ends in a number") and the C library read as
+# a number, which makes the whole host an IPv4 address in some legacy spelling.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*", re.ASCII | re.IGNORECASE)
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` (as written in a URL, IDNA-encoded) may not be fetched from whatever
+    the address policy; None for a canonical IP literal or a valid DNS name.
+
+    ``2130706433``, ``127.1``, ``0177.0.0.1`` or ``0x7f.1`` are 127.0.0.1 to the C
+    library but no IP address to Python, so an address check that trusts one parser
+    while the socket uses the other is bypassed (aiohttp before 3.14.1 connected to
+    them without asking the resolver). Such spellings have no legitimate use: refused.
+
+    >>> host_problem("127.1")
+    "host '127.1' is neither a canonical IP address nor a DNS name"
+    """
+    refused = f"host {host[:100]!r} is neither a canonical IP address nor a DNS name"
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed or ":" in host:  # yarl gives IPv6 hosts without their brackets
+        try:
+            ipaddress.IPv6Address(host[1:-1] if bracketed else host)
+        except ValueError:
+            return refused
+        return None
+    try:
+        ipv4 = ipaddress.IPv4Address(host)
+    except ValueError:
+        ipv4 = None
+    if ipv4 is not None:
+        # Python's parser takes the dotted quad only: four decimal parts, no leading zero.
+        return None if str(ipv4) == host else refused
+    name = host.removesuffix(".")  # a fully qualified name's root dot
+    labels = name.split(".")
+    if (len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels)
+            or _NUMERIC_LABEL.fullmatch(labels[-1])):
+        return refused
+    try:
+        # Whatever else the C library would read as an IPv4 address (belt and braces:
+        # the rules above already refuse every form it is known to accept).
+        socket.inet_aton(host)
+    except OSError:
+        return None
+    return refused
 
 
 def parse_ip(host: str) -> IPAddress | None:
