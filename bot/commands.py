@@ -30,6 +30,7 @@ from bot.metrics import count_readers
 from bot.store import RoomFeed, RoomFeedSettings, Store
 from bot.subscriptions import PersonalSubscriptions, small_number
 from bot.transport.base import IncomingMessage, Transport
+from bot.urls import text_for_members, text_for_moderators, url_for_members, url_for_moderators
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,15 @@ class CommandRunner:
         views = self._book.feeds_in_room(message.room_id)
         if not views:
             return Reply(text("no_feeds", lang))
+        try:
+            moderator = await self._may_moderate(message.room_id, message.sender)
+        except TransportError as exc:
+            log.warning("reading %s's power levels: %s", message.room_id, exc)
+            moderator = False       # unsure: show what every member may see
+        # A feed URL may carry credentials: members never see userinfo or the query
+        # (tokens live there), moderators see all but the userinfo.
+        show_url = url_for_moderators if moderator else url_for_members
+        show_text = text_for_moderators if moderator else text_for_members
         lines = [text("list_header", lang)]
         for view in views:
             feed = view.config
@@ -289,10 +299,11 @@ class CommandRunner:
             settings = self._store.feed_room_settings(feed.name).get(view.room_ref,
                                                                      RoomFeedSettings())
             interval = self._store.feed_interval(feed.name) or feed.interval
-            line = text("list_line", lang, name=feed.name, url=state.url if state else feed.url,
+            line = text("list_line", lang, name=feed.name,
+                        url=show_url(state.url if state else feed.url),
                         interval=format_duration(interval, lang),
                         success=format_time(state.last_success if state else None, lang),
-                        error=(state.last_error if state and state.last_error
+                        error=(show_text(state.last_error) if state and state.last_error
                                else text("none", lang)),
                         paused=text("paused_mark", lang) if settings.paused else "",
                         origin=text("from_config", lang) if view.from_config else "")
@@ -326,7 +337,8 @@ class CommandRunner:
         lines = [text("status_header", lang)]
         for view in views:
             state = self._store.feed_state(view.config.name)
-            gone = text("status_gone", lang, reason=state.disabled) \
+            # The reason names the URL ("HTTP 410 Gone at ..."): as members may see it.
+            gone = text("status_gone", lang, reason=text_for_members(state.disabled)) \
                 if state and state.disabled else ""
             lines.append(text(
                 "status_line", lang, name=view.config.name,
@@ -366,7 +378,7 @@ class CommandRunner:
         url = args[0].strip("<>")
         p = self._commands.prefix
         if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-            return Reply(text("bad_url", lang, url=url[:200]))
+            return Reply(text("bad_url", lang, url=url_for_moderators(url)[:200]))
         if len(args) == 2 and not FEED_NAME.match(args[1]):
             return Reply(text("bad_name", lang, name=args[1][:64]))
         if message.sender not in self._config.admins and \
@@ -383,13 +395,14 @@ class CommandRunner:
             parsed = await parse_feed_async(result.body, content_type=result.content_type,
                                             url=result.final_url)
         except FeedError as exc:
-            return Reply(text("add_failed", lang, url=url[:200], reason=str(exc)))
+            return Reply(text("add_failed", lang, url=url_for_moderators(url)[:200],
+                              reason=text_for_moderators(str(exc))))
         if len(args) == 2:
             name = args[1]
             if self._book.name_taken(name):
                 return Reply(text("name_taken", lang, name=name, p=p))
         else:
-            base = slug(parsed.title or urlsplit(url).netloc)
+            base = slug(parsed.title or urlsplit(url).hostname or "")
             name, n = base, 1
             while self._book.name_taken(name):
                 n += 1
@@ -398,7 +411,7 @@ class CommandRunner:
             name=name, url=result.permanent_url or url, room=message.room_id,
             interval=self._commands.default_interval, added_by=message.sender,
             added_at=self._clock.now()))
-        title = parsed.title or urlsplit(url).netloc
+        title = parsed.title or urlsplit(url).hostname or ""
         return Reply(text("added", lang, name=name, title=title[:200],
                           count=len(parsed.entries)))
 

@@ -1,4 +1,5 @@
-"""Logging: one readable line per event, or JSON lines; known secrets are masked in both."""
+"""Logging: one readable line per event, or JSON lines; known secrets and the userinfo of
+every URL (``https://***@host/...``) are masked in both."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import logging
 import sys
 import time
 from collections.abc import Iterable
+from typing import TextIO
+
+from bot.urls import mask_userinfo
 
 MASK = "***"
 
@@ -32,21 +36,23 @@ class SecretFilter(logging.Filter):
         every = {s for s in self._configured | _RUNTIME_SECRETS if s and len(s) >= 4}
         return sorted(every, key=len, reverse=True)
 
+    def _mask(self, text: str, secrets: list[str]) -> str:
+        for secret in secrets:
+            text = text.replace(secret, MASK)
+        # Feed URLs may carry credentials (https://user:secret@host/...), in any message
+        # from any library: masked here, once, rather than at every call that logs a URL.
+        return mask_userinfo(text)
+
     def filter(self, record: logging.LogRecord) -> bool:
         secrets = self._secrets()
-        if not secrets:
-            return True
         message = record.getMessage()
-        masked = message
-        for secret in secrets:
-            masked = masked.replace(secret, MASK)
+        masked = self._mask(message, secrets)
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        exc_text = record.exc_text
-        if exc_text:
-            for secret in secrets:
-                exc_text = exc_text.replace(secret, MASK)
-            record.exc_text = exc_text
+        if record.exc_text:
+            record.exc_text = self._mask(record.exc_text, secrets)
+        if record.stack_info:
+            record.stack_info = self._mask(record.stack_info, secrets)
         if masked != message:
             record.msg, record.args = masked, None
         return True
@@ -66,15 +72,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, ensure_ascii=False)
 
 
-def setup_logging(*, fmt: str = "text", level: str = "INFO",
-                  secrets: Iterable[str] = ()) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def make_handler(stream: TextIO, *, fmt: str = "text",
+                 secrets: Iterable[str] = ()) -> logging.Handler:
+    """The handler every log line goes through: its filter masks secrets and userinfo."""
+    handler = logging.StreamHandler(stream)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
     handler.addFilter(SecretFilter(secrets))
+    return handler
+
+
+def setup_logging(*, fmt: str = "text", level: str = "INFO",
+                  secrets: Iterable[str] = ()) -> None:
+    handler = make_handler(sys.stderr, fmt=fmt, secrets=secrets)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
