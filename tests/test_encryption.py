@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sqlite3
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from bot.testing import (
     make_items,
 )
 from bot.testing.e2emember import ENCRYPTION_STATE, EncryptedMember, history_state
+from bot.transport import matrix as matrix_transport
+from bot.transport.matrix_crypto import NIO_DEFAULT_PICKLE_KEY, PICKLE_KEY_FILE, STORE_NAME
 from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
 
 
@@ -253,3 +258,89 @@ async def test_a_crypto_store_of_another_account_refuses_to_start(
     log = process.log()
     assert f"belongs to {scene.bot.user_id}" in log
     assert "Traceback" not in log
+
+
+def _modes(root: Path) -> dict[str, int]:
+    found = {".": stat.S_IMODE(root.stat().st_mode)}
+    for path in root.rglob("*"):
+        found[str(path.relative_to(root))] = stat.S_IMODE(path.lstat().st_mode)
+    return found
+
+
+async def test_state_files_are_private_in_an_existing_0755_directory(scene: Scene) -> None:
+    storage = scene.tmp_path / "state"
+    old_umask = os.umask(0o022)
+    try:
+        storage.mkdir(mode=0o755)
+        storage.chmod(0o755)
+        # With a password, the session file is written too.
+        async with InProcessBot(scene.config(auth="password")):
+            await scene.alice.wait_for(scene.room, 1, sender=scene.bot.user_id)
+    finally:
+        os.umask(old_umask)
+    modes = _modes(storage)
+    for name in ("newsbot.sqlite3", "matrix-session.json", "crypto", "crypto/crypto.db",
+                 f"crypto/{PICKLE_KEY_FILE}", "crypto/shared-sessions.json"):
+        assert name in modes, sorted(modes)
+    loose = {name: oct(m) for name, m in modes.items()
+             if m != (0o700 if (storage / name).is_dir() else 0o600)}
+    assert loose == {}
+
+
+def _account_pickles(crypto: Path) -> list[tuple[bytes, bool]]:
+    conn = sqlite3.connect(crypto / STORE_NAME)
+    try:
+        return [(bytes(b) if not isinstance(b, str) else b.encode(), bool(s))
+                for b, s in conn.execute("SELECT account, shared FROM accounts")]
+    finally:
+        conn.close()
+
+
+def _count(crypto: Path, table: str) -> int:
+    conn = sqlite3.connect(crypto / STORE_NAME)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_a_store_made_with_nios_default_key_keeps_its_identity_under_a_random_key(
+        scene: Scene, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nio.crypto import OlmAccount
+
+    crypto = scene.tmp_path / "state" / "crypto"
+    # Older newsbot: nio's default pickle key, no key file.
+    monkeypatch.setattr(matrix_transport, "prepare_pickle_key",
+                        lambda directory: NIO_DEFAULT_PICKLE_KEY)
+    async with InProcessBot(scene.config()) as running:
+        await scene.alice.wait_for(scene.room, 1, sender=scene.bot.user_id)
+        assert running.app is not None
+        client = running.app.transport._client  # type: ignore[attr-defined]
+        identity = dict(client.olm.account.identity_keys)
+        device = client.device_id
+    monkeypatch.undo()
+    assert not (crypto / PICKLE_KEY_FILE).exists()
+    [(old_pickle, shared)] = _account_pickles(crypto)
+    assert OlmAccount.from_pickle(old_pickle, NIO_DEFAULT_PICKLE_KEY, shared).identity_keys \
+        == identity
+    olm_sessions = _count(crypto, "olmsessions")
+    assert olm_sessions >= 2           # one per member's device the room key went to
+
+    async with InProcessBot(scene.config()) as running:
+        assert running.app is not None
+        scene.feed_server.set_feed(scene.feed_path, make_items(2))
+        for member in (scene.alice, scene.bob):
+            bodies = await member.wait_for(scene.room, 2, sender=scene.bot.user_id)
+            assert first_lines(bodies)[-1] == make_items(2)[0].title
+        client = running.app.transport._client  # type: ignore[attr-defined]
+        assert client.device_id == device
+        assert client.olm.account.identity_keys == identity
+    key_file = crypto / PICKLE_KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    [(new_pickle, shared)] = _account_pickles(crypto)
+    with pytest.raises(ValueError, match="couldn't be decrypted"):
+        OlmAccount.from_pickle(new_pickle, NIO_DEFAULT_PICKLE_KEY, shared)
+    assert OlmAccount.from_pickle(new_pickle, key_file.read_text(), shared).identity_keys \
+        == identity
+    assert _count(crypto, "olmsessions") >= olm_sessions     # no Olm session lost
+    assert await scene.clear_messages_from_bot(scene.alice.user) == []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.errors import StorageError
+from bot.filemodes import private_dir, private_file, tighten
 from bot.model import Delivery, delivery_key
 from bot.store.schema import MIGRATIONS, SCHEMA_VERSION
 
@@ -157,11 +158,23 @@ class Store:
     @classmethod
     def open(cls, directory: Path) -> Store:
         try:
-            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(directory)
         except OSError as exc:
-            raise StorageError(f"cannot create storage directory {directory}: {exc.strerror}") \
-                from exc
+            raise StorageError(f"cannot create or make private (mode 0700) the storage "
+                               f"directory {directory}: "
+                               f"{exc.strerror}; it must belong to the bot's user") from exc
         path = directory / DB_FILENAME
+        # Subscribers' ids live here: 0600 whatever existed. The file is made before SQLite
+        # opens it, and SQLite gives the -wal and -shm files it creates the database's mode;
+        # ones left by an older newsbot are tightened.
+        journals = [path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal")]
+        try:
+            private_file(path)
+            for journal in journals:
+                tighten(journal)
+        except OSError as exc:
+            raise StorageError(f"state database {path}: {exc.strerror}; the storage "
+                               "directory must be writable by the bot") from exc
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -169,9 +182,14 @@ class Store:
         store = cls(conn, path)
         try:
             store._prepare()
+            for journal in journals:
+                tighten(journal)
         except sqlite3.Error as exc:
             conn.close()
             raise _storage_error(path, exc) from exc
+        except OSError as exc:
+            conn.close()
+            raise StorageError(f"state database {path}: {exc.strerror}") from exc
         return store
 
     def _prepare(self) -> None:

@@ -7,12 +7,12 @@ failure, into the bot's own exceptions, so nothing above this module inspects ni
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import io
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ from bot.errors import (
     TemporaryTransportError,
     TransportError,
 )
+from bot.filemodes import private_dir, tighten, tighten_tree, write_private
 from bot.logs import add_secret
 from bot.store import Store
 from bot.transport.base import (
@@ -47,6 +48,7 @@ from bot.transport.matrix_crypto import (
     CryptoStoreError,
     PolicyStore,
     check_store_owner,
+    prepare_pickle_key,
 )
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,7 @@ class MatrixTransport:
         self._can_encrypt = wanted and ENCRYPTION_ENABLED
         self._crypto_dir = storage_dir / CRYPTO_DIRNAME
         if self._can_encrypt:
-            self._crypto_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(self._crypto_dir)
         self._client = nio.AsyncClient(
             config.homeserver,
             config.user_id,
@@ -176,10 +178,15 @@ class MatrixTransport:
 
     async def connect(self) -> None:
         """Authenticate, waiting for an unreachable homeserver instead of crashing."""
+        tighten(self._session_path)     # one written by an older newsbot
         if self._can_encrypt:
             session = self._load_session()
             device = self._config.device_id or (session.device_id if session else None)
             check_store_owner(self._crypto_dir, self._config.user_id, device)
+            # Before the login loads the store: nio's default pickle key is the same for
+            # every installation; ours is random, made (and the store migrated) once.
+            key = await asyncio.to_thread(prepare_pickle_key, self._crypto_dir)
+            self._client.config = dataclasses.replace(self._client.config, pickle_key=key)
         elif self._encryption.enabled:
             log.warning("end-to-end encryption is unavailable (the vodozemac package is not "
                         "installed): newsbot will not post into encrypted rooms")
@@ -197,6 +204,8 @@ class MatrixTransport:
         add_secret(self._client.access_token)
         log.info("logged in as %s (device %s)", self._client.user_id, self._client.device_id)
         if self._can_encrypt:
+            # nio made its store files (database, trust lists) with the umask's mode.
+            tighten_tree(self._crypto_dir)
             await self._start_crypto()
         if self._config.display_name:
             await self._set_display_name(self._config.display_name)
@@ -275,13 +284,7 @@ class MatrixTransport:
     def _save_session(self, session: Session) -> None:
         data = {"homeserver": self._config.homeserver, "user_id": session.user_id,
                 "device_id": session.device_id, "access_token": session.access_token}
-        tmp = self._session_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._session_path)
+        write_private(self._session_path, json.dumps(data))
 
     async def _set_display_name(self, name: str) -> None:
         try:

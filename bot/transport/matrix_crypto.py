@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +31,15 @@ import nio
 from nio.store import DefaultStore
 
 from bot.errors import NewsbotError, TemporaryTransportError
+from bot.filemodes import sync_dir, tighten, write_private
 
 log = logging.getLogger(__name__)
 
 STORE_NAME = "crypto.db"
 SHARED_WITH_FILE = "shared-sessions.json"
+PICKLE_KEY_FILE = "pickle.key"
+# nio's ClientConfig.pickle_key: the same in every installation, so it protects nothing.
+NIO_DEFAULT_PICKLE_KEY = "DEFAULT_KEY"
 Call = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
@@ -77,6 +83,140 @@ def check_store_owner(store_dir: Path, user_id: str, device_id: str | None) -> N
                 f"the crypto store in {store_dir} belongs to {owner_user} (device "
                 f"{owner_device}), not to {user_id} (device {device_id or '?'}); configure "
                 "that device again, or give this account its own storage directory")
+
+
+def prepare_pickle_key(store_dir: Path) -> str:
+    """The key the crypto store's secrets are pickled with, kept in ``pickle.key`` (0600).
+
+    The first time, a random key is made and every pickle in the store (the account, the
+    Olm sessions, the Megolm inbound sessions) is re-encrypted from nio's default key to it
+    in one SQLite transaction. A crash at any point loses nothing: the new key is written
+    and flushed to ``pickle.key.new`` before that transaction, and renamed to ``pickle.key``
+    only after its commit; at the next start, a ``pickle.key.new`` that opens the store
+    means the commit happened (finish the rename), one that does not means it did not
+    (start again from the default key).
+    """
+    key_path = store_dir / PICKLE_KEY_FILE
+    pending = store_dir / (PICKLE_KEY_FILE + ".new")
+    db = store_dir / STORE_NAME
+    if key_path.exists():
+        tighten(key_path)
+        return _read_key(key_path)
+    if pending.exists():
+        key = _read_key(pending)
+        if _account_opens_with(db, key):
+            _finish_key(pending, key_path)
+            return key
+        pending.unlink()
+    key = secrets.token_urlsafe(32)
+    write_private(pending, key)
+    try:
+        count = _repickle(db, NIO_DEFAULT_PICKLE_KEY, key)
+    except BaseException:
+        pending.unlink(missing_ok=True)     # the store is unchanged (rolled back)
+        raise
+    _finish_key(pending, key_path)
+    if count:
+        log.info("crypto store: %d secrets re-encrypted with a new random pickle key "
+                 "(%s); the device keeps its identity", count, key_path)
+    return key
+
+
+def _read_key(path: Path) -> str:
+    key = path.read_text().strip()
+    if not key:
+        raise CryptoStoreError(f"{path} is empty: restore it from a backup (without it the "
+                               "crypto store cannot be read)")
+    return key
+
+
+def _finish_key(pending: Path, key_path: Path) -> None:
+    os.replace(pending, key_path)
+    sync_dir(key_path.parent)
+
+
+def _blob(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _account_opens_with(db: Path, key: str) -> bool:
+    """Do the store's accounts unpickle with ``key``? (True for a store with none.)"""
+    from nio.crypto import OlmAccount
+
+    if not db.exists():
+        return True
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = _rows(conn, "accounts", "account, shared")
+    finally:
+        conn.close()
+    try:
+        for blob, shared in rows:
+            OlmAccount.from_pickle(_blob(blob), key, bool(shared))
+    except Exception:
+        return False
+    return True
+
+
+def _rows(conn: sqlite3.Connection, table: str, columns: str) -> list[Any]:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                         (table,)).fetchone()
+    if found is None:
+        return []
+    return conn.execute(f"SELECT {columns} FROM {table}").fetchall()
+
+
+def _repickle(db: Path, old: str, new: str) -> int:
+    """Re-encrypt every pickle in nio's store (tables of nio.store.models) from ``old`` to
+    ``new``, all or nothing. Returns how many were re-encrypted."""
+    from nio.crypto import InboundGroupSession, OlmAccount
+    from nio.crypto import Session as OlmSession
+
+    if not db.exists():
+        return 0
+    conn = sqlite3.connect(db, isolation_level=None)
+    count = 0
+    try:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA secure_delete = ON")    # no old-key pickle left in free pages
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for rowid, blob, shared in _rows(conn, "accounts", "rowid, account, shared"):
+                account = OlmAccount.from_pickle(_blob(blob), old, bool(shared))
+                repickled = account.pickle(new)
+                # Checked before the commit: the identity must open with the new key.
+                if OlmAccount.from_pickle(repickled, new).identity_keys != \
+                        account.identity_keys:
+                    raise CryptoStoreError("re-encrypting the crypto store changed the "
+                                           "account's keys; nothing was changed")
+                conn.execute("UPDATE accounts SET account = ? WHERE rowid = ?",
+                             (repickled, rowid))
+                count += 1
+            for rowid, blob in _rows(conn, "olmsessions", "rowid, session"):
+                session = OlmSession.from_pickle(_blob(blob), datetime.now(), old)
+                conn.execute("UPDATE olmsessions SET session = ? WHERE rowid = ?",
+                             (session.pickle(new), rowid))
+                count += 1
+            for rowid, blob in _rows(conn, "megolminboundsessions", "rowid, session"):
+                group = InboundGroupSession.from_pickle(_blob(blob), "", "", "", old)
+                conn.execute("UPDATE megolminboundsessions SET session = ? WHERE rowid = ?",
+                             (group.pickle(new), rowid))
+                count += 1
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except CryptoStoreError:
+        raise
+    except Exception as exc:
+        raise CryptoStoreError(
+            f"the crypto store {db} could not be re-encrypted with a new pickle key "
+            f"({type(exc).__name__}: {exc}); nothing was changed. If it was made with "
+            f"another key, restore {PICKLE_KEY_FILE} next to it from a backup") from exc
+    finally:
+        conn.close()
+    return count
 
 
 class Crypto:
@@ -253,9 +393,7 @@ class Crypto:
 
     def _save_shared(self) -> None:
         data = {k: sorted(v) for k, v in self._shared_with.items()}
-        tmp = self._shared_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        tmp.replace(self._shared_path)
+        write_private(self._shared_path, json.dumps(data))
 
     def _hook_rotation(self) -> None:
         """nio rotates after 7 days or 100 messages whatever the room says: follow the
