@@ -27,6 +27,7 @@ from bot.errors import (
     MessageRejectedError,
     RateLimitedError,
     RoomUnavailableError,
+    StorageError,
     TemporaryTransportError,
 )
 from bot.media import IMAGE_FIELD
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 
 class MediaFinalizer(Protocol):
     async def finalize(self, content: dict[str, Any]) -> dict[str, Any] | None: ...
+
+# A row that fails this many times for an unforeseen reason is parked as 'failed'.
+PARK_AFTER_FAILURES = 5
 
 # Less than Synapse's 30 minutes, to leave room for clock drift and slow requests.
 TXN_MEMORY_SECONDS = 25 * 60
@@ -104,6 +108,7 @@ class Deliverer:
         # homeserver may no longer recognise our earlier transaction ids.
         self._attempt_generation: dict[str, int] = {}
         self.delivered = 0
+        self.parked = 0
 
     def wake(self, rooms: list[str]) -> None:
         """New deliveries are waiting in these rooms."""
@@ -137,6 +142,7 @@ class Deliverer:
             # Cleared before any work: a wake-up that arrives during the work is kept, and
             # a stale one cannot make the waits below return at once, again and again.
             wakeup.clear()
+            delivery: Delivery | None = None
             try:
                 if room_id is None:
                     room_id = await self._transport.join_room(room)
@@ -172,6 +178,33 @@ class Deliverer:
                     unavailable_logged = True
                 room_id = None   # join again, resolving the alias again (it may have moved)
                 await self._pause_unless_stopping(room, self._unavailable_retry, interruptible=True)
+            except StorageError:
+                raise       # the state cannot be written: the bot must stop
+            except Exception as exc:
+                # A row nobody foresaw (or a bug) must not end the task tree, nor come
+                # first again after a restart, forever: it is retried a few times, then
+                # parked with its reason, and the room goes on.
+                failures += 1
+                delay = min(self._retry_base * 2 ** (failures - 1), self._retry_cap)
+                if delivery is None:
+                    log.error("room %s: %s: %s; retrying in %.0f s", room, type(exc).__name__,
+                              str(exc)[:300], delay)
+                    await self._pause_unless_stopping(room, delay, interruptible=False)
+                    continue
+                parked = self._store.record_failure_of(
+                    delivery.key, f"{type(exc).__name__}: {exc}", self._clock.now(),
+                    park_after=PARK_AFTER_FAILURES)
+                outcome = (f"parked as failed after {PARK_AFTER_FAILURES} attempts" if parked
+                           else f"retrying in {delay:.0f} s")
+                log.error("room %s: delivering %s of feed %s failed (%s: %s); %s", room,
+                          delivery.subject or delivery.entry_id, delivery.feed,
+                          type(exc).__name__, str(exc)[:300], outcome,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+                if parked:
+                    self.parked += 1
+                    failures = 0
+                else:
+                    await self._pause_unless_stopping(room, delay, interruptible=False)
 
     async def _pause_unless_stopping(self, room: str, seconds: float, *,
                                      interruptible: bool) -> None:
@@ -187,17 +220,33 @@ class Deliverer:
 
     async def _finalize(self, delivery: Delivery) -> dict[str, object] | None:
         """Resolve the entry's image once, and store the content that will be sent, so a
-        resend after a crash sends the very same event."""
+        resend after a crash sends the very same event. None: nothing to send now (no
+        image to show, or a correction replaced the row meanwhile: it is read again)."""
         content = dict(delivery.content)
         final = await self._media.finalize(content) if self._media is not None else {
             k: v for k, v in content.items() if k != IMAGE_FIELD}
         if final is None or (self._media is None and content.get("msgtype") == "m.image"):
             self._store.mark_rejected(delivery.key, "no image to show", self._clock.now())
             log.info("room %s: the image of item %s of feed %s cannot be shown; skipped",
-                     delivery.room, delivery.entry_id.split("#")[0], delivery.feed)
+                     delivery.room, delivery.subject, delivery.feed)
             return None
-        self._store.update_pending_content(delivery.key, final)
+        if not self._store.update_pending_content(delivery.key, final,
+                                                  expected=delivery.content):
+            return None
         return final
+
+    def _as_edit(self, delivery: Delivery) -> dict[str, object] | None:
+        """An edit row carries the corrected version; it is sent as an m.replace of the
+        message it corrects, found now: the room's rows go out in order, so that message
+        was sent (or refused) before this row is reached."""
+        target = self._store.event_of(delivery.feed, delivery.subject or "", delivery.room)
+        if target is None:
+            self._store.mark_rejected(delivery.key, "the message it corrects was never "
+                                      "delivered", self._clock.now())
+            log.info("room %s: a correction of item %s of feed %s is dropped: the item was "
+                     "not delivered there", delivery.room, delivery.subject, delivery.feed)
+            return None
+        return edit_content(delivery.content, original_event_id=target, key=delivery.key)
 
     def _txn_may_be_forgotten(self, delivery: Delivery, now: float) -> bool:
         if delivery.first_attempt_at is None:
@@ -213,6 +262,12 @@ class Deliverer:
             if final is None:
                 return
             delivery = replace(delivery, content=final)
+        content: dict[str, object] = delivery.content
+        if delivery.kind == "edit":
+            edit = self._as_edit(delivery)
+            if edit is None:
+                return
+            content = edit
         now = self._clock.now()
         if self._txn_may_be_forgotten(delivery, now):
             # The homeserver may not recognise our transaction id any more: a resend could
@@ -223,10 +278,11 @@ class Deliverer:
                 log.info("room %s: item %s of feed %s was already delivered (%s)",
                          delivery.room, delivery.entry_id, delivery.feed, found)
                 return
-        self._store.mark_attempt(delivery.key, now)
+        if not self._store.mark_attempt(delivery.key, now, delivery.content):
+            return      # a correction replaced it while its image was resolved: read again
         self._attempt_generation[delivery.key] = self._transport.login_generation
         try:
-            event_id = await self._transport.send_message(room_id, delivery.content,
+            event_id = await self._transport.send_message(room_id, content,
                                                           txn_id_for(delivery.key))
         except MessageRejectedError as exc:
             # Retrying cannot help and would hold back every later item of the room.

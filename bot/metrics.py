@@ -113,7 +113,11 @@ class Metrics:
                   f"newsbot_outbox_pending {self._store.pending_count()}",
                   "# HELP newsbot_delivered_total Items delivered since the bot started.",
                   "# TYPE newsbot_delivered_total counter",
-                  f"newsbot_delivered_total {self._delivered()}"]
+                  f"newsbot_delivered_total {self._delivered()}",
+                  "# HELP newsbot_outbox_failed Deliveries parked after repeated unforeseen "
+                  "errors (see the log for each reason).",
+                  "# TYPE newsbot_outbox_failed gauge",
+                  f"newsbot_outbox_failed {self._store.failed_count()}"]
         return "\n".join(lines) + "\n"
 
     async def serve(self, host: str, port: int) -> None:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
+
+# What an outbox row is, stored with it (never guessed from its key): a feed item's own
+# message, its separate picture, a correction of it, a subscriber's digest, a notice.
+DeliveryKind = Literal["item", "image", "edit", "digest", "notice"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +59,9 @@ class Delivery:
     created_at: float = 0.0
     first_attempt_at: float | None = None
     attempts: int = 0
+    kind: DeliveryKind = "item"
+    subject: str | None = None  # the feed entry this row shows or corrects
+    failures: int = 0           # unforeseen errors while delivering it
 
 
 def delivery_key(feed: str, entry_id: str, room: str) -> str:

@@ -330,10 +330,7 @@ def _describe(room: RoomConfig) -> str:
 def _is_feed_item(delivery: Delivery) -> bool:
     """A feed item's own message: not a notice of newsbot's (such as the 410 notice), not
     an edit of an earlier item, not a separate image."""
-    content = delivery.content
-    return (not delivery.entry_id.startswith("newsbot:")
-            and content.get("msgtype") in ("m.notice", "m.text")
-            and "m.relates_to" not in content and "m.new_content" not in content)
+    return delivery.kind == "item"
 
 
 # --- doing it ---------------------------------------------------------------------------

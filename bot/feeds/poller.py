@@ -13,20 +13,19 @@ import logging
 import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from bot.clock import Clock
 from bot.config import FeedConfig, FetchConfig
-from bot.delivery import edit_content, event_content
+from bot.delivery import event_content
 from bot.errors import FeedError, FetchError, StorageError
-from bot.feeds.decide import chronological, decide, fingerprint
+from bot.feeds.decide import Decision, chronological, decide
 from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
-from bot.filters import entry_text, wanted
 from bot.i18n import text
-from bot.media import IMAGE_FIELD
 from bot.model import Entry, Message, delivery_key
-from bot.render import render_entry
+from bot.plan import Plan, Recipient, Snapshot, plan
 from bot.store import (
     FeedState,
     NewDelivery,
@@ -36,13 +35,13 @@ from bot.store import (
     Store,
 )
 from bot.store.sqlite import RECENT_PER_FEED
-from bot.subscriptions import personal_deliveries
-from bot.transport.base import DELIVERY_KEY_FIELD
 
 log = logging.getLogger(__name__)
 
 
 _DEFAULT_SETTINGS = RoomFeedSettings()
+# Longer entry ids are stored as their hash.
+MAX_ID_BYTES = 256
 
 
 def failure_delay(interval: float, failures: int, cap: float,
@@ -61,6 +60,32 @@ def _recent(feed: str, entries: tuple[Entry, ...]) -> list[RecentEntry]:
         recent.append(RecentEntry(feed, entry.entry_id, entry.title, entry.link,
                                   date.timestamp() if date else None))
     return recent
+
+
+def stable_ids(entries: tuple[Entry, ...]) -> tuple[tuple[Entry, ...], dict[str, str]]:
+    """Entries whose id is over ``MAX_ID_BYTES`` get a hash of it instead: a feed must not
+    grow the database by the size of its ids. Returns the entries and, for those
+    changed, hashed id -> the whole id (which older versions stored)."""
+    legacy: dict[str, str] = {}
+    bounded = []
+    for entry in entries:
+        if len(entry.entry_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
+            hashed = "sha256:" + hashlib.sha256(
+                entry.entry_id.encode("utf-8", "surrogatepass")).hexdigest()
+            legacy[hashed] = entry.entry_id
+            entry = replace(entry, entry_id=hashed)
+        bounded.append(entry)
+    return tuple(bounded), legacy
+
+
+def _decide_and_plan(entries: tuple[Entry, ...], unseen: set[str], snapshot: Snapshot, *,
+                     first_sight: bool, known_until: datetime | None,
+                     now: datetime) -> tuple[Decision, Plan]:
+    """The poll's CPU work, run in a worker thread."""
+    feed = snapshot.feed
+    decision = decide(entries, unseen, first_sight=first_sight, backfill=feed.backfill,
+                      max_per_poll=feed.max_per_poll, known_until=known_until, now=now)
+    return decision, plan(decision, entries, unseen, snapshot)
 
 
 def jittered(interval: float, rng: random.Random) -> float:
@@ -90,23 +115,30 @@ class FeedPoller:
         """The config's interval, unless a moderator set another by command."""
         return self._store.feed_interval(self.feed.name) or self.feed.interval
 
-    async def run(self) -> None:
+    async def run(self, first: FetchResult | None = None) -> None:
+        """Poll on schedule until cancelled. ``first``: a body already fetched for this
+        feed (by ``add``), handled as its first poll, so what was reported then is what
+        the feed's first sight is."""
         state = self._store.ensure_feed(self.feed.name, self.feed.url)
         if state.disabled:
             log.warning("feed %s is not polled: %s; give it a new url in the config to "
                         "poll it again", self.feed.name, state.disabled)
             return
         now = self._clock.now()
-        if state.next_fetch is None or state.next_fetch <= now:
+        if first is not None:
+            first_delay = None
+        elif state.next_fetch is None or state.next_fetch <= now:
             # Spread the first polls a little so a restart does not hit every server at once.
-            first = self._rng.uniform(0, min(2.0, self.interval / 10))
+            first_delay = self._rng.uniform(0, min(2.0, self.interval / 10))
         else:
-            first = min(state.next_fetch - now, self.interval)
-        await asyncio.sleep(first)
+            first_delay = min(state.next_fetch - now, self.interval)
+        if first_delay is not None:
+            await asyncio.sleep(first_delay)
         while True:
             started = asyncio.get_running_loop().time()
             async with self._limiter:
-                delay = await self.poll_once()
+                delay = await self.poll_once(first)
+            first = None
             if math.isinf(delay):
                 return
             # Counted from the start of the poll: waiting for a slot or a slow server
@@ -114,13 +146,14 @@ class FeedPoller:
             elapsed = asyncio.get_running_loop().time() - started
             await asyncio.sleep(max(delay - elapsed, 0.0))
 
-    async def poll_once(self) -> float:
-        """Poll now; returns the seconds to wait before the next poll (inf: never again)."""
+    async def poll_once(self, fetched: FetchResult | None = None) -> float:
+        """Poll now (or handle ``fetched``); returns the seconds to wait before the next
+        poll (inf: never again)."""
         feed = self.feed
         state = self._store.feed_state(feed.name) or self._store.ensure_feed(feed.name, feed.url)
         now = self._clock.now()
         try:
-            return await self._poll(state, now)
+            delay, rooms = await self._poll(state, now, fetched)
         except FeedError as exc:
             if isinstance(exc, FetchError) and exc.status == 410:
                 self._gone(state.url, now)
@@ -134,20 +167,29 @@ class FeedPoller:
             error = FeedError(f"unexpected error while reading the feed "
                               f"({type(exc).__name__}: {str(exc)[:200]})")
             return self._failed(error, now, state.failures + 1)
+        # The poll is committed: nothing after this point is a failure of the feed.
+        if rooms:
+            try:
+                self._on_enqueued(rooms)
+            except Exception:
+                log.exception("feed %s: waking the delivery of %d room(s) failed; they are "
+                              "delivered on their next wake-up", feed.name, len(rooms))
+        return delay
 
-    async def _poll(self, state: FeedState, now: float) -> float:
+    async def _poll(self, state: FeedState, now: float, fetched: FetchResult | None,
+                    ) -> tuple[float, list[str]]:
         feed = self.feed
         # Paused feeds are still fetched (one conditional request): what appears during
         # a pause is marked seen, so resuming does not dump a backlog into the room.
         interval = self.interval
-        result = await self._fetcher.fetch(state.url, etag=state.etag,
-                                           last_modified=state.last_modified)
+        result = fetched or await self._fetcher.fetch(state.url, etag=state.etag,
+                                                      last_modified=state.last_modified)
         if result.status == 304 or result.body is None:
             delay = jittered(interval, self._rng)
             if not self._moved_unchanged(state, result, now, delay, state.body_hash):
                 self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay)
             log.debug("feed %s: not modified", feed.name)
-            return delay
+            return delay, []
         body_hash = hashlib.sha256(result.body).hexdigest()
         if body_hash == state.body_hash and state.initialized:
             delay = jittered(interval, self._rng)
@@ -156,18 +198,25 @@ class FeedPoller:
                                                 etag=result.etag,
                                                 last_modified=result.last_modified)
             log.debug("feed %s: same body as last time", feed.name)
-            return delay
+            return delay, []
         parsed = await parse_feed_async(result.body, content_type=result.content_type,
                                         url=result.final_url)
 
         for warning in parsed.warnings:
             log.info("feed %s: %s", feed.name, warning)
-        unseen = self._store.unseen(feed.name, (e.entry_id for e in parsed.entries))
+        entries, legacy = stable_ids(parsed.entries)
+        unseen = self._store.unseen(feed.name, (e.entry_id for e in entries))
+        # Entries first seen under their whole long id (before ids were bounded).
+        already = set(legacy) & unseen
+        if already:
+            already -= self._store.unseen(feed.name, (legacy[i] for i in already))
+            unseen -= already
         known_until = (datetime.fromtimestamp(state.last_success, UTC)
                        if state.last_success else None)
-        decision = decide(parsed.entries, unseen, first_sight=not state.initialized,
-                          backfill=feed.backfill, max_per_poll=feed.max_per_poll,
-                          known_until=known_until, now=datetime.fromtimestamp(now, UTC))
+        snapshot = self._snapshot(entries, unseen, parsed.title or None)
+        decision, planned = await asyncio.to_thread(
+            _decide_and_plan, entries, unseen, snapshot, first_sight=not state.initialized,
+            known_until=known_until, now=datetime.fromtimestamp(now, UTC))
         if decision.flood:
             log.warning("feed %s: %d entries appeared at once (did the feed rewrite its ids?); "
                         "posting the newest %d and marking the rest as seen",
@@ -176,113 +225,44 @@ class FeedPoller:
             log.info("feed %s: first sight, %d entries marked as seen, posting the newest %d",
                      feed.name, len(decision.to_mark_seen), len(decision.to_post))
 
-        deliveries = self._deliveries(decision.to_post, parsed.title or None)
-        personal, digest = personal_deliveries(feed, decision.to_post, parsed.title or None,
-                                               self._store, self._language)
-        deliveries += personal
         if result.permanent_url and result.permanent_url != state.url:
             log.warning("feed %s moved permanently to %s; fetching from there from now on",
                         feed.name, result.permanent_url)
         delay = jittered(interval, self._rng)
+        # Entries the plan did not reach in its time budget stay unseen (the next poll
+        # plans them), and so does the body: the next poll must parse it again.
+        waiting = set(planned.unplanned)
+        seen = [i for i in decision.to_mark_seen if i not in waiting] + sorted(already)
         rooms = self._store.record_poll(PollOutcome(
             feed=feed.name, now=now, next_fetch=now + delay, etag=result.etag,
-            last_modified=result.last_modified, body_hash=body_hash,
+            last_modified=result.last_modified, body_hash=None if waiting else body_hash,
             title=parsed.title or None, new_url=result.permanent_url,
-            seen_entry_ids=decision.to_mark_seen, deliveries=deliveries,
-            recent=_recent(feed.name, parsed.entries),
-            fingerprints=[(e.entry_id, fingerprint(e)) for e in decision.to_post],
-            digest=digest))
-        rooms = list(dict.fromkeys(
-            [*rooms, *self._edits(parsed.entries, unseen, parsed.title or None, now)]))
-        if decision.to_post:
-            log.info("feed %s: %d new item(s) queued for %d room(s)", feed.name,
-                     len(decision.to_post), len(feed.rooms))
-        if rooms:
-            self._on_enqueued(rooms)
-        return delay
+            seen_entry_ids=seen, deliveries=planned.deliveries,
+            recent=_recent(feed.name, entries), fingerprints=planned.posted,
+            digest=planned.digest, changed=planned.changed,
+            corrections=planned.corrections))
+        posted = len(decision.to_post) - len(waiting) - len(planned.failed)
+        if posted:
+            log.info("feed %s: %d new item(s) queued", feed.name, posted)
+        return delay, rooms
 
-    def _deliveries(self, entries: tuple[Entry, ...], feed_title: str | None,
-                    ) -> list[NewDelivery]:
-        """One delivery per entry and room, in each room's language, skipping rooms that
-        paused the feed or filter the entry out."""
+    def _snapshot(self, entries: tuple[Entry, ...], unseen: set[str],
+                  feed_title: str | None) -> Snapshot:
+        """The settings planning needs, read from the store before it starts."""
         feed = self.feed
         settings = self._store.feed_room_settings(feed.name)
-        deliveries = []
-        for entry in entries:
-            text = entry_text(entry) if settings else None
-            messages: dict[str, Message] = {}
-            for room in feed.rooms:
-                if not wanted(entry, settings.get(room, _DEFAULT_SETTINGS), text=text):
-                    continue
-                language = self._room_language(room) or self._language
-                if language not in messages:
-                    messages[language] = render_entry(
-                        entry, feed_title=feed_title, language=language,
-                        template=feed.template, content=feed.content,
-                        summary_chars=feed.summary_length,
-                        max_bytes=feed.max_message_bytes, feed=feed.name)
-                key = delivery_key(feed.name, entry.entry_id, room)
-                content = event_content(messages[language], msgtype=feed.msgtype, key=key)
-                deliveries.append(NewDelivery(entry.entry_id, room, content))
-                if entry.image_url and feed.images != "off":
-                    image = {"url": entry.image_url, "mode": feed.images,
-                             "alt": entry.title[:200]}
-                    if feed.images == "inline":
-                        content[IMAGE_FIELD] = image
-                    else:
-                        # Its own m.image event, right after the text (the outbox keeps
-                        # the order); resolved when it is first sent.
-                        image_id = f"{entry.entry_id}#image"
-                        deliveries.append(NewDelivery(image_id, room, {
-                            "msgtype": "m.image", "body": entry.title[:200] or "image",
-                            "m.mentions": {}, IMAGE_FIELD: image,
-                            DELIVERY_KEY_FIELD: delivery_key(feed.name, image_id, room)}))
-        return deliveries
-
-    def _edits(self, entries: tuple[Entry, ...], unseen: set[str], feed_title: str | None,
-               now: float) -> list[str]:
-        """Posted entries whose title, text or link changed: edit their messages in place
-        (or, not sent yet, change what will be sent). Returns the rooms to wake."""
-        feed = self.feed
-        known = [e for e in entries if e.entry_id not in unseen]
-        stored = self._store.fingerprints(feed.name, (e.entry_id for e in known))
-        changed = [(e, fp) for e in known if e.entry_id in stored
-                   and (fp := fingerprint(e)) != stored[e.entry_id]]
-        if not changed:
-            return []
-        if feed.on_update != "edit":
-            self._store.record_edits(feed.name, [(e.entry_id, fp) for e, fp in changed], [],
-                                     now)
-            return []
-        deliveries = []
-        settled: list[tuple[str, str]] = []
-        for entry, fp in changed:
-            sent = self._store.entry_events(feed.name, entry.entry_id)
-            deferred = False
-            personal, _ = personal_deliveries(feed, (entry,), feed_title, self._store,
-                                              self._language)
-            for new in [*self._deliveries((entry,), feed_title), *personal]:
-                if new.entry_id != entry.entry_id:
-                    continue          # a separate image stays as it was
-                original_key = delivery_key(feed.name, entry.entry_id, new.room)
-                original = sent.get(new.room)
-                if original is None:
-                    # Not delivered yet: deliver the corrected version instead — unless a
-                    # send was already attempted (the homeserver may hold the first
-                    # version): then wait for it, and edit on a later poll.
-                    if not self._store.update_pending_content(original_key, new.content) \
-                            and self._store.pending_key(original_key):
-                        deferred = True
-                    continue
-                edit_id = f"{entry.entry_id}#edit#{fp[:16]}#{int(now)}"
-                key = delivery_key(feed.name, edit_id, new.room)
-                deliveries.append(NewDelivery(edit_id, new.room, edit_content(
-                    new.content, original_event_id=original, key=key)))
-            if not deferred:
-                settled.append((entry.entry_id, fp))
-                log.info("feed %s: entry %s changed; editing its message(s) in place",
-                         feed.name, entry.entry_id)
-        return self._store.record_edits(feed.name, settled, deliveries, now)
+        recipients = [Recipient(room, self._room_language(room) or self._language,
+                                settings.get(room, _DEFAULT_SETTINGS))
+                      for room in feed.rooms]
+        if feed.public:
+            recipients += [Recipient(
+                subscriber.dm_room, subscriber.language or self._language,
+                digest_user=subscriber.user_id if subscriber.digest != "off" else None)
+                for subscriber in self._store.subscribers_of(feed.name)]
+        known = [e.entry_id for e in entries if e.entry_id not in unseen]
+        fingerprints = self._store.fingerprints(feed.name, known)
+        return Snapshot(feed, feed_title, tuple(recipients), fingerprints,
+                        self._store.edit_counts(feed.name, fingerprints))
 
     def _gone(self, url: str, now: float) -> None:
         """410 Gone: the publisher says the feed will not come back. Stop, and tell the
@@ -296,7 +276,7 @@ class FeedPoller:
             entry_id = f"newsbot:gone:{url}"
             key = delivery_key(feed.name, entry_id, room)
             notices.append(NewDelivery(entry_id, room, event_content(
-                Message(body, html_body), msgtype="m.notice", key=key)))
+                Message(body, html_body), msgtype="m.notice", key=key), kind="notice"))
         rooms = self._store.disable_feed(feed.name, f"HTTP 410 Gone at {url}", now=now,
                                          notices=notices)
         log.error("feed %s: HTTP 410 Gone at %s; polling stopped and %d room(s) told",

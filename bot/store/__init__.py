@@ -1,4 +1,5 @@
 from bot.store.sqlite import (
+    Correction,
     DigestItem,
     FeedState,
     MediaRow,
@@ -11,5 +12,5 @@ from bot.store.sqlite import (
     Subscriber,
 )
 
-__all__ = ["DigestItem", "FeedState", "MediaRow", "NewDelivery", "PollOutcome", "RecentEntry",
-           "RoomFeed", "RoomFeedSettings", "Store", "Subscriber"]
+__all__ = ["Correction", "DigestItem", "FeedState", "MediaRow", "NewDelivery", "PollOutcome",
+           "RecentEntry", "RoomFeed", "RoomFeedSettings", "Store", "Subscriber"]

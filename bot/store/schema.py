@@ -141,6 +141,23 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (user_id, feed, entry_id)
     ) WITHOUT ROWID;
     """,
+    # 6: outbox rows say what they are (kind) and which feed entry they show or correct
+    # (subject), instead of both being guessed from the shape of their key; a row that
+    # keeps failing for an unforeseen reason is parked ('failed'); edits are counted.
+    # Existing rows are classified by the key shapes older versions wrote.
+    """
+    ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'item';
+    ALTER TABLE outbox ADD COLUMN subject TEXT;
+    ALTER TABLE outbox ADD COLUMN failures INTEGER NOT NULL DEFAULT 0;
+    UPDATE outbox SET kind = 'digest' WHERE entry_id LIKE 'newsbot:digest:%';
+    UPDATE outbox SET kind = 'notice' WHERE entry_id LIKE 'newsbot:%' AND kind = 'item';
+    UPDATE outbox SET kind = 'edit', subject = substr(entry_id, 1, instr(entry_id, '#edit#') - 1)
+        WHERE instr(entry_id, '#edit#') > 0 AND kind = 'item';
+    UPDATE outbox SET kind = 'image', subject = substr(entry_id, 1, length(entry_id) - 6)
+        WHERE entry_id LIKE '%#image' AND kind = 'item';
+    UPDATE outbox SET subject = entry_id WHERE kind = 'item';
+    ALTER TABLE posted_entry ADD COLUMN edits INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

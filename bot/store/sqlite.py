@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bot.errors import StorageError
 from bot.filemodes import private_dir, private_file, tighten
-from bot.model import Delivery, delivery_key
+from bot.model import Delivery, DeliveryKind, delivery_key
 from bot.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,24 @@ class FeedState:
 
 @dataclass(frozen=True, slots=True)
 class NewDelivery:
-    entry_id: str
+    entry_id: str                 # the row's id in its feed: the entry id, "<id>#image"...
     room: str
     content: dict[str, object]
+    kind: DeliveryKind = "item"
+    subject: str | None = None    # the feed entry it shows or corrects (items: entry_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A posted entry's new version for one room: replaces the pending message if no send
+    was attempted yet, else becomes an edit of it (``edit``, whose target event is looked
+    up when it is sent: the outbox sends a room's rows in order, so the original is sent
+    or refused by then)."""
+
+    entry_id: str
+    room: str
+    content: dict[str, object]    # the new version, as the original would carry it
+    edit: NewDelivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +94,18 @@ class RoomFeedSettings:
 
 
 RECENT_PER_FEED = 20
+# What is stored of a feed's own words is bounded, whatever the feed sends: a longer
+# title is cut, a longer link is not kept (half a link is a broken link).
+MAX_STORED_TITLE = 1000
+MAX_STORED_LINK = 2048
+
+
+def _title(title: str) -> str:
+    return title if len(title) <= MAX_STORED_TITLE else title[:MAX_STORED_TITLE - 1] + "…"
+
+
+def _link(link: str | None) -> str | None:
+    return link if link is None or len(link) <= MAX_STORED_LINK else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +157,10 @@ class PollOutcome:
     recent: Sequence[RecentEntry] = ()
     fingerprints: Sequence[tuple[str, str]] = ()     # (entry id, fingerprint) of posted ones
     digest: Sequence[DigestItem] = ()                 # for subscribers' next digests
+    # Posted entries that changed: their new fingerprints (recorded whether an edit is
+    # sent or not), and the corrections to apply.
+    changed: Sequence[tuple[str, str]] = ()
+    corrections: Sequence[Correction] = ()
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> StorageError:
@@ -302,12 +333,15 @@ class Store:
             c.executemany(
                 "INSERT OR IGNORE INTO digest_item (user_id, feed, entry_id, title, link, "
                 "published, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(d.user_id, d.feed, d.entry_id, d.title, d.link, d.published, outcome.now)
-                 for d in outcome.digest])
+                [(d.user_id, d.feed, d.entry_id, _title(d.title), _link(d.link), d.published,
+                  outcome.now) for d in outcome.digest])
             c.executemany(
                 "INSERT INTO posted_entry (feed, entry_id, fingerprint) VALUES (?, ?, ?) "
                 "ON CONFLICT (feed, entry_id) DO UPDATE SET fingerprint = excluded.fingerprint",
                 [(outcome.feed, entry_id, fp) for entry_id, fp in outcome.fingerprints])
+            rooms += [r for r in self._correct(c, outcome.feed, outcome.changed,
+                                               outcome.corrections, outcome.now)
+                      if r not in rooms]
             c.execute(
                 "UPDATE feed_state SET etag = ?, last_modified = ?, body_hash = ?, "
                 "initialized = 1, title = COALESCE(?, title), url = COALESCE(?, url), "
@@ -340,13 +374,55 @@ class Store:
         rooms: list[str] = []
         for d in deliveries:
             key = delivery_key(feed, d.entry_id, d.room)
+            subject = d.subject if d.subject is not None else (
+                d.entry_id if d.kind == "item" else None)
             cur = c.execute(
-                "INSERT OR IGNORE INTO outbox (key, feed, entry_id, room, content, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (key, feed, d.entry_id, d.room, json.dumps(d.content, ensure_ascii=False), now))
+                "INSERT OR IGNORE INTO outbox (key, feed, entry_id, room, content, created_at, "
+                "kind, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, feed, d.entry_id, d.room, json.dumps(d.content, ensure_ascii=False), now,
+                 d.kind, subject))
             if cur.rowcount and d.room not in rooms:
                 rooms.append(d.room)
         return rooms
+
+    def _correct(self, c: sqlite3.Connection, feed: str, changed: Sequence[tuple[str, str]],
+                 corrections: Sequence[Correction], now: float) -> list[str]:
+        """Apply corrections of posted entries; returns the rooms given an edit."""
+        edited: set[str] = set()
+        edits: list[NewDelivery] = []
+        for fix in corrections:
+            key = delivery_key(feed, fix.entry_id, fix.room)
+            cur = c.execute("UPDATE outbox SET content = ? WHERE key = ? AND state = 'pending' "
+                            "AND first_attempt_at IS NULL",
+                            (json.dumps(fix.content, ensure_ascii=False), key))
+            if cur.rowcount:
+                continue            # not sent yet: the corrected version goes out instead
+            shown = c.execute(
+                "SELECT 1 FROM outbox WHERE key = ? AND (state = 'pending' OR "
+                "(state = 'sent' AND event_id IS NOT NULL)) UNION ALL SELECT 1 FROM "
+                "entry_event WHERE feed = ? AND entry_id = ? AND room = ? LIMIT 1",
+                (key, feed, fix.entry_id, fix.room)).fetchone()
+            if shown is not None:   # sent, or being sent: edit it once it is
+                edits.append(fix.edit)
+                edited.add(fix.entry_id)
+        c.executemany("UPDATE posted_entry SET fingerprint = ? WHERE feed = ? AND entry_id = ?",
+                      [(fp, feed, entry_id) for entry_id, fp in changed])
+        c.executemany("UPDATE posted_entry SET edits = edits + 1 WHERE feed = ? AND "
+                      "entry_id = ?", [(feed, entry_id) for entry_id in edited])
+        return self._enqueue(c, feed, edits, now)
+
+    def edit_counts(self, feed: str, entry_ids: Iterable[str]) -> dict[str, int]:
+        """How many times each posted entry was edited."""
+        ids = list(dict.fromkeys(entry_ids))
+        found: dict[str, int] = {}
+        with self._guard():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(self._conn.execute(
+                    f"SELECT entry_id, edits FROM posted_entry WHERE feed = ? "
+                    f"AND entry_id IN ({marks})", (feed, *chunk)).fetchall())
+        return found
 
     def record_failure(self, feed: str, error: str, *, now: float, next_fetch: float) -> int:
         """Store a failed poll; returns the number of consecutive failures."""
@@ -363,14 +439,39 @@ class Store:
         """The oldest undelivered item for ``room``: items go out in the order they were found."""
         with self._guard():
             row = self._conn.execute(
-                "SELECT key, feed, entry_id, room, content, created_at, first_attempt_at, attempts "
-                "FROM outbox WHERE room = ? AND state = 'pending' ORDER BY seq LIMIT 1",
-                (room,)).fetchone()
+                "SELECT key, feed, entry_id, room, content, created_at, first_attempt_at, "
+                "attempts, kind, subject, failures FROM outbox WHERE room = ? AND "
+                "state = 'pending' ORDER BY seq LIMIT 1", (room,)).fetchone()
         if row is None:
             return None
         return Delivery(key=row[0], feed=row[1], entry_id=row[2], room=row[3],
                         content=json.loads(row[4]), created_at=row[5], first_attempt_at=row[6],
-                        attempts=row[7])
+                        attempts=row[7], kind=row[8], subject=row[9], failures=row[10])
+
+    def event_of(self, feed: str, entry_id: str, room: str) -> str | None:
+        """The event that shows this feed entry in this room, if it was posted there."""
+        with self._guard():
+            row = self._conn.execute(
+                "SELECT event_id FROM entry_event WHERE feed = ? AND entry_id = ? AND room = ?",
+                (feed, entry_id, room)).fetchone()
+        return None if row is None else str(row[0])
+
+    def record_failure_of(self, key: str, error: str, now: float, *, park_after: int) -> bool:
+        """An unforeseen error while delivering a row. After ``park_after`` of them the row
+        is parked as 'failed' (True), so the room's later rows go on."""
+        with self._guard(), self._transaction() as c:
+            c.execute("UPDATE outbox SET failures = failures + 1, error = ? WHERE key = ?",
+                      (error[:500], key))
+            c.execute("UPDATE outbox SET state = 'failed', sent_at = ? WHERE key = ? AND "
+                      "failures >= ?", (now, key, park_after))
+            row = c.execute("SELECT state FROM outbox WHERE key = ?", (key,)).fetchone()
+        return row is not None and row[0] == "failed"
+
+    def failed_count(self) -> int:
+        with self._guard():
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM outbox WHERE state = 'failed'").fetchone()
+        return int(row[0])
 
     def pending_rooms(self) -> list[str]:
         with self._guard():
@@ -388,11 +489,20 @@ class Store:
                     (room,)).fetchone()
         return int(row[0])
 
-    def mark_attempt(self, key: str, now: float) -> None:
-        """Recorded *before* sending, so a crash mid-send is known on restart."""
+    def mark_attempt(self, key: str, now: float,
+                     content: dict[str, object] | None = None) -> bool:
+        """Recorded *before* sending, so a crash mid-send is known on restart. With
+        ``content``, only if that is still what the row holds (a correction may have
+        replaced it meanwhile): False, and nothing recorded, when it is not."""
         with self._guard(), self._transaction() as c:
-            c.execute("UPDATE outbox SET attempts = attempts + 1, "
-                      "first_attempt_at = COALESCE(first_attempt_at, ?) WHERE key = ?", (now, key))
+            if content is None:
+                cur = c.execute("UPDATE outbox SET attempts = attempts + 1, first_attempt_at = "
+                                "COALESCE(first_attempt_at, ?) WHERE key = ?", (now, key))
+            else:
+                cur = c.execute("UPDATE outbox SET attempts = attempts + 1, first_attempt_at = "
+                                "COALESCE(first_attempt_at, ?) WHERE key = ? AND content = ?",
+                                (now, key, json.dumps(content, ensure_ascii=False)))
+        return cur.rowcount > 0
 
     def mark_sent(self, key: str, event_id: str, now: float) -> None:
         with self._guard(), self._transaction() as c:
@@ -401,30 +511,23 @@ class Store:
             # Remember which event shows a feed entry in a room, for edits in place (the
             # outbox row itself is forgotten after 30 days).
             c.execute("INSERT OR IGNORE INTO entry_event (feed, entry_id, room, event_id) "
-                      "SELECT feed, entry_id, room, ? FROM outbox WHERE key = ? "
-                      "AND entry_id NOT LIKE 'newsbot:%' AND entry_id NOT LIKE '%#%'",
-                      (event_id, key))
+                      "SELECT feed, subject, room, ? FROM outbox WHERE key = ? "
+                      "AND kind = 'item' AND subject IS NOT NULL", (event_id, key))
 
-    def update_pending_content(self, key: str, content: dict[str, object]) -> bool:
+    def update_pending_content(self, key: str, content: dict[str, object], *,
+                               expected: dict[str, object] | None = None) -> bool:
         """Replace what a delivery will send, while no attempt to send it was made (after
-        one, the homeserver may already hold the first version under its txn id)."""
+        one, the homeserver may already hold the first version under its txn id). With
+        ``expected``, only if the row still holds that (else a correction is kept)."""
+        params: tuple[object, ...] = (json.dumps(content, ensure_ascii=False), key)
+        where = ""
+        if expected is not None:
+            where = " AND content = ?"
+            params += (json.dumps(expected, ensure_ascii=False),)
         with self._guard(), self._transaction() as c:
             cur = c.execute("UPDATE outbox SET content = ? WHERE key = ? AND state = 'pending' "
-                            "AND first_attempt_at IS NULL",
-                            (json.dumps(content, ensure_ascii=False), key))
+                            "AND first_attempt_at IS NULL" + where, params)
         return cur.rowcount > 0
-
-    def pending_key(self, key: str) -> bool:
-        with self._guard():
-            return self._conn.execute("SELECT 1 FROM outbox WHERE key = ? AND state = "
-                                      "'pending'", (key,)).fetchone() is not None
-
-    def entry_events(self, feed: str, entry_id: str) -> dict[str, str]:
-        """room -> event id of this entry's message in each room it was posted to."""
-        with self._guard():
-            return dict(self._conn.execute(
-                "SELECT room, event_id FROM entry_event WHERE feed = ? AND entry_id = ?",
-                (feed, entry_id)).fetchall())
 
     def fingerprints(self, feed: str, entry_ids: Iterable[str]) -> dict[str, str]:
         ids = list(dict.fromkeys(entry_ids))
@@ -437,14 +540,6 @@ class Store:
                     f"SELECT entry_id, fingerprint FROM posted_entry WHERE feed = ? "
                     f"AND entry_id IN ({marks})", (feed, *chunk)).fetchall())
         return found
-
-    def record_edits(self, feed: str, fingerprints: Sequence[tuple[str, str]],
-                     deliveries: Sequence[NewDelivery], now: float) -> list[str]:
-        """New versions of posted entries: their fingerprints and edit deliveries, at once."""
-        with self._guard(), self._transaction() as c:
-            c.executemany("UPDATE posted_entry SET fingerprint = ? WHERE feed = ? AND "
-                          "entry_id = ?", [(fp, feed, entry_id) for entry_id, fp in fingerprints])
-            return self._enqueue(c, feed, deliveries, now)
 
     # -- personal subscriptions ----------------------------------------------------------
 
@@ -514,7 +609,10 @@ class Store:
             c.execute("DELETE FROM subscription WHERE user_id = ?", (user_id,))
             c.execute("DELETE FROM digest_item WHERE user_id = ?", (user_id,))
             c.execute("DELETE FROM subscriber WHERE user_id = ?", (user_id,))
-            if row is not None:
+            # The conversation's rows go only if it was this person's alone: someone else
+            # whose items go there keeps them.
+            if row is not None and c.execute("SELECT 1 FROM subscriber WHERE dm_room = ?",
+                                             (row[0],)).fetchone() is None:
                 room = row[0]
                 for table in ("outbox", "entry_event", "room_settings"):
                     c.execute(f"DELETE FROM {table} WHERE room = ?", (room,))
@@ -535,15 +633,16 @@ class Store:
         return [DigestItem(*row) for row in rows]
 
     def send_digest(self, user_id: str, items: Sequence[DigestItem],
-                    delivery: NewDelivery | None, feed: str, next_due: float,
+                    deliveries: Sequence[NewDelivery], feed: str, next_due: float,
                     now: float) -> list[str]:
-        """Queue one digest and forget its items, at once: never twice, never lost."""
+        """Queue one digest (its messages) and forget its items, at once: never twice,
+        never lost."""
         with self._guard(), self._transaction() as c:
             c.executemany("DELETE FROM digest_item WHERE user_id = ? AND feed = ? AND "
                           "entry_id = ?", [(i.user_id, i.feed, i.entry_id) for i in items])
             c.execute("UPDATE subscriber SET digest_due = ? WHERE user_id = ?",
                       (next_due, user_id))
-            return self._enqueue(c, feed, [delivery], now) if delivery else []
+            return self._enqueue(c, feed, deliveries, now)
 
     # -- media ---------------------------------------------------------------------------
 
@@ -586,7 +685,8 @@ class Store:
             "INSERT INTO recent_entry (feed, entry_id, title, link, published, seen_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (feed, entry_id) DO UPDATE SET "
             "title = excluded.title, link = excluded.link, published = excluded.published",
-            [(feed, e.entry_id, e.title, e.link, e.published, now) for e in entries])
+            [(feed, e.entry_id, _title(e.title), _link(e.link), e.published, now)
+             for e in entries])
         c.execute(
             "DELETE FROM recent_entry WHERE feed = ? AND entry_id NOT IN (SELECT entry_id "
             "FROM recent_entry WHERE feed = ? ORDER BY COALESCE(published, seen_at) DESC "
