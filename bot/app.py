@@ -29,7 +29,7 @@ from bot.metrics import Metrics
 from bot.rooms import RoomManager
 from bot.store import RoomFeed, Store
 from bot.subscriptions import PersonalSubscriptions
-from bot.transport.base import EventHandlers, Transport
+from bot.transport.base import EventHandlers, JoinToPoint, Transport
 from bot.welcome import Welcomer
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ class App:
         self.deliverer = Deliverer(self.store, self.transport, self.clock, media=media,
                                    on_delivered=self.rooms.on_delivered)
         self.subscriptions = PersonalSubscriptions(config, self.store, self.clock,
-                                                   on_enqueued=self._enqueued)
+                                                   on_enqueued=self._enqueued,
+                                                   transport=self.transport)
         self._stop = asyncio.Event()
         self._limiter = asyncio.Semaphore(config.fetch.concurrency)
         self._room_ids: dict[str, str] = {}          # configured room name -> room id
@@ -97,11 +98,11 @@ class App:
                 raise       # the cancellation was aimed at us, not at ``work``
         return None
 
-    async def _on_invite(self, room_id: str, inviter: str, is_direct: bool = False) -> bool:
+    async def _on_invite(self, room_id: str, inviter: str,
+                         is_direct: bool = False) -> bool | JoinToPoint:
         if is_direct and self.subscriptions.accepts_conversations:
             # A person opening a private conversation, for personal subscriptions.
-            log.info("accepting a direct-message invitation")
-            return True
+            return self.subscriptions.answer_invitation(room_id, inviter)
         if inviter in self.config.admins:
             log.info("accepting the invite to %s from admin %s", room_id, inviter)
             rooms = self._admin_rooms()
@@ -284,7 +285,8 @@ class App:
             handlers = EventHandlers(on_invite=self._on_invite,
                                      on_joined=lambda _room_id: self.deliverer.wake_all(),
                                      on_message=commands.submit,
-                                     on_member_joined=welcomer.submit)
+                                     on_member_joined=welcomer.submit,
+                                     on_direct_closed=self.subscriptions.conversation_closed)
             background = [tg.create_task(self.transport.run_sync(handlers), name="sync"),
                           tg.create_task(commands.run(), name="commands"),
                           tg.create_task(self.subscriptions.run(), name="digests"),

@@ -28,7 +28,7 @@ from bot.feeds.parse import parse_feed_async
 from bot.i18n import format_duration, format_time, text
 from bot.metrics import count_readers
 from bot.store import RoomFeed, RoomFeedSettings, Store
-from bot.subscriptions import PersonalSubscriptions, small_number
+from bot.subscriptions import PersonalSubscriptions, is_forget_me, small_number
 from bot.transport.base import IncomingMessage, Transport
 from bot.urls import text_for_members, text_for_moderators, url_for_members, url_for_moderators
 
@@ -55,6 +55,10 @@ FEED_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 MIN_COMMAND_INTERVAL = 60.0
 MAX_COMMAND_INTERVAL = 30 * 86400.0
 LATEST_DEFAULT, LATEST_MAX = 5, 20
+# Each room has its own small queue and worker, so a slow command (an "add" waiting for a
+# slow server) only delays its own room, and one room's flood never crowds out another's.
+ROOM_QUEUE = 20           # commands waiting in one room
+MAX_BUSY_ROOMS = 200      # rooms with commands being answered at once
 
 
 class UsageError(Exception):
@@ -164,41 +168,77 @@ class CommandRunner:
         self._clock = clock
         self._limiter = RateLimiter(config.commands.rate_limit, config.commands.rate_window,
                                     clock)
-        self.queue: asyncio.Queue[IncomingMessage] = asyncio.Queue(maxsize=200)
         self._subscriptions = subscriptions
+        # Per room: (message, allowed) waiting; a room is here while its worker runs.
+        self._rooms: dict[str, asyncio.Queue[tuple[IncomingMessage, bool]]] = {}
+        self._ready: asyncio.Queue[str] = asyncio.Queue()      # rooms needing a worker
 
     # -- intake ------------------------------------------------------------------------
 
     def submit(self, message: IncomingMessage) -> None:
-        """Called from the sync loop: never blocks it."""
+        """Called from the sync loop: never blocks it. The rate limit applies here, before
+        queuing: one person's flood never takes the place of anyone else's command."""
         if parse_command(message.body, self._commands.prefix) is None and (
                 self._subscriptions is None or not self._transport.is_direct(message.room_id)
                 and self._store.subscriber_by_room(message.room_id) is None):
             return      # chat, not a command (direct messages need no prefix)
+        allowed, tell = self._limiter.allow(message.sender)
+        if not allowed and not tell:
+            log.info("rate limit: ignoring a command from %s in %s", message.sender,
+                     message.room_id)
+            return
+        queue = self._rooms.get(message.room_id)
+        if queue is None:
+            if len(self._rooms) >= MAX_BUSY_ROOMS:
+                log.warning("commands waiting in too many rooms; ignoring one from %s in %s",
+                            message.sender, message.room_id)
+                return
+            queue = self._rooms[message.room_id] = asyncio.Queue(maxsize=ROOM_QUEUE)
+            self._ready.put_nowait(message.room_id)
         try:
-            self.queue.put_nowait(message)
+            queue.put_nowait((message, allowed))
         except asyncio.QueueFull:
-            log.warning("too many commands waiting; ignoring one from %s in %s",
-                        message.sender, message.room_id)
+            log.warning("too many commands waiting in %s; ignoring one from %s",
+                        message.room_id, message.sender)
 
     async def run(self) -> None:
-        while True:
-            message = await self.queue.get()
-            try:
-                reply = await self.handle(message)
-            except Exception:
-                # Whatever a message contains, it must never stop the bot.
-                log.exception("a command in %s could not be handled", message.room_id)
-                reply = Reply(text("failed", self.language(message.room_id),
-                                   reason="internal error"))
-            if reply is not None:
-                await self._send_reply(message, reply)
-            if reply is not None and reply.then_leave:
-                try:
-                    await self._transport.leave_direct(message.room_id)
-                except TransportError as exc:
-                    log.warning("could not leave a private conversation: %s", exc)
+        """One worker per room with commands waiting; it ends when its queue is empty."""
+        async with asyncio.TaskGroup() as workers:
+            while True:
+                room_id = await self._ready.get()
+                workers.create_task(self._serve(room_id), name=f"commands {room_id}")
+
+    async def _serve(self, room_id: str) -> None:
+        queue = self._rooms[room_id]
+        try:
+            # No await between finding the queue empty and dropping it: a command
+            # submitted meanwhile starts a new worker.
+            while not queue.empty():
+                message, allowed = queue.get_nowait()
+                await self._answer(message, allowed)
+        finally:
+            if self._rooms.get(room_id) is queue:
+                del self._rooms[room_id]
             self._limiter.forget_idle()
+
+    async def _answer(self, message: IncomingMessage, allowed: bool) -> None:
+        try:
+            reply = await self.handle(message, allowed=allowed)
+        except Exception:
+            # Whatever a message contains, it must never stop the bot.
+            log.exception("a command in %s could not be handled", message.room_id)
+            reply = Reply(text("failed", self.language(message.room_id),
+                               reason="internal error"))
+        if reply is None:
+            return
+        try:
+            await self._send_reply(message, reply)
+            if reply.then_leave:
+                await self._transport.leave_direct(message.room_id)
+        except TransportError as exc:
+            log.warning("could not leave a private conversation: %s", exc)
+        except Exception:
+            log.exception("answering a command in %s", message.room_id)
 
     # -- answering ---------------------------------------------------------------------
 
@@ -215,7 +255,9 @@ class CommandRunner:
         return self._transport.is_direct(room_id) or \
             self._store.subscriber_by_room(room_id) is not None
 
-    async def handle(self, message: IncomingMessage) -> Reply | None:
+    async def handle(self, message: IncomingMessage, *, allowed: bool = True) -> Reply | None:
+        """The answer to one message; ``allowed`` False: the sender is over the rate limit
+        (told once per window)."""
         command = parse_command(message.body, self._commands.prefix)
         try:
             private = await self._private(message.room_id)
@@ -223,26 +265,18 @@ class CommandRunner:
             log.warning("reading %s's members: %s", message.room_id, exc)
             private = False
         if private and self._subscriptions is not None:
-            allowed, tell = self._limiter.allow(message.sender)
             lang = self._subscriptions.language(message.sender)
             if not allowed:
                 return Reply(text("rate_limited", lang, count=self._commands.rate_limit,
-                                  seconds=int(self._commands.rate_window))) if tell else None
-            answer = self._subscriptions.handle(message.room_id, message.sender,
-                                                message.body)
-            forgotten = self._store.subscriber(message.sender) is None and \
-                " ".join(message.body.casefold().split()[-2:]) == "forget me"
-            return Reply(answer, then_leave=forgotten)
+                                  seconds=int(self._commands.rate_window)))
+            return await self._personal(message, self._subscriptions, lang)
         if command is None:
             return None
         lang = self.language(message.room_id)
         p = self._commands.prefix
-        allowed, tell = self._limiter.allow(message.sender)
         if not allowed:
-            log.info("rate limit: ignoring a command from %s in %s", message.sender,
-                     message.room_id)
             return Reply(text("rate_limited", lang, count=self._commands.rate_limit,
-                              seconds=int(self._commands.rate_window))) if tell else None
+                              seconds=int(self._commands.rate_window)))
         log.info("command %r from %s in %s", command.name, message.sender, message.room_id)
         if command.name not in USAGES:
             return Reply(text("unknown_command", lang, command=command.name[:40], p=p))
@@ -258,6 +292,24 @@ class CommandRunner:
         except TransportError as exc:
             log.warning("command %r in %s: %s", command.name, message.room_id, exc)
             return Reply(text("failed", lang, reason=str(exc)))
+
+    async def _personal(self, message: IncomingMessage, subscriptions: PersonalSubscriptions,
+                        lang: str) -> Reply:
+        """A message in a private conversation. Personal commands only where the sender
+        is alone with the bot; ``forget me`` anywhere, for the sender's rows only, and
+        the bot leaves only the sender's own conversation."""
+        forget = is_forget_me(message.body, self._commands.prefix)
+        try:
+            members = await self._transport.joined_members(message.room_id)
+        except TransportError as exc:
+            log.warning("reading %s's members: %s", message.room_id, exc)
+            return Reply(text("failed", lang, reason=str(exc)))
+        if len(members) > 2 and not forget:
+            return Reply(text("dm_group", lang))
+        answer = await subscriptions.handle(message.room_id, message.sender, message.body)
+        person = self._transport.direct_rooms().get(message.room_id, "")
+        own = len(members) <= 2 and person in (message.sender, "")
+        return Reply(answer, then_leave=forget and own)
 
     async def _may_moderate(self, room_id: str, user: str) -> bool:
         if user in self._config.admins:

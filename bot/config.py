@@ -90,6 +90,7 @@ class CommandsConfig:
     rate_window: float = 10.0        # ... in this many seconds
     max_feeds_per_room: int = 20
     default_interval: float = 15 * 60.0   # for feeds added by command
+    max_conversations: int = 1000    # private conversations kept at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +239,7 @@ _ALIAS_LOCALPART_RE = re.compile(r"#?([^\s:#]+)")
 _MXC_RE = re.compile(r"mxc://[^\s/]+/[^\s/]+")
 _ENCRYPTION_KEYS = ("enabled", "trust")
 _COMMANDS_KEYS = ("prefix", "min_power_level", "rate_limit", "rate_window",
-                  "max_feeds_per_room", "default_interval")
+                  "max_feeds_per_room", "default_interval", "max_conversations")
 _MATRIX_KEYS = ("homeserver", "user_id", "access_token", "access_token_file", "password",
                 "device_id", "display_name")
 _STORAGE_KEYS = ("path",)
@@ -949,6 +950,8 @@ def _read_commands(r: _Reader, top: dict[str, Node], root: Node) -> CommandsConf
     cap = r.integer(items, node, p, "max_feeds_per_room", defaults.max_feeds_per_room, 0)
     interval = r.duration(items, node, p, "default_interval", defaults.default_interval,
                           _MIN_INTERVAL)
+    conversations = r.integer(items, node, p, "max_conversations",
+                              defaults.max_conversations, 0)
     prefix_text = defaults.prefix
     if prefix is not None:
         prefix_text = prefix[0].strip()
@@ -957,11 +960,12 @@ def _read_commands(r: _Reader, top: dict[str, Node], root: Node) -> CommandsConf
             return None
     elif not _is_null(items.get("prefix")):
         return None
-    if level is None or rate is None or window is None or cap is None or interval is None:
+    if level is None or rate is None or window is None or cap is None or interval is None \
+            or conversations is None:
         return None
     return CommandsConfig(prefix=prefix_text, min_power_level=level, rate_limit=rate,
                           rate_window=window[0], max_feeds_per_room=cap,
-                          default_interval=interval[0])
+                          default_interval=interval[0], max_conversations=conversations)
 
 
 def _read_encryption(r: _Reader, top: dict[str, Node], root: Node) -> EncryptionConfig | None:

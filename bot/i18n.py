@@ -210,6 +210,18 @@ MESSAGES: dict[str, dict[str, str]] = {
     },
     "dm_unknown": {"en": "I don’t know “{command}”. Write “help”.",
                    "fr": "Je ne connais pas « {command} ». Écrivez « help »."},
+    "dm_already_open": {
+        "en": "We already have a private conversation: write to me there, {link}",
+        "fr": "Nous avons déjà une conversation privée : écrivez-moi là-bas, {link}",
+    },
+    "dm_group": {
+        "en": "This conversation has more than two members: I answer personal commands "
+              "only in a private conversation with one person (“forget me” works "
+              "anywhere).",
+        "fr": "Cette conversation compte plus de deux membres : je ne réponds aux "
+              "commandes personnelles que dans une conversation privée avec une seule "
+              "personne (« forget me » fonctionne partout).",
+    },
     "digest_header": {
         "en": "Your {period} digest: {count} new item(s).",
         "fr": "Votre résumé {period} : {count} nouvel(s) article(s).",

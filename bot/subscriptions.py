@@ -1,7 +1,10 @@
 """Personal subscriptions by direct message: ``subscribe``, ``unsubscribe``, ``digest``,
 ``list``, ``archive``, ``lang``, ``forget me``.
 
-Only feeds marked ``public: true`` are open to it. What is stored about a person: their
+Only feeds marked ``public: true`` are open to it. ``archive`` shows, besides them, the
+feeds of rooms anyone may read (``join_rule: public`` with ``shared`` or
+``world_readable`` history), and the feeds of any other room only to a person joined to it
+when they ask — the homeserver is asked each time. What is stored about a person: their
 Matrix id, the direct-message room their items go to, and their choices — nothing else;
 ``forget me`` deletes all of it in one transaction. Items go through the same outbox as
 rooms' items (exactly once); a digest is one outbox message per period, queued together
@@ -20,21 +23,38 @@ from datetime import UTC, datetime
 from bot.clock import Clock
 from bot.config import Config, FeedConfig
 from bot.delivery import event_content
+from bot.errors import TransportError
 from bot.i18n import format_time, text
 from bot.model import Entry, Message, delivery_key
 from bot.render import format_date, render_entry
 from bot.store import DigestItem, NewDelivery, Store
+from bot.transport.base import JoinToPoint, Transport
 
 log = logging.getLogger(__name__)
 
 DIGEST_PERIODS = {"daily": 86400.0, "weekly": 7 * 86400.0}
 DIGEST_FEED = "newsbot.digest"          # the outbox's feed column for digests
 ARCHIVE_DEFAULT, ARCHIVE_MAX = 5, 20
+POINTER_EVERY = 3600.0      # one pointer to a person's conversation per hour, at most
+READABLE_HISTORY = ("shared", "world_readable")
 
 
 def small_number(word: str) -> int | None:
     """A count a person may type: 1 to 3 ASCII digits ("²" and 5,000 digits are not)."""
     return int(word) if re.fullmatch(r"[0-9]{1,3}", word) else None
+
+
+def personal_words(body: str, prefix: str) -> list[str]:
+    """A direct message's words ("!news subscribe" works there too)."""
+    words = body.strip().split()
+    if words and words[0].casefold() == prefix.casefold():
+        words = words[1:]
+    return words
+
+
+def is_forget_me(body: str, prefix: str) -> bool:
+    """The whole message, not a sentence that ends with it ("please never forget me")."""
+    return [w.casefold() for w in personal_words(body, prefix)] == ["forget", "me"]
 
 
 def personal_deliveries(feed: FeedConfig, entries: Sequence[Entry], feed_title: str | None,
@@ -71,12 +91,16 @@ def personal_deliveries(feed: FeedConfig, entries: Sequence[Entry], feed_title: 
 
 class PersonalSubscriptions:
     def __init__(self, config: Config, store: Store, clock: Clock,
-                 on_enqueued: Callable[[list[str]], None]) -> None:
+                 on_enqueued: Callable[[list[str]], None],
+                 transport: Transport | None = None) -> None:
         self._config = config
         self._store = store
         self._clock = clock
         self._on_enqueued = on_enqueued
+        # Asked who may read which room; without it only public feeds are shown.
+        self._transport = transport
         self.check_every = 600.0        # how often due digests are looked for
+        self._pointed: dict[str, float] = {}    # person -> when last pointed (bounded)
 
     @property
     def enabled(self) -> bool:
@@ -91,10 +115,42 @@ class PersonalSubscriptions:
     def public_feeds(self) -> list[str]:
         return [feed.name for feed in self._config.feeds if feed.public]
 
-    def archive_feeds(self) -> list[str]:
-        managed = {room.alias for room in self._config.rooms}
-        return [feed.name for feed in self._config.feeds
-                if feed.public or any(room in managed for room in feed.rooms)]
+    async def archive_feeds(self, user_id: str) -> list[str]:
+        """The feeds whose items this person may read in private: public ones, those of a
+        room anyone can read, and those of a room they are joined to now. Anyone can
+        write to the bot: a room that cannot be checked counts as closed."""
+        verdicts: dict[str, bool] = {}      # room reference -> readable (asked once)
+        readable = []
+        for feed in self._config.feeds:
+            if feed.public:
+                readable.append(feed.name)
+                continue
+            for ref in feed.rooms:
+                if ref not in verdicts:
+                    verdicts[ref] = await self._may_read(ref, user_id)
+                if verdicts[ref]:
+                    readable.append(feed.name)
+                    break
+        return readable
+
+    async def _may_read(self, room: str, user_id: str) -> bool:
+        if self._transport is None:
+            return False
+        try:
+            room_id = await self._transport.resolve_room(room)
+            rule = await self._transport.state_event(room_id, "m.room.join_rules") or {}
+            history = await self._transport.state_event(room_id,
+                                                        "m.room.history_visibility")
+            # No history_visibility event means "shared" (the specification's default).
+            seen = (history or {}).get("history_visibility", "shared")
+            if rule.get("join_rule") == "public" and seen in READABLE_HISTORY:
+                return True
+            member = await self._transport.state_event(room_id, "m.room.member", user_id)
+        except TransportError as exc:
+            log.warning("archive: cannot tell who may read %s (%s); its feeds are not shown",
+                        room, exc)
+            return False
+        return member is not None and member.get("membership") == "join"
 
     def language(self, user_id: str) -> str:
         subscriber = self._store.subscriber(user_id)
@@ -103,34 +159,31 @@ class PersonalSubscriptions:
 
     # -- the conversation ------------------------------------------------------------------
 
-    def handle(self, room_id: str, user_id: str, body: str) -> str:
-        """Answer one direct message (the text of the answer)."""
-        words = body.strip().split()
-        prefix = self._config.commands.prefix
-        if words and words[0].casefold() == prefix.casefold():
-            words = words[1:]          # "!news subscribe" works here too
-        command = " ".join(w.casefold() for w in words[:2])
+    async def handle(self, room_id: str, user_id: str, body: str) -> str:
+        """Answer one direct message (the text of the answer). Each command is the whole
+        message: "please never forget me" is not "forget me"."""
+        words = personal_words(body, self._config.commands.prefix)
         lang = self.language(user_id)
         public = self.public_feeds()
-        if not words or words[0].casefold() == "help":
+        name = words[0].casefold() if words else "help"
+        args = words[1:]
+        if name == "help" and not args:
             return text("dm_help", lang)
-        if command == "forget me":
+        if name == "forget" and [a.casefold() for a in args] == ["me"]:
             self._store.forget_user(user_id)
             log.info("forgot everything about a subscriber, as they asked")
             return text("dm_forgotten", lang)
-        name = words[0].casefold()
-        args = words[1:]
         if name == "lang" and len(args) == 1 and args[0].casefold() in ("fr", "en"):
             self._store.save_subscriber(user_id, room_id, language=args[0].casefold())
             return text("lang_set", args[0].casefold())
-        if name == "archive":
-            count = (small_number(args[0]) if args else None) or ARCHIVE_DEFAULT
-            # Public feeds, and those of announcement rooms (whose members cannot post
-            # there): never the feeds of private rooms, as anyone can write to the bot.
-            return self._archive(self.archive_feeds(), min(max(count, 1), ARCHIVE_MAX), lang)
+        if name == "archive" and (not args or len(args) == 1
+                                  and small_number(args[0]) is not None):
+            count = small_number(args[0]) if args else None
+            return self._archive(await self.archive_feeds(user_id),
+                                 min(max(count or ARCHIVE_DEFAULT, 1), ARCHIVE_MAX), lang)
         if name in ("subscribe", "unsubscribe", "list", "digest") and not public:
             return text("dm_no_public", lang)
-        if name == "list":
+        if name == "list" and not args:
             subscriber = self._store.subscriber(user_id)
             mine = subscriber.feeds if subscriber else ()
             digest = subscriber.digest if subscriber else "off"
@@ -161,6 +214,47 @@ class PersonalSubscriptions:
             self._store.save_subscriber(user_id, room_id, digest=period, digest_due=due)
             return text("dm_digest_set", lang, digest=text(f"digest_{period}", lang))
         return text("dm_unknown", lang, command=" ".join(words)[:40])
+
+    def answer_invitation(self, room_id: str, inviter: str) -> bool | JoinToPoint:
+        """A direct-message invitation: one conversation per person (a second one gets a
+        pointer to the first), and at most ``commands.max_conversations`` of them."""
+        if not self.accepts_conversations or self._transport is None:
+            return False
+        conversations = self._transport.direct_rooms()
+        first = next((room for room, person in conversations.items()
+                      if person == inviter and room != room_id), None)
+        subscriber = self._store.subscriber(inviter)
+        if first is None and subscriber is not None and subscriber.dm_room != room_id:
+            first = subscriber.dm_room
+        if first is not None:
+            now = self._clock.now()
+            if now - self._pointed.get(inviter, -POINTER_EVERY) < POINTER_EVERY:
+                log.info("declined a private conversation: its person already has one "
+                         "(told lately)")
+                return False
+            self._pointed[inviter] = now
+            if len(self._pointed) > 10_000:
+                self._pointed.pop(next(iter(self._pointed)))
+            log.info("a person opened a second private conversation: pointing them to "
+                     "the first")
+            return JoinToPoint(text("dm_already_open", self.language(inviter),
+                                    link=f"https://matrix.to/#/{first}"))
+        cap = self._config.commands.max_conversations
+        if len(conversations) >= cap:
+            log.warning("declined a direct-message invitation: %d private conversations "
+                        "already, the cap (commands.max_conversations: %d)",
+                        len(conversations), cap)
+            return False
+        log.info("accepting a direct-message invitation")
+        return True
+
+    def conversation_closed(self, room_id: str, user_id: str) -> None:
+        """The person left their conversation (the bot left it too): nothing can reach
+        them there any more, so what was stored for it goes, as with ``forget me``."""
+        subscriber = self._store.subscriber(user_id)
+        if subscriber is not None and subscriber.dm_room == room_id:
+            self._store.forget_user(user_id)
+            log.info("a subscriber left their private conversation: forgot them")
 
     def _flush(self, user_id: str, dm_room: str, period: str, lang: str) -> None:
         """Leaving a digest period: what waited for it goes out now, never lost."""

@@ -79,8 +79,10 @@ class Welcomer:
         body = text("welcome", lang, room=room.name or room.alias, latest=shown)
         if self._personal:
             body += text("welcome_dm_hint", lang)
-        dm = subscriber.dm_room if subscriber else \
-            await self._transport.create_direct_room(user_id)
+        # One conversation per person: theirs if they already have one.
+        dm = subscriber.dm_room if subscriber else next(
+            (room for room, person in self._transport.direct_rooms().items()
+             if person == user_id), None) or await self._transport.create_direct_room(user_id)
         html_body = html.escape(body, quote=False).replace("\n", "<br>")
         key = hashlib.sha256(f"welcome\0{event_id}".encode()).hexdigest()[:32]
         # The join event names the welcome: a retried send is the same message.

@@ -7,12 +7,21 @@ RoomUnavailableError (this room refuses us) and AuthError (credentials refused).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-# Called for an invitation: (room_id, inviter, is_direct) -> accept?
-InviteHandler = Callable[[str, str, bool], Awaitable[bool]]
+
+@dataclass(frozen=True, slots=True)
+class JoinToPoint:
+    """An invitation answered without staying: join, post ``notice``, leave (a second
+    private conversation from one person gets a pointer to the first)."""
+
+    notice: str
+
+
+# Called for an invitation: (room_id, inviter, is_direct) -> accept, refuse, or point.
+InviteHandler = Callable[[str, str, bool], Awaitable[bool | JoinToPoint]]
 
 # Every event we send carries its delivery key under this content key, so a delivery whose
 # acknowledgement was lost can be recognised in the room's history.
@@ -38,6 +47,8 @@ class EventHandlers:
     on_message: Callable[[IncomingMessage], None] | None = None
     # Someone joined a room the bot is in: (room_id, user_id, join event id).
     on_member_joined: Callable[[str, str, str], None] | None = None
+    # The person of a private conversation left it, and so did the bot: (room_id, user_id).
+    on_direct_closed: Callable[[str, str], None] | None = None
 
 
 class Transport(Protocol):
@@ -83,6 +94,11 @@ class Transport(Protocol):
 
     def is_direct(self, room_id: str) -> bool:
         """Is this one of the bot's private conversations with one person?"""
+        ...
+
+    def direct_rooms(self) -> Mapping[str, str]:
+        """The bot's private conversations: room id -> the person it is with ("" when
+        not known, for conversations recorded before people were)."""
         ...
 
     async def leave_direct(self, room_id: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -41,6 +42,7 @@ from bot.transport.base import (
     EventHandlers,
     IncomingMessage,
     InviteHandler,
+    JoinToPoint,
 )
 from bot.transport.matrix_crypto import (
     STORE_NAME,
@@ -125,7 +127,7 @@ class MatrixTransport:
         self._crypto: Crypto | None = None
         self._encrypted: set[str] = set()
         self._removed: dict[str, str] | None = None
-        self._direct: set[str] | None = None
+        self._direct: dict[str, str] | None = None     # private conversation -> person
         # Private conversations the bot opened, and who it invited (key sharing).
         self._invitees: dict[str, tuple[str, ...]] = {}
         self._login_lock = asyncio.Lock()
@@ -315,9 +317,14 @@ class MatrixTransport:
             raise RoomUnavailableError(f"{removed}; invite newsbot again to resume")
         # Joining by the alias lets the homeserver use the servers the alias names.
         await self._call(f"joining {room}", lambda: self._client.join(room))
+        await self._learn_encryption(room_id)
+        return room_id
+
+    async def _learn_encryption(self, room_id: str) -> None:
+        """Whether a room just joined is encrypted, before its first message from us."""
         try:
             encryption = await self._call(
-                f"reading {room}'s encryption",
+                f"reading {room_id}'s encryption",
                 lambda: self._client.room_get_state_event(room_id, "m.room.encryption"))
             self._encrypted.add(room_id)
             if self._crypto is not None and isinstance(encryption.content, dict):
@@ -328,7 +335,6 @@ class MatrixTransport:
             if exc.errcode != "M_NOT_FOUND":
                 raise
             self._encrypted.discard(room_id)  # no such state event: a clear room
-        return room_id
 
     async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
         removed = self._removed_rooms().get(room_id)
@@ -420,6 +426,9 @@ class MatrixTransport:
                 for event in joined.state:
                     if isinstance(event, nio.RoomEncryptionEvent):
                         self._encrypted.add(room_id)
+                if await self._close_if_left(room_id, [*joined.state,
+                                                       *joined.timeline.events], handlers):
+                    continue
                 if handlers.on_message is not None:
                     for event in joined.timeline.events:
                         message = self._incoming(room_id, event.source, started_ms)
@@ -475,7 +484,7 @@ class MatrixTransport:
         if state:
             self._encrypted.add(room_id)
             self._invitees[room_id] = (user_id,)
-        self._mark_direct(room_id)
+        self._mark_direct(room_id, user_id)
         return room_id
 
     async def joined_members(self, room_id: str) -> list[str]:
@@ -530,7 +539,11 @@ class MatrixTransport:
                 content = getattr(event, "content", None)
                 is_direct = isinstance(content, dict) and content.get("is_direct") is True
         try:
-            if await on_invite(room_id, inviter, is_direct):
+            answer = await on_invite(room_id, inviter, is_direct)
+            if isinstance(answer, JoinToPoint):
+                await self._point_elsewhere(room_id, answer.notice)
+                return False
+            if answer:
                 self._set_removed(room_id, None)
                 await self._call(f"joining {room_id}", lambda: self._client.join(room_id))
                 if is_direct:
@@ -542,7 +555,7 @@ class MatrixTransport:
                         await self._call(f"leaving {room_id}",
                                          lambda: self._client.room_leave(room_id))
                         return False
-                    self._mark_direct(room_id)
+                    self._mark_direct(room_id, inviter)
                 return True
             await self._call(f"rejecting the invite to {room_id}",
                              lambda: self._client.room_leave(room_id))
@@ -572,26 +585,74 @@ class MatrixTransport:
         """Did the bot join this room as a private conversation with one person?"""
         return room_id in self._direct_rooms()
 
-    def _direct_rooms(self) -> set[str]:
+    def direct_rooms(self) -> dict[str, str]:
+        return dict(self._direct_rooms())
+
+    def _direct_rooms(self) -> dict[str, str]:
         if self._direct is None:
             raw = self._store.get(DIRECT_ROOMS_KEY)
-            self._direct = set(json.loads(raw)) if raw else set()
+            loaded = json.loads(raw) if raw else {}
+            # Before people were recorded, a list of room ids: their person is unknown.
+            self._direct = dict.fromkeys(loaded, "") if isinstance(loaded, list) \
+                else {str(k): str(v) for k, v in loaded.items()}
         return self._direct
 
     async def leave_direct(self, room_id: str) -> None:
         """Leave a private conversation and forget it was one (``forget me``)."""
         rooms = self._direct_rooms()
-        if room_id in rooms:
-            rooms.discard(room_id)
-            self._store.put(DIRECT_ROOMS_KEY, json.dumps(sorted(rooms)))
+        if rooms.pop(room_id, None) is not None:
+            self._store.put(DIRECT_ROOMS_KEY, json.dumps(rooms, sort_keys=True))
         await self._call("leaving a private conversation",
                          lambda: self._client.room_leave(room_id))
 
-    def _mark_direct(self, room_id: str) -> None:
+    def _mark_direct(self, room_id: str, person: str) -> None:
         rooms = self._direct_rooms()
-        if room_id not in rooms:
-            rooms.add(room_id)
-            self._store.put(DIRECT_ROOMS_KEY, json.dumps(sorted(rooms)))
+        if rooms.get(room_id) != person:
+            rooms[room_id] = person
+            self._store.put(DIRECT_ROOMS_KEY, json.dumps(rooms, sort_keys=True))
+
+    async def _close_if_left(self, room_id: str, events: list[Any],
+                             handlers: EventHandlers) -> bool:
+        """The person of a private conversation left it (or declined the bot's
+        invitation): the bot leaves too, so no conversation is kept forever. True when
+        it left."""
+        person = self._direct_rooms().get(room_id)
+        if person is None:
+            return False
+        # The latest membership of each other person, in order (state, then timeline): one
+        # who left and came back in the same batch is still there.
+        latest = {str(event.state_key): event.membership for event in events
+                  if isinstance(event, nio.RoomMemberEvent)
+                  and event.state_key != self._config.user_id
+                  and (not person or event.state_key == person)}
+        gone = [user for user, membership in latest.items() if membership in ("leave", "ban")]
+        if not gone:
+            return False
+        try:
+            if not person and len(await self.joined_members(room_id)) > 1:
+                return False    # person unknown: leave only once nobody else is there
+            await self.leave_direct(room_id)
+        except TransportError as exc:
+            log.warning("could not leave the private conversation %s: %s", room_id, exc)
+            return False
+        log.info("left a private conversation: its person left it")
+        if handlers.on_direct_closed is not None:
+            handlers.on_direct_closed(room_id, person or gone[0])
+        return True
+
+    async def _point_elsewhere(self, room_id: str, notice: str) -> None:
+        """Join only to say ``notice``, then leave: the person learns where to write."""
+        await self._call(f"joining {room_id}", lambda: self._client.join(room_id))
+        try:
+            await self._learn_encryption(room_id)
+            body: dict[str, object] = {"msgtype": "m.notice", "body": notice}
+            txn = "newsbot.pointer." + hashlib.sha256(room_id.encode()).hexdigest()[:32]
+            await self.send_message(room_id, body, txn)
+        except TransportError as exc:
+            log.warning("could not point a second private conversation to the first: %s",
+                        exc)
+        finally:
+            await self._call(f"leaving {room_id}", lambda: self._client.room_leave(room_id))
 
     def _removed_rooms(self) -> dict[str, str]:
         if self._removed is None:
