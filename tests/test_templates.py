@@ -17,6 +17,8 @@ import logging
 import os
 import random
 import re
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,8 +26,10 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
+import jinja2
 import pytest
 import pytest_asyncio
+import yaml
 
 from bot.clock import SystemClock
 from bot.config import FeedConfig, FetchConfig
@@ -40,13 +44,14 @@ from bot.render import (
     MAX_MESSAGE_BYTES,
     MIN_MESSAGE_BYTES,
     check_template,
+    compile_template,
     message_size,
     message_text,
     render_entry,
     sanitize_html,
 )
 from bot.store import Store
-from bot.templates import BUILTIN_TEMPLATES
+from bot.templates import BUILTIN_TEMPLATES, TemplateLimitError
 from bot.testing import FeedServer
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -407,13 +412,135 @@ def test_a_template_writing_nothing_for_an_entry_falls_back(
 
 
 def test_a_runaway_template_is_stopped_and_cut() -> None:
-    source = "{% for i in range(100000) %}<p>{{ content }}</p>{% endfor %}"
+    source = "{% for i in range(10000) %}<p>{{ content }}</p>{% endfor %}"
     started = time.perf_counter()
     message = render_entry(entry(), template=source, language="fr")
     assert time.perf_counter() - started < 5
     assert message_size(message) <= DEFAULT_MAX_MESSAGE_BYTES
     assert message.body.endswith("\n\nhttps://interhop.org/2025/12/22/goupile")
     assert_well_formed(message.html)
+
+
+# --- templates that would eat the machine (issue 10, case 6) -------------------------------
+
+# Each one is refused by check-config, quickly and in little memory, with the reason.
+HOSTILE_TEMPLATES = {
+    "multiply": ("{{ 'a' * 10**8 }}", "'*' would make a value of 100,000,000 characters"),
+    "power": ("{{ 10 ** 1000000 }}", "'**' would make a number of about"),
+    "ranges": ("{% for i in range(100000) %}{% for j in range(100000) %}{{ title }}"
+               "{% endfor %}{% endfor %}", "range() of 100,000 numbers; the limit is 10,000"),
+    "loops": ("{% for i in range(10000) %}{% for j in range(10000) %}{% endfor %}"
+              "{% endfor %}{{ title }}", "the template took more than 1 s to render"),
+    "calls": ("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}"
+              "{{ f(40) }}{{ title }}", "the template took more than 1 s to render"),
+    "doubling": ("{% set s = 'a' * 1000000 %}{% set s = s ~ s %}{% set s = s ~ s %}"
+                 "{{ title }}", "'~' would make a value of 2,000,000 characters"),
+    "width": ("{{ '%1000000000s' | format(title) }}", "has a width over 1,000,000"),
+    "centre": ("{{ title.center(1000000000) }}", "the number 1,000,000,000 is over"),
+}
+
+# check-config in a process of its own, which reports its peak memory.
+_MEASURED_CHECK = """\
+import resource, sys
+from bot.cli import main
+try:
+    code = main(["check-config", "-c", sys.argv[1]])
+finally:
+    print(f"maxrss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _check_config(path: Path) -> tuple[int, str, float, int]:
+    """Exit code, stderr, seconds and peak RSS (KiB) of ``newsbot check-config``."""
+    started = time.monotonic()
+    # The deadline is generous for a busy machine; before the limits the nested loops
+    # ran for hours, so the deadline is what makes such a run fail instead of hang.
+    proc = subprocess.run([sys.executable, "-c", _MEASURED_CHECK, str(path)],
+                          cwd=Path(__file__).parent.parent, capture_output=True,
+                          timeout=120, check=False)
+    elapsed = time.monotonic() - started
+    err = proc.stderr.decode("utf-8")
+    [rss] = re.findall(r"^maxrss=(\d+)$", err, re.MULTILINE)
+    return proc.returncode, err, elapsed, int(rss)
+
+
+def _config(tmp_path: Path, templates: dict[str, str]) -> Path:
+    feeds = [{"name": name, "url": f"https://example.org/{name}.xml",
+              "rooms": ["#news:example.org"], "template": source}
+             for name, source in templates.items()]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({
+        "matrix": {"homeserver": "https://matrix.example.org",
+                   "user_id": "@newsbot:example.org", "access_token": "syt_x",
+                   "device_id": "NEWSBOT"},
+        "storage": {"path": str(tmp_path / "state")},
+        "feeds": [{"name": "fine", "url": "https://example.org/fine.xml",
+                   "rooms": ["#news:example.org"],
+                   "template": "<p>{{ title }} {{ 'x' * 3 }} {{ 2 ** 10 }}</p>"}, *feeds],
+    }, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_check_config_refuses_templates_that_eat_the_machine(tmp_path: Path) -> None:
+    good_code, good_err, _, baseline = _check_config(_config(tmp_path, {}))
+    assert good_code == 0, good_err
+    code, err, elapsed, rss = _check_config(
+        _config(tmp_path, {name: source for name, (source, _) in HOSTILE_TEMPLATES.items()}))
+    assert code == 2, err
+    problems = [line.strip() for line in err.splitlines() if line.startswith("  ")]
+    assert len(problems) == len(HOSTILE_TEMPLATES), problems
+    for (name, (_, detail)), problem in zip(HOSTILE_TEMPLATES.items(), problems, strict=True):
+        index = list(HOSTILE_TEMPLATES).index(name) + 1  # feeds[0] is the fine one
+        assert f": feeds[{index}].template: line 1 of the template: " in problem, problem
+        assert detail in problem, problem
+    # Bounds for a busy machine: the two time budgets are 1 s each; 'a' * 10**8 alone
+    # took 4 s and 380 MiB when it was computed at compile time.
+    assert elapsed < 60
+    assert rss - baseline < 64 * 1024, (rss, baseline)
+
+
+# "ranges" and "calls" ran for hours without the limits: in-process, such a test could
+# only hang, so the check-config test above (a process with a deadline) covers them.
+@pytest.mark.parametrize("name", [n for n in HOSTILE_TEMPLATES if n not in ("ranges", "calls")])
+def test_hostile_templates_are_stopped_at_post_time_too(
+        name: str, caplog: pytest.LogCaptureFixture) -> None:
+    # A template that passed an older check must not take the bot down when it runs:
+    # it stops at its limit and the item goes out with the default template.
+    source, detail = HOSTILE_TEMPLATES[name]
+    caplog.set_level(logging.WARNING, logger="bot")
+    started = time.monotonic()
+    message = render_entry(entry(), template=source, language="fr", feed="hostile")
+    assert time.monotonic() - started < 30
+    assert message == render_entry(entry(), language="fr")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("feed hostile: its template failed on entry urn:1 (line 1: ")
+    assert detail in warning
+
+
+def test_a_render_stops_at_its_budget() -> None:
+    compiled = compile_template("{% for i in range(10000) %}{% for j in range(10000) %}"
+                                "{% endfor %}{% endfor %}{{ title }}")
+    started = time.monotonic()
+    with pytest.raises(TemplateLimitError, match="more than 0.2 s to render"):
+        compiled.render({"title": "t"}, max_chars=1000, seconds=0.2)
+    assert time.monotonic() - started < 20     # stopped, not run to its end (minutes)
+
+
+@pytest.mark.parametrize("source", [
+    "{{ 'ab' * 3 }}{{ 3 * 'ab' }}{{ 2 ** 64 }}{{ 2.5 ** 2 }}{{ [1] * 3 }}{{ 7 * 6 }}",
+    "{{ title + '!' }}{{ [1, 2] + [3] }}{{ 1 + 2 }}{{ '%05d|%-4s|%.2f' % (7, 'x', 1.5) }}",
+    "{{ '{:>6}|{:.1f}'.format('x', 2.25) }}{{ '%s, %s' | format('a', 'b') }}",
+    "{% for i in range(3) %}{{ loop.index }}/{{ loop.length }}{% if loop.last %}.{% endif %}"
+    "{% else %}none{% endfor %}{{ [1, 2, 3] | sum }}{{ title | center(30) }}",
+    "{% for c in categories | sort %}{{ c ~ ';' }}{% endfor %}{{ summary | truncate(50) }}",
+])
+def test_ordinary_operations_are_unaffected(source: str) -> None:
+    assert check_template(source) is None
+    fields = {"title": "T", "categories": ("b", "a"), "summary": "s"}
+    output, cut = compile_template(source).render(fields, max_chars=10_000)
+    reference = jinja2.Environment().from_string(source).render(fields)
+    assert (output, cut) == (reference, False)
 
 
 # --- the plain body, derived ---------------------------------------------------------
