@@ -31,9 +31,9 @@ from bot.transport.base import DELIVERY_KEY_FIELD
 
 log = logging.getLogger(__name__)
 
-# An entry's HTML beyond this is cut before rendering: a message holds at most 64 KiB
-# anyway, and sanitising megabytes of one entry would only cost time.
-MAX_ENTRY_HTML = 512 * 1024
+# An entry's HTML beyond this is cut before rendering: a message shows at most 40 KiB
+# (then "read more"), and sanitising megabytes of one entry would only cost time.
+MAX_ENTRY_HTML = 128 * 1024
 # A poll's rendering stops after this much time; the rest waits for the next poll.
 PLAN_BUDGET_SECONDS = 20.0
 

@@ -116,3 +116,10 @@ async def _scenario(synapse: SynapseServer, feed_server: FeedServer, feed_path: 
         added = await ask(moderator, room, bot,
                           f"!news add {with_userinfo(feed_server.url(untitled), 'dora:pw')}")
         assert added.startswith("Added “127-0-0-1”: 127.0.0.1 (1 entries)"), added
+        # The 410 notice every member reads names the address without credentials.
+        said = [e["content"]["body"] for e in await reader.messages(room, sender=bot.user_id)]
+        gone = [b for b in said if "410" in b or feed_server.url(gone_path) in b]
+        assert gone, said
+        for body in said:
+            for hidden in ("hunter2", "eve:", "s3cr", "secret", "bob:"):
+                assert hidden not in body, (hidden, body)

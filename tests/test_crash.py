@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,14 @@ async def assert_exactly_once(alice: MemberClient, rooms: list[str], bot: Regist
         assert titles == expected_titles, f"room {room}: duplicates or losses"
 
 
+async def wait_until_ready(process: BotProcess, starts: int, timeout: float = 60) -> None:
+    """Until the log says the bot started for the ``starts``-th time."""
+    deadline = time.monotonic() + timeout
+    while process.log().count("watching ") < starts:
+        assert time.monotonic() < deadline, "the bot did not start"
+        await asyncio.sleep(0.05)
+
+
 async def test_kill_9_at_random_points_over_many_cycles(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
         new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
@@ -54,12 +63,16 @@ async def test_kill_9_at_random_points_over_many_cycles(
     assert await process.terminate() == 0
     rng = random.Random(20261128)
     cycles = 24
-    for _ in range(cycles):
+    for cycle in range(cycles):
         process = BotProcess(config_path, bot, tmp_path / "bot.log")
         await process.start()
+        # Killed at a random point of its work, counted from when it is ready: on a busy
+        # machine a process can take seconds to start, and a kill before that tests
+        # nothing (and would let every item pile up for one last poll).
+        await wait_until_ready(process, cycle + 2)
         published += 3                           # three new items for three rooms
         feed_server.set_feed(feed_path, all_items[-published:])
-        await asyncio.sleep(rng.uniform(0.6, 2.2))
+        await asyncio.sleep(rng.uniform(0.0, 1.6))
         process.kill9()
         await process.wait()
     process = BotProcess(config_path, bot, tmp_path / "bot.log")

@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from bot.config import Config, RoomConfig, load_config_text
 from bot.errors import ConfigError
-from bot.model import Delivery
+from bot.model import Delivery, DeliveryKind
 from bot.rooms import (
     RoomManager,
     RoomReport,
@@ -575,14 +575,14 @@ async def test_only_the_newest_feed_item_is_pinned(tmp_path: Path) -> None:
     manager = RoomManager(config, cast(Transport, transport), store)
     room = "#actus:example.org"
 
-    def delivery(entry_id: str, **content: Any) -> Delivery:
-        return Delivery("k", "news", entry_id, room, {"msgtype": "m.notice", **content})
+    def delivery(entry_id: str, kind: DeliveryKind = "item", **content: Any) -> Delivery:
+        return Delivery("k", "news", entry_id, room, {"msgtype": "m.notice", **content},
+                        kind=kind, subject=entry_id)
 
     # Not issues: a notice of newsbot's, an edit of an earlier item, a separate image.
-    await manager.on_delivered(delivery("newsbot:gone:https://x/feed"), "!r", "$1")
-    await manager.on_delivered(delivery("e1", **{"m.relates_to": {"rel_type": "m.replace"}}),
-                               "!r", "$2")
-    await manager.on_delivered(delivery("e1", msgtype="m.image"), "!r", "$3")
+    await manager.on_delivered(delivery("newsbot:gone:https://x/feed", "notice"), "!r", "$1")
+    await manager.on_delivered(delivery("e1", "edit"), "!r", "$2")
+    await manager.on_delivered(delivery("e1", "image", msgtype="m.image"), "!r", "$3")
     # A newer item is about to be posted: it will be the one pinned.
     store.ensure_feed("news", "https://x/feed")
     store.record_poll(PollOutcome(

@@ -35,6 +35,7 @@ from bot.store import (
     Store,
 )
 from bot.store.sqlite import RECENT_PER_FEED
+from bot.urls import url_for_members
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +272,8 @@ class FeedPoller:
         notices = []
         for room in feed.rooms:
             language = self._room_language(room) or self._language
-            body = text("feed_gone", language, name=feed.name, url=url)
+            # Every member reads it: the address without credentials or query string.
+            body = text("feed_gone", language, name=feed.name, url=url_for_members(url))
             html_body = html.escape(body, quote=False)
             entry_id = f"newsbot:gone:{url}"
             key = delivery_key(feed.name, entry_id, room)
