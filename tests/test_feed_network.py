@@ -304,7 +304,9 @@ async def test_trickle_stopped_by_total_deadline(
     feed_server.set_handler(feed_path, trickle_handler())
     poller = rig.poller("slow", feed_server.url(feed_path), interval=60)
     delay, elapsed = await timed(poller.poll_once())
-    assert 1.4 < elapsed < 2.5, elapsed  # the 1.5 s total deadline, not the 8 s body
+    # The 1.5 s total deadline, not the 8 s body (generous for a busy machine: the
+    # message below names the deadline that fired).
+    assert 1.4 < elapsed < 6, elapsed
     assert delay == 60  # the first failure waits one interval
     assert warnings_for(caplog, "slow") == [
         failure_line("slow", "timed out after 1.5 s", 1, 60)]
@@ -317,7 +319,9 @@ async def test_connect_timeout(rig: Rig, caplog: pytest.LogCaptureFixture) -> No
     with unanswered_port() as port:
         poller = rig.poller("blackhole", f"http://127.0.0.1:{port}/feed", interval=60)
         delay, elapsed = await timed(poller.poll_once())
-    assert 0.4 < elapsed < 1.4, elapsed  # connect_timeout 0.5 s, before the 1.5 s deadline
+    # connect_timeout 0.5 s, before the 1.5 s deadline: the message says which fired,
+    # so the upper bound is only a generous one for a busy machine.
+    assert 0.4 < elapsed < 6, elapsed
     error = "connection to 127.0.0.1 timed out after 0.5 s"
     assert warnings_for(caplog, "blackhole") == [failure_line("blackhole", error, 1, 60)]
     assert_failed(rig, "blackhole", delay, failures=1, error=error)
@@ -695,8 +699,13 @@ async def test_failing_feed_never_affects_another(
                 feed_server.set_feed(healthy_path, items)
                 broken = rig.poller("broken", url, interval=60)
                 rig.clock.advance(60)
-                (_, (good_delay, good_time)) = await asyncio.gather(
-                    broken.poll_once(), timed(healthy.poll_once()))
+                broken_poll = asyncio.create_task(broken.poll_once())
+                good_delay = await healthy.poll_once()
+                # Not held up by the other: the healthy poll ends while the trickling
+                # one is still waiting for its 1.5 s deadline (an order, not a speed).
+                if error == "timed out after 1.5 s":
+                    assert not broken_poll.done(), url
+                await broken_poll
 
                 assert [line for line in warnings_for(caplog, "broken")
                         if error in line] == warnings_for(caplog, "broken"), url
@@ -706,7 +715,6 @@ async def test_failing_feed_never_affects_another(
                 assert warnings_for(caplog, "healthy") == [], url
                 assert rig.enqueued == [["!healthy:test"]], url
                 assert 54 <= good_delay <= 60, url
-                assert good_time < 1.0, (url, good_time)  # not held up by the other
                 state = rig.state("healthy")
                 assert (state.failures, state.last_error) == (0, None), url
                 assert rig.store.pending_count("!healthy:test") == round_no, url

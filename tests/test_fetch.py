@@ -249,7 +249,9 @@ async def test_trickle_stopped_by_total_deadline(srv: FeedServer) -> None:
         error = await fetch_error(fetcher, srv.url("/trickle"))
         elapsed = time.monotonic() - start
     assert str(error) == "timed out after 1.5 s"
-    assert 1.4 < elapsed < 3.0
+    # Not before the deadline; the upper bound only needs to be well below the 20 s
+    # body, with room for a busy machine (the message already names the deadline).
+    assert 1.4 < elapsed < 10
 
 
 async def test_connection_refused(local: Fetcher) -> None:
