@@ -22,7 +22,7 @@ from bot.commands import CommandRunner, FeedView
 from bot.config import Config, FeedConfig
 from bot.delivery import Deliverer
 from bot.errors import TransportError
-from bot.feeds.fetch import Fetcher
+from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.poller import FeedPoller
 from bot.media import MediaResolver
 from bot.metrics import Metrics
@@ -191,10 +191,13 @@ class App:
         # A name that ever had state keeps it (seen entries): never reuse one.
         return name in self._feeds or self.store.feed_state(name) is not None
 
-    def add_room_feed(self, feed: RoomFeed) -> None:
+    def add_room_feed(self, feed: RoomFeed, first: FetchResult | None = None) -> None:
+        """Start a feed added by command. ``first``: the body the command read; it is the
+        feed's first sight, so what the command reported is exactly what is marked seen
+        (an entry published a second later is new)."""
         self.store.add_room_feed(feed)
         log.info("feed %s added to %s by %s: %s", feed.name, feed.room, feed.added_by, feed.url)
-        self._start_feed(self._room_feed_config(feed), from_config=False)
+        self._start_feed(self._room_feed_config(feed), from_config=False, first=first)
 
     def remove_room_feed(self, name: str) -> None:
         task = self._poller_tasks.pop(name, None)
@@ -211,14 +214,15 @@ class App:
     def _room_language(self, ref: str) -> str | None:
         return self.store.room_language(self._room_ids.get(ref, ref))
 
-    def _start_feed(self, feed: FeedConfig, *, from_config: bool) -> None:
+    def _start_feed(self, feed: FeedConfig, *, from_config: bool,
+                    first: FetchResult | None = None) -> None:
         assert self._tasks is not None and self._fetcher is not None
         self._feeds[feed.name] = (feed, from_config)
         poller = FeedPoller(feed, store=self.store, fetcher=self._fetcher, clock=self.clock,
                             fetch_config=self.config.fetch, language=self.config.language,
                             limiter=self._limiter, on_enqueued=self._enqueued,
                             room_language=self._room_language)
-        self._poller_tasks[feed.name] = self._tasks.create_task(poller.run(),
+        self._poller_tasks[feed.name] = self._tasks.create_task(poller.run(first),
                                                                 name=f"poll {feed.name}")
         for room in feed.rooms:
             self._start_worker(room)

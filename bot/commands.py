@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from bot.clock import Clock
 from bot.config import Config, FeedConfig, parse_duration
 from bot.errors import FeedError, RateLimitedError, TemporaryTransportError, TransportError
-from bot.feeds.fetch import Fetcher
+from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
 from bot.i18n import format_duration, format_time, text
 from bot.metrics import count_readers
@@ -83,7 +83,7 @@ class FeedBook(Protocol):
 
     def may_add_feeds(self, room_id: str) -> bool: ...
 
-    def add_room_feed(self, feed: RoomFeed) -> None: ...
+    def add_room_feed(self, feed: RoomFeed, first: FetchResult | None = None) -> None: ...
 
     def remove_room_feed(self, name: str) -> None: ...
 
@@ -462,7 +462,7 @@ class CommandRunner:
         self._book.add_room_feed(RoomFeed(
             name=name, url=result.permanent_url or url, room=message.room_id,
             interval=self._commands.default_interval, added_by=message.sender,
-            added_at=self._clock.now()))
+            added_at=self._clock.now()), first=result)
         title = parsed.title or urlsplit(url).hostname or ""
         return Reply(text("added", lang, name=name, title=title[:200],
                           count=len(parsed.entries)))

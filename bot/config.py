@@ -130,6 +130,7 @@ class FeedConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     images: str = "inline"                      # inline | separate (an m.image) | off
     on_update: str = "edit"                     # edit the posted message, or ignore
+    max_edits: int = 5                          # edits per item, then corrections are logged
     public: bool = False                        # open to personal subscriptions by DM
 
 
@@ -247,7 +248,7 @@ _FETCH_KEYS = ("allow_private_networks", "timeout", "connect_timeout", "max_body
                "concurrency", "max_backoff")
 _FEED_KEYS = ("name", "url", "rooms", "interval", "backfill", "max_per_poll", "msgtype",
               "language", "template", "template_file", "content", "summary_length",
-              "max_message_bytes", "images", "on_update", "public")
+              "max_message_bytes", "images", "on_update", "max_edits", "public")
 _TEMPLATE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 _DEFAULT_INTERVAL = 15 * 60.0
@@ -901,19 +902,21 @@ def _read_feed(r: _Reader, node: Node, index: int,
     max_message_bytes = _read_message_bytes(r, items, node, path)
     images = r.choice(items, node, path, "images", ("inline", "separate", "off"), "inline")
     on_update = r.choice(items, node, path, "on_update", ("edit", "ignore"), "edit")
+    max_edits = r.integer(items, node, path, "max_edits", 5, 0)
     public = r.boolean(items, node, path, "public", False)
 
     # A bad value was reported as a problem, so loading fails whatever is returned here.
     if (name is None or url is None or rooms is None or interval is None or backfill is None
             or max_per_poll is None or msgtype is None or template is None
             or content is None or summary_length is None or max_message_bytes is None
-            or images is None or on_update is None or public is None):
+            or images is None or on_update is None or max_edits is None or public is None):
         return None
     return FeedConfig(name=name, url=url, rooms=rooms, interval=interval[0],
                       backfill=backfill, max_per_poll=max_per_poll, msgtype=msgtype,
                       language=language, template=template, content=content,
                       summary_length=summary_length, max_message_bytes=max_message_bytes,
-                      images=images, on_update=on_update, public=public)
+                      images=images, on_update=on_update, max_edits=max_edits,
+                      public=public)
 
 
 def _read_feeds(r: _Reader, top: dict[str, Node], root: Node) -> tuple[FeedConfig, ...] | None:

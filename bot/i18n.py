@@ -226,6 +226,11 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Your {period} digest: {count} new item(s).",
         "fr": "Votre résumé {period} : {count} nouvel(s) article(s).",
     },
+    "digest_header_part": {
+        "en": "Your {period} digest: {count} new item(s) (part {part} of {parts}).",
+        "fr": "Votre résumé {period} : {count} nouvel(s) article(s) (partie {part} sur "
+              "{parts}).",
+    },
     "archive_header": {"en": "The last issues:", "fr": "Les derniers numéros :"},
     "stats_header": {
         "en": "Readers (members of the feed's rooms, plus personal subscribers):",

@@ -15,18 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import logging
 import re
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from bot.clock import Clock
-from bot.config import Config, FeedConfig
+from bot.config import Config
 from bot.delivery import event_content
 from bot.errors import TransportError
 from bot.i18n import format_time, text
-from bot.model import Entry, Message, delivery_key
-from bot.render import format_date, render_entry
+from bot.model import Message, delivery_key
+from bot.render import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    bounded_title,
+    clean_link,
+    format_date,
+    link_markup,
+)
 from bot.store import DigestItem, NewDelivery, Store
 from bot.transport.base import JoinToPoint, Transport
 
@@ -55,38 +62,6 @@ def personal_words(body: str, prefix: str) -> list[str]:
 def is_forget_me(body: str, prefix: str) -> bool:
     """The whole message, not a sentence that ends with it ("please never forget me")."""
     return [w.casefold() for w in personal_words(body, prefix)] == ["forget", "me"]
-
-
-def personal_deliveries(feed: FeedConfig, entries: Sequence[Entry], feed_title: str | None,
-                        store: Store, default_language: str,
-                        ) -> tuple[list[NewDelivery], list[DigestItem]]:
-    """What a poll's new entries give personal subscribers: a message each, or a line in
-    their next digest."""
-    if not feed.public or not entries:
-        return [], []
-    deliveries: list[NewDelivery] = []
-    digest: list[DigestItem] = []
-    rendered: dict[tuple[str, str], Message] = {}      # (entry id, language): render once
-    for subscriber in store.subscribers_of(feed.name):
-        language = subscriber.language or feed.language or default_language
-        for entry in entries:
-            if subscriber.digest != "off":
-                date = entry.published or entry.updated
-                digest.append(DigestItem(subscriber.user_id, feed.name, entry.entry_id,
-                                         entry.title, entry.link,
-                                         date.timestamp() if date else None))
-                continue
-            message = rendered.get((entry.entry_id, language))
-            if message is None:
-                message = render_entry(entry, feed_title=feed_title, language=language,
-                                       template=feed.template, content=feed.content,
-                                       summary_chars=feed.summary_length,
-                                       max_bytes=feed.max_message_bytes, feed=feed.name)
-                rendered[(entry.entry_id, language)] = message
-            key = delivery_key(feed.name, entry.entry_id, subscriber.dm_room)
-            deliveries.append(NewDelivery(entry.entry_id, subscriber.dm_room, event_content(
-                message, msgtype=feed.msgtype, key=key)))
-    return deliveries, digest
 
 
 class PersonalSubscriptions:
@@ -261,11 +236,9 @@ class PersonalSubscriptions:
         items = self._store.digest_items(user_id)
         if not items:
             return
-        entry_id = f"newsbot:digest:{int(self._clock.now())}"
-        key = delivery_key(DIGEST_FEED, entry_id, dm_room)
-        delivery = NewDelivery(entry_id, dm_room, event_content(
-            _digest_message(items, period, lang), msgtype="m.notice", key=key))
-        rooms = self._store.send_digest(user_id, items, delivery, DIGEST_FEED, 0.0,
+        deliveries = digest_deliveries(items, period, lang, dm_room,
+                                       f"newsbot:digest:{int(self._clock.now())}")
+        rooms = self._store.send_digest(user_id, items, deliveries, DIGEST_FEED, 0.0,
                                         self._clock.now())
         if rooms:
             self._on_enqueued(rooms)
@@ -300,33 +273,75 @@ class PersonalSubscriptions:
             next_due = subscriber.digest_due + period
             while next_due <= now:          # the bot was down: one digest, not a backlog
                 next_due += period
-            delivery = None
-            if items:
-                lang = subscriber.language or self._config.language
-                message = _digest_message(items, subscriber.digest, lang)
-                entry_id = f"newsbot:digest:{int(subscriber.digest_due)}"
-                key = delivery_key(DIGEST_FEED, entry_id, subscriber.dm_room)
-                delivery = NewDelivery(entry_id, subscriber.dm_room, event_content(
-                    message, msgtype="m.notice", key=key))
-            rooms += self._store.send_digest(subscriber.user_id, items, delivery,
+            lang = subscriber.language or self._config.language
+            deliveries = digest_deliveries(items, subscriber.digest, lang, subscriber.dm_room,
+                                           f"newsbot:digest:{int(subscriber.digest_due)}")
+            rooms += self._store.send_digest(subscriber.user_id, items, deliveries,
                                              DIGEST_FEED, next_due, now)
         if rooms:
             self._on_enqueued(rooms)
         return rooms
 
 
-def _digest_message(items: Sequence[DigestItem], period: str, lang: str) -> Message:
-    header = text("digest_header", lang, period=text(f"digest_{period}", lang),
-                  count=len(items))
-    body_lines, html_items = [header, ""], []
-    for item in items:
-        when = format_date(datetime.fromtimestamp(item.published, UTC), lang) \
-            if item.published else ""
-        plain = " — ".join(p for p in (item.title, when, item.link or "") if p)
-        body_lines.append(f"• {plain}")
-        title = html.escape(item.title or text("untitled", lang))
-        if item.link:
-            title = f'<a href="{html.escape(item.link)}">{title}</a>'
-        html_items.append(f"<li>{title}{' — ' + html.escape(when) if when else ''}</li>")
-    return Message("\n".join(body_lines),
-                   f"<p>{html.escape(header)}</p><ul>{''.join(html_items)}</ul>")
+# A digest line shows a link only up to this length (a longer one is a broken or hostile
+# link, not something to cut in half).
+MAX_LINK_CHARS = 2048
+
+
+def digest_deliveries(items: Sequence[DigestItem], period: str, lang: str, room: str,
+                      digest_id: str) -> list[NewDelivery]:
+    """A digest as outbox rows: one message, or several when its items do not fit in
+    one message's byte budget — never an item dropped."""
+    messages = digest_messages(items, period, lang)
+    deliveries = []
+    for number, message in enumerate(messages, start=1):
+        entry_id = digest_id if number == 1 else f"{digest_id}:{number}"
+        deliveries.append(NewDelivery(entry_id, room, event_content(
+            message, msgtype="m.notice", key=delivery_key(DIGEST_FEED, entry_id, room)),
+            kind="digest"))
+    return deliveries
+
+
+def _digest_line(item: DigestItem, lang: str) -> tuple[str, str]:
+    """An item's line: plain text and HTML."""
+    when = format_date(datetime.fromtimestamp(item.published, UTC), lang) \
+        if item.published else ""
+    title = bounded_title(item.title) or text("untitled", lang)
+    link = clean_link(item.link) if item.link and len(item.link) <= MAX_LINK_CHARS else None
+    plain = " — ".join(p for p in (title, when, link or "") if p)
+    markup = link_markup(title, link)
+    return f"• {plain}", f"<li>{markup}{' — ' + html.escape(when) if when else ''}</li>"
+
+
+def digest_messages(items: Sequence[DigestItem], period: str, lang: str, *,
+                    max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[Message]:
+    """The digest's messages, each under ``max_bytes``; with several, each header says
+    which part it is."""
+    lines = [_digest_line(item, lang) for item in items]
+    period_name = text(f"digest_{period}", lang)
+    # Room for the header, counted at its longest (part numbers included).
+    header_room = 2 * len(json.dumps(text("digest_header_part", lang, period=period_name,
+                                          count=len(items), part=len(items),
+                                          parts=len(items))))
+    budget = max_bytes - header_room - 64
+    groups: list[list[tuple[str, str]]] = [[]]
+    size = 0
+    for line in lines:
+        # Counted as message_size counts: in the event's ASCII-escaped JSON.
+        cost = len(json.dumps(line[0])) + len(json.dumps(line[1]))
+        if groups[-1] and size + cost > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(line)
+        size += cost
+    messages = []
+    for number, group in enumerate(groups, start=1):
+        if len(groups) == 1:
+            header = text("digest_header", lang, period=period_name, count=len(items))
+        else:
+            header = text("digest_header_part", lang, period=period_name, count=len(items),
+                          part=number, parts=len(groups))
+        messages.append(Message("\n".join([header, "", *(p for p, _ in group)]),
+                                f"<p>{html.escape(header)}</p><ul>"
+                                f"{''.join(h for _, h in group)}</ul>"))
+    return messages
