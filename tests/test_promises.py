@@ -358,7 +358,10 @@ async def test_heavy_entries_do_not_stall_commands_and_a_deep_entry_does_not_sto
     assert state is not None and state.failures == 0
     # The loop never stood still for long while the heavy entries were rendered.
     assert max(lags) < 0.5, lags
-    assert max(answers) < 1.0 + 1.0, answers   # the reply's own round trip included
+    # Answered within a second (the median; the slowest gets slack for a busy machine,
+    # since the reply's round trip through Synapse is counted too).
+    assert sorted(answers)[len(answers) // 2] < 1.0, answers
+    assert max(answers) < 2.0, answers
 
 
 async def _loop_lag(lags: list[float]) -> None:
