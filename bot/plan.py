@@ -57,8 +57,8 @@ class Snapshot:
     feed: FeedConfig
     feed_title: str | None
     recipients: tuple[Recipient, ...]
-    fingerprints: dict[str, str] = field(default_factory=dict)   # posted entries
-    edit_counts: dict[str, int] = field(default_factory=dict)
+    # Posted entries: id -> (fingerprint of what was posted or last edited, edits so far).
+    posted: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -191,9 +191,10 @@ def _corrections(entries: Sequence[Entry], unseen: set[str], snapshot: Snapshot,
     the pending message, or edits the posted one (at most ``max_edits`` times)."""
     feed = snapshot.feed
     for raw in entries:
-        stored = snapshot.fingerprints.get(raw.entry_id)
-        if raw.entry_id in unseen or stored is None:
+        known = snapshot.posted.get(raw.entry_id)
+        if raw.entry_id in unseen or known is None:
             continue
+        stored, edits = known
         if time.monotonic() > deadline:
             return          # the next poll sees the same difference
         entry = bounded(raw)
@@ -204,7 +205,6 @@ def _corrections(entries: Sequence[Entry], unseen: set[str], snapshot: Snapshot,
             result.changed.append((entry.entry_id, fp))
             if feed.on_update != "edit":
                 continue
-            edits = snapshot.edit_counts.get(entry.entry_id, 0)
             if edits >= feed.max_edits:
                 log.warning("feed %s: entry %s changed again after %d edits; its messages "
                             "are no longer edited (max_edits)", feed.name,

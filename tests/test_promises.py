@@ -36,6 +36,7 @@ from bot.testing import (
     MemberClient,
     MemberFactory,
     NewUserFactory,
+    RegisteredUser,
     SynapseServer,
 )
 from tests.botkit import InProcessBot, bot_config, load, write_config
@@ -61,6 +62,17 @@ async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float = 
     while not await condition():
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(step)
+
+
+async def subscribed(reader: MemberClient, bot: RegisteredUser) -> str:
+    """A private conversation with the bot, subscribed to every public feed."""
+    dm = await open_dm(reader, bot)
+
+    async def joined() -> bool:
+        return bot.user_id in await reader.joined_members(dm)
+    await wait_until(joined)
+    assert (await say(reader, dm, bot, "subscribe")).startswith("Abonnement")
+    return dm
 
 
 # -- 8. corrections --------------------------------------------------------------------
@@ -190,12 +202,7 @@ async def test_a_digest_of_150_items_and_a_huge_title_reaches_the_subscriber_onc
     clock = OffsetClock()
     app, task = await start(config, clock)
     try:
-        dm = await open_dm(reader, bot)
-
-        async def joined() -> bool:
-            return bot.user_id in await reader.joined_members(dm)
-        await wait_until(joined)
-        assert (await say(reader, dm, bot, "subscribe")).startswith("Abonnement")
+        dm = await subscribed(reader, bot)
         assert await say(reader, dm, bot, "digest daily") == "Résumé : quotidien."
         many = [item(n, title=f"Article {n:03d} : " + "une actualité de la santé " * 4,
                      link=f"http://127.0.0.1/2025/{n}/article-{n}") for n in range(150)]
@@ -248,12 +255,7 @@ async def test_personal_subscribers_get_the_items_image(
                 "public": True}])), bot)
     app, task = await start(config)
     try:
-        dm = await open_dm(reader, bot)
-
-        async def joined() -> bool:
-            return bot.user_id in await reader.joined_members(dm)
-        await wait_until(joined)
-        assert (await say(reader, dm, bot, "subscribe")).startswith("Abonnement")
+        dm = await subscribed(reader, bot)
         feed_server.set_feed(feed_path, [item(1, summary=f'<p><img src="{image_url}"> '
                                                          'Avec une photo.</p>')])
         in_room = (await owner.wait_for_messages(room, 1, sender=bot.user_id))[0]

@@ -261,9 +261,8 @@ class FeedPoller:
                 digest_user=subscriber.user_id if subscriber.digest != "off" else None)
                 for subscriber in self._store.subscribers_of(feed.name)]
         known = [e.entry_id for e in entries if e.entry_id not in unseen]
-        fingerprints = self._store.fingerprints(feed.name, known)
-        return Snapshot(feed, feed_title, tuple(recipients), fingerprints,
-                        self._store.edit_counts(feed.name, fingerprints))
+        return Snapshot(feed, feed_title, tuple(recipients),
+                        self._store.posted(feed.name, known))
 
     def _gone(self, url: str, now: float) -> None:
         """410 Gone: the publisher says the feed will not come back. Stop, and tell the

@@ -411,19 +411,6 @@ class Store:
                       "entry_id = ?", [(feed, entry_id) for entry_id in edited])
         return self._enqueue(c, feed, edits, now)
 
-    def edit_counts(self, feed: str, entry_ids: Iterable[str]) -> dict[str, int]:
-        """How many times each posted entry was edited."""
-        ids = list(dict.fromkeys(entry_ids))
-        found: dict[str, int] = {}
-        with self._guard():
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                found.update(self._conn.execute(
-                    f"SELECT entry_id, edits FROM posted_entry WHERE feed = ? "
-                    f"AND entry_id IN ({marks})", (feed, *chunk)).fetchall())
-        return found
-
     def record_failure(self, feed: str, error: str, *, now: float, next_fetch: float) -> int:
         """Store a failed poll; returns the number of consecutive failures."""
         with self._guard(), self._transaction() as c:
@@ -529,16 +516,19 @@ class Store:
                             "AND first_attempt_at IS NULL" + where, params)
         return cur.rowcount > 0
 
-    def fingerprints(self, feed: str, entry_ids: Iterable[str]) -> dict[str, str]:
+    def posted(self, feed: str, entry_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """Of these entries, the posted ones: entry id -> (fingerprint of what was posted
+        or last edited, how many times it was edited)."""
         ids = list(dict.fromkeys(entry_ids))
-        found: dict[str, str] = {}
+        found: dict[str, tuple[str, int]] = {}
         with self._guard():
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                found.update(self._conn.execute(
-                    f"SELECT entry_id, fingerprint FROM posted_entry WHERE feed = ? "
-                    f"AND entry_id IN ({marks})", (feed, *chunk)).fetchall())
+                found.update((entry_id, (fp, edits)) for entry_id, fp, edits in
+                             self._conn.execute(
+                                 f"SELECT entry_id, fingerprint, edits FROM posted_entry "
+                                 f"WHERE feed = ? AND entry_id IN ({marks})", (feed, *chunk)))
         return found
 
     # -- personal subscriptions ----------------------------------------------------------
