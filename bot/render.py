@@ -19,18 +19,20 @@ import html
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from html.parser import HTMLParser
 from typing import Literal
-from urllib.parse import urlsplit
 
 import nh3
 from jinja2 import TemplateRuntimeError, pass_context
 from jinja2.runtime import Context
 from markupsafe import Markup
 
+from .clean import TITLE_CHARS, bounded_title, clean_link, defang_text
+from .clean import cut_text as _cut
 from .i18n import LANGUAGES, MESSAGES, text
 from .model import Entry, Message
 from .templates import (
@@ -43,9 +45,10 @@ from .templates import (
 
 __all__ = [
     "CONTENT_MODES", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_SUMMARY_LENGTH", "FIELDS",
-    "MAX_MESSAGE_BYTES", "MIN_MESSAGE_BYTES", "check_template", "compile_template",
-    "entry_fields", "fit_message", "format_date", "html_to_text", "message_size",
-    "message_text", "render_entry", "sanitize_html",
+    "MAX_DEPTH", "MAX_MESSAGE_BYTES", "MIN_MESSAGE_BYTES", "TITLE_CHARS", "bounded_title",
+    "check_template", "clean_link", "compile_template", "entry_fields", "fit_message",
+    "format_date", "html_to_text", "link_markup", "message_size", "message_text",
+    "render_entry", "safe_event_content", "safe_state_content", "sanitize_html",
 ]
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,12 @@ _COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
 _CODE_CLASS_RE = re.compile(r"language-[A-Za-z0-9_+#.-]+")
 
 
+# What an outgoing message may show besides: an image from the homeserver's media
+# repository (mxc:// only; images: inline puts one after the title).
+_IMAGE_ATTRIBUTES = {"src", "alt", "title", "width", "height"}
+_WEB_SCHEME_RE = re.compile(r"[\x00-\x20]*https?:", re.IGNORECASE)
+
+
 def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
     # Colours are spec'd as #RRGGBB; anything else is at best ignored by clients.
     if attr in ("data-mx-color", "data-mx-bg-color", "color"):
@@ -85,31 +94,38 @@ def _filter_attribute(tag: str, attr: str, value: str) -> str | None:
         return " ".join(kept) or None
     if tag == "ol" and attr == "start":
         return value.strip() if value.strip().isdigit() else None
+    if tag == "img":
+        if attr == "src":
+            return value if value.startswith("mxc://") else None
+        if attr in ("width", "height"):
+            return value if value.isdigit() and len(value) <= 5 else None
+        return value
+    if attr == "href" and _WEB_SCHEME_RE.match(value):
+        # nh3 has checked the scheme; the one link cleaner has the last word on web
+        # addresses (encoding, length). Relative ones are resolved by nh3 afterwards.
+        return clean_link(value)
     return value
 
 
 def _is_web_url(url: str | None) -> bool:
-    if not url:
-        return False
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    return clean_link(url) is not None
 
 
 # Keyed by base URL, which is mostly each entry's own link: a small cache is enough
-# (the no-base cleaner is the one reused) and keeps memory flat over months.
+# (the no-base cleaners are the ones reused) and keeps memory flat over months.
 @lru_cache(maxsize=16)
-def _cleaner(base_url: str | None) -> nh3.Cleaner:
+def _cleaner(base_url: str | None, images: bool = False) -> nh3.Cleaner:
     relative: Literal["deny"] | tuple[Literal["rewrite_with_base"], str] = "deny"
     if base_url is not None and _is_web_url(base_url):
         relative = ("rewrite_with_base", base_url)
+    attributes = dict(_ALLOWED_ATTRIBUTES)
+    if images:
+        attributes["img"] = _IMAGE_ATTRIBUTES
     try:
         return nh3.Cleaner(
-            tags=set(ALLOWED_TAGS),
+            tags=set(ALLOWED_TAGS | {"img"} if images else ALLOWED_TAGS),
             clean_content_tags=_CLEAN_CONTENT_TAGS,
-            attributes=_ALLOWED_ATTRIBUTES,
+            attributes=attributes,
             attribute_filter=_filter_attribute,
             url_schemes=_URL_SCHEMES,
             link_rel=None,
@@ -117,15 +133,205 @@ def _cleaner(base_url: str | None) -> nh3.Cleaner:
         )
     except ValueError:
         # A base URL that only looks valid to urlsplit: drop relative links instead.
-        return _cleaner(None)
+        return _cleaner(None, images)
 
 
-def sanitize_html(html: str, *, base_url: str | None = None) -> str:
-    """Keep only the Matrix-suggested tags/attributes and safe links.
+def sanitize_html(html: str, *, base_url: str | None = None, images: bool = False) -> str:
+    """Keep only the Matrix-suggested tags/attributes and safe links: the one sanitiser,
+    for feed HTML, templates' output and, at sending, every message (``images``: that
+    message may show an mxc:// image).
 
     Relative links are resolved against ``base_url`` (an http(s) URL), else removed.
+    Elements nested deeper than ``MAX_DEPTH`` are flattened (their text kept).
     """
-    return _cleaner(base_url).clean(html).strip()
+    if html.count("<") > MAX_DEPTH and _raw_depth(html) > MAX_DEPTH:
+        html = _flatten_raw(html)
+    return _flatten_clean(_cleaner(base_url, images).clean(html).strip())
+
+
+# --- nesting depth ------------------------------------------------------------------------
+#
+# Deeper than any article's structure. Past it, elements are flattened (their text kept):
+# html5ever (inside nh3) spends time quadratic in the depth (100,000 nested <div>: 80 s),
+# clients render nested tags recursively, and so do the walks below (a few frames a level).
+MAX_DEPTH = 100
+
+# A tokenizer for feed HTML as html5ever reads it, for one purpose: an upper bound of the
+# depth html5ever would build, in one linear pass, so that only deep documents are
+# rewritten (what html5ever sees of an ordinary one stays byte for byte the same).
+_RAW_TOKEN_RE = re.compile(r"""
+    <!--(?:-?>|.*?--!?>|.*)                                 # a comment, ended as html5ever does
+  | <([A-Za-z][^\s/>]*)                                    # a start tag, its attributes:
+    (?:[^>"'=]|=\s*+(?:"[^"]*+"?|'[^']*+'?|[^\s>]*+)|["'])*+>?   # a quoted value may hold ">"
+  | </([A-Za-z][^\s/>]*)[^>]*+>?                            # an end tag
+  | <[!?/][^>]*+>?                                          # a doctype, a bogus comment
+""", re.VERBOSE | re.DOTALL)
+_RAW_TEXT_TAGS = frozenset({"script", "style", "xmp", "iframe", "noembed", "noframes",
+                            "noscript", "textarea", "title", "plaintext"})
+_VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+                   "param", "source", "track", "wbr", "basefont", "bgsound", "frame",
+                   "keygen", "image"})
+_FORMATTING = frozenset({"a", "b", "big", "code", "em", "font", "i", "nobr", "s", "small",
+                         "strike", "strong", "tt", "u"})
+# html5ever's "special" elements: an end tag never closes past them, except its own.
+_SPECIAL = frozenset({
+    "address", "applet", "article", "aside", "blockquote", "body", "button", "caption",
+    "center", "colgroup", "dd", "details", "dir", "div", "dl", "dt", "fieldset",
+    "figcaption", "figure", "footer", "form", "frameset", "h1", "h2", "h3", "h4", "h5", "h6",
+    "head", "header", "hgroup", "html", "iframe", "li", "listing", "main", "marquee", "menu",
+    "nav", "noembed", "noframes", "noscript", "object", "ol", "p", "plaintext", "pre",
+    "script", "search", "section", "select", "style", "summary", "table", "tbody", "td",
+    "template", "textarea", "tfoot", "th", "thead", "title", "tr", "ul", "xmp", "svg",
+    "math",
+})
+# Start tags that close an open <p> (and so never nest in one).
+_CLOSES_P = frozenset({
+    "address", "article", "aside", "blockquote", "center", "details", "dialog", "dir",
+    "div", "dl", "fieldset", "figcaption", "figure", "footer", "header", "hgroup", "main",
+    "menu", "nav", "ol", "p", "search", "section", "summary", "ul", "h1", "h2", "h3", "h4",
+    "h5", "h6", "pre", "listing", "form", "hr", "table", "xmp", "li", "dd", "dt",
+})
+_SIBLINGS = {"li": ("li",), "dt": ("dt", "dd"), "dd": ("dt", "dd"), "td": ("td", "th"),
+             "th": ("td", "th"), "tr": ("tr", "td", "th"), "option": ("option",)}
+
+
+class _DepthTracker:
+    """html5ever's stack of open elements, over-estimated: it pops only where html5ever
+    surely does (a misnested end tag closes nothing here), so its depth is an upper bound."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+
+    def start(self, name: str) -> bool:
+        """True when the element stays open (it is not void)."""
+        stack = self.stack
+        if stack and stack[-1] == "p" and name in _CLOSES_P:
+            stack.pop()
+        siblings = _SIBLINGS.get(name)
+        while siblings and stack and stack[-1] in siblings:
+            stack.pop()
+        if name in _VOID:
+            return False
+        stack.append(name)
+        return True
+
+    def end(self, name: str) -> None:
+        stack = self.stack
+        for i in range(len(stack) - 1, -1, -1):
+            if stack[i] == name:
+                if name in _FORMATTING and i != len(stack) - 1 and \
+                        any(tag in _SPECIAL for tag in stack[i + 1:]):
+                    return  # the adoption agency keeps those blocks open
+                del stack[i:]
+                return
+            if stack[i] in _SPECIAL:
+                return
+
+
+def _raw_tokens(html: str) -> Iterator[tuple[re.Match[str], str | None, str | None]]:
+    """(match, start tag name, end tag name) for each tag of raw HTML, in order."""
+    pos = 0
+    while (match := _RAW_TOKEN_RE.search(html, pos)) is not None:
+        pos = match.end()
+        start, end = match.group(1), match.group(2)
+        yield match, start.lower() if start else None, end.lower() if end else None
+        if start and start.lower() in _RAW_TEXT_TAGS:
+            # Its text is no markup: go on after its end tag (or to the end).
+            close = re.compile(rf"</{re.escape(start)}[\s/>]", re.IGNORECASE).search(html, pos)
+            pos = close.start() if close else len(html)
+
+
+def _raw_depth(html: str) -> int:
+    """An upper bound of the depth of ``html``, or ``MAX_DEPTH + 1`` once it is over."""
+    tracker = _DepthTracker()
+    for _, start, end in _raw_tokens(html):
+        if start:
+            tracker.start(start)
+            if len(tracker.stack) > MAX_DEPTH:
+                return MAX_DEPTH + 1
+        elif end:
+            tracker.end(end)
+    return len(tracker.stack)
+
+
+def _flatten_raw(html: str) -> str:
+    """``html`` without the tags that would open an element past ``MAX_DEPTH`` (and
+    their end tags); a block dropped so leaves a line break."""
+    tracker = _DepthTracker()
+    dropped: dict[str, int] = {}
+    out = _Splicer(html)
+    for match, start, end in _raw_tokens(html):
+        if start and start not in _VOID and len(tracker.stack) >= MAX_DEPTH:
+            dropped[start] = dropped.get(start, 0) + 1
+        elif end and dropped.get(end):
+            dropped[end] -= 1
+        else:
+            if start:
+                tracker.start(start)
+            elif end:
+                tracker.end(end)
+            continue
+        out.drop(match, start or end or "")
+    return out.result()
+
+
+class _Splicer:
+    """``html`` with some tags taken out: a block's leaves one line break per run."""
+
+    def __init__(self, html: str) -> None:
+        self.html = html
+        self.parts: list[str] = []
+        self.pos = 0
+        self.broken_at = -1         # where the last line break put in for a block ends
+
+    def drop(self, match: re.Match[str], tag: str) -> None:
+        between = self.html[self.pos:match.start()]
+        self.parts.append(between)
+        if tag in _BLOCK_TAGS and not (self.broken_at == self.pos
+                                       and not between.strip(_ASCII_WS)):
+            self.parts.append("<br>")
+            self.broken_at = match.end()
+        elif self.broken_at == self.pos:
+            self.broken_at = match.end()
+        self.pos = match.end()
+
+    def result(self) -> str:
+        return "".join(self.parts) + self.html[self.pos:]
+
+
+# The sanitiser's own output is canonical: attributes double-quoted, "<" escaped in text.
+_CLEAN_TAG_RE = re.compile(r'<(/?)([a-z][a-z0-9]*)(?:\s[^\s"=>]+(?:="[^"]*")?)*\s*/?>')
+
+
+def _flatten_clean(html: str) -> str:
+    """Sanitised HTML with no element deeper than ``MAX_DEPTH`` (exact: it is well formed)."""
+    if html.count("<") <= 2 * MAX_DEPTH:
+        return html
+    depth = deepest = 0
+    for match in _CLEAN_TAG_RE.finditer(html):
+        if match.group(1):
+            depth -= 1
+        elif match.group(2) not in _VOID:
+            depth += 1
+            deepest = max(deepest, depth)
+    if deepest <= MAX_DEPTH:
+        return html
+    kept: list[bool] = []          # per open element: written or dropped
+    out = _Splicer(html)
+    for match in _CLEAN_TAG_RE.finditer(html):
+        closing, tag = match.group(1), match.group(2)
+        if closing:
+            if not kept or kept.pop():
+                continue
+        elif tag in _VOID:
+            continue
+        elif len(kept) < MAX_DEPTH:
+            kept.append(True)
+            continue
+        else:
+            kept.append(False)
+        out.drop(match, tag)
+    return out.result()
 
 
 # --- HTML -> plain text ---------------------------------------------------------------
@@ -154,8 +360,14 @@ class _TreeBuilder(HTMLParser):
         super().__init__(convert_charrefs=True)
         self.root = _Node("#root", {})
         self._stack = [self.root]
+        self._flattened: dict[str, int] = {}
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in _VOID_TAGS and len(self._stack) > MAX_DEPTH:
+            # The walks below recurse by level: past the bound, keep only the text
+            # (sanitize_html already flattened its output; this is for any other input).
+            self._flattened[tag] = self._flattened.get(tag, 0) + 1
+            return
         node = _Node(tag, {k: v or "" for k, v in attrs})
         self._stack[-1].children.append(node)
         if tag not in _VOID_TAGS:
@@ -165,6 +377,9 @@ class _TreeBuilder(HTMLParser):
         self._stack[-1].children.append(_Node(tag, {k: v or "" for k, v in attrs}))
 
     def handle_endtag(self, tag: str) -> None:
+        if self._flattened.get(tag):
+            self._flattened[tag] -= 1
+            return
         # The input is sanitiser output, hence well formed; ignore stray closers.
         for i in range(len(self._stack) - 1, 0, -1):
             if self._stack[i].tag == tag:
@@ -352,9 +567,15 @@ def _plan_links(root: _Node, page: str | None) -> _LinkPlan:
 
 
 def _text_of(node: _Node | str) -> str:
-    if isinstance(node, str):
-        return node
-    return "".join(_text_of(child) for child in node.children)
+    parts: list[str] = []
+    pending: list[_Node | str] = [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, str):
+            parts.append(current)
+        else:
+            pending.extend(reversed(current.children))
+    return "".join(parts)
 
 
 def message_text(html: str, *, page: str | None = None) -> str:
@@ -408,7 +629,6 @@ _MAX_FEED_TITLE_CHARS = 100
 _MAX_AUTHOR_CHARS = 200
 _MAX_CATEGORIES = 30
 _MAX_CATEGORY_CHARS = 100
-_MAX_LINK_CHARS = 1500          # used three times: title link, "read more", plain body
 _MAX_SUMMARY_HTML_CHARS = 2000  # richer than this (long attributes...): plain text instead
 
 DEFAULT_SUMMARY_LENGTH = 400
@@ -440,33 +660,17 @@ def _plain_to_html(source: str) -> str:
     return "".join(f"<p>{p.replace(chr(10), '<br>')}</p>" for p in paragraphs)
 
 
-def _cut(text: str, limit: int) -> str:
-    """At most ``limit`` characters of ``text`` ending on a word boundary, plus '…'."""
-    head = text[:limit]
-    space = max(head.rfind(" "), head.rfind("\n"))
-    # A single enormous "word" (a URL) is cut hard rather than dropped entirely.
-    if space > limit // 2 and text[limit:limit + 1] not in ("", " ", "\n"):
-        head = head[:space]
-    return head.rstrip(_TRAILING_PUNCT) + "…"
-
-
 def _bounded(text: str, limit: int) -> str:
     return _cut(text, limit) if len(text) > limit else text
 
 
-_URL_UNSAFE_RE = re.compile(r'[\x00-\x20\x7f"<>\\^`{|}]')
-
-
-def _clean_link(link: str | None) -> str | None:
-    """The entry link if it is a web URL, with characters no URL may hold %-encoded."""
-    link = (link or "").strip()
-    if not _is_web_url(link):
-        return None  # a javascript:, relative or empty link is no link at all
-    # Non-ASCII stays readable (French paths); quotes, brackets and spaces never appear
-    # raw in a URL and would only confuse linkifiers and attribute quoting.
-    link = _URL_UNSAFE_RE.sub(lambda m: f"%{ord(m.group(0)):02X}", link)
-    # Longer than any address meant for people: no link rather than an oversized event.
-    return link if len(link) <= _MAX_LINK_CHARS else None
+def link_markup(title: str, link: str | None) -> str:
+    """``title`` as HTML text, a link to ``link`` when it passes ``clean_link``: the way
+    to write an item's line by hand (digests, archive, latest) without an unsafe href."""
+    safe = clean_link(link)
+    if safe is None:
+        return _esc(title)
+    return f'<a href="{_esc_attr(safe)}">{_esc(title)}</a>'
 
 
 def _one_line(text: str) -> str:
@@ -562,7 +766,7 @@ def entry_fields(entry: Entry, *, feed_title: str | None = None, language: str =
     """
     lang = _lang(language)
     title = _bounded(_one_line(entry.title), _MAX_TITLE_CHARS) or text("untitled", lang)
-    link = _clean_link(entry.link)
+    link = clean_link(entry.link)
     when = entry.published or entry.updated
     author = _bounded(_one_line(entry.author or ""), _MAX_AUTHOR_CHARS)
     feed = _bounded(_one_line(feed_title or ""), _MAX_FEED_TITLE_CHARS)
@@ -667,6 +871,54 @@ def check_template(template: str) -> TemplateProblem | None:
 
 # --- messages -------------------------------------------------------------------------
 
+def safe_event_content(content: dict[str, object]) -> dict[str, object]:
+    """``content`` as it may leave the bot: its HTML (and an edit's) through the one
+    sanitiser, its plain text with hostile addresses broken (``defang_text``).
+
+    Called by the transport on every message it sends, whichever feature wrote it, so
+    no code path (a hand-built reply, a digest, a future one) can send an unsafe link.
+    Idempotent; a message rendered here already comes out unchanged.
+    """
+    safe = _safe_text_fields(content)
+    replacement = safe.get("m.new_content")
+    if isinstance(replacement, dict):
+        safe["m.new_content"] = _safe_text_fields(replacement)
+    return safe
+
+
+def _safe_text_fields(content: dict[str, object]) -> dict[str, object]:
+    safe = dict(content)
+    body, formatted = safe.get("body"), safe.get("formatted_body")
+    if isinstance(body, str):
+        safe["body"] = defang_text(body)
+    if isinstance(formatted, str):
+        safe["formatted_body"] = defang_text(sanitize_html(formatted, images=True))
+    return safe
+
+
+def safe_state_content(event_type: str, content: dict[str, object]) -> dict[str, object]:
+    """A state event's content as it may leave the bot: a room topic is plain text
+    (``defang_text``), its rich form (``m.topic``) sanitised or defanged per part."""
+    if event_type != "m.room.topic":
+        return content
+    safe = dict(content)
+    topic = safe.get("topic")
+    if isinstance(topic, str):
+        safe["topic"] = defang_text(topic)
+    rich = safe.get("m.topic")
+    if isinstance(rich, dict) and isinstance(rich.get("m.text"), list):
+        parts: list[object] = []
+        for part in rich["m.text"]:
+            if isinstance(part, dict) and isinstance(part.get("body"), str):
+                part = dict(part)
+                part["body"] = (defang_text(sanitize_html(part["body"]))
+                                if part.get("mimetype") == "text/html"
+                                else defang_text(part["body"]))
+            parts.append(part)
+        safe["m.topic"] = {**rich, "m.text": parts}
+    return safe
+
+
 def message_size(message: Message) -> int:
     """Bytes that body + formatted_body take in the event's JSON (ASCII-escaped)."""
     return len(json.dumps(message.body)) + len(json.dumps(message.html))
@@ -747,13 +999,23 @@ class _Part:
 
 
 def _serialize(node: _Node | str) -> str:
-    if isinstance(node, str):
-        return _esc(node)
-    attrs = "".join(f' {name}="{_esc_attr(value)}"' for name, value in node.attrs.items())
-    if node.tag in _VOID_TAGS:
-        return f"<{node.tag}{attrs}>"
-    inner = "".join(_serialize(child) for child in node.children)
-    return f"<{node.tag}{attrs}>{inner}</{node.tag}>"
+    parts: list[str] = []
+    # Without recursion: a node, or the end tag still to write once its children are.
+    pending: list[_Node | str | tuple[str]] = [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, tuple):
+            parts.append(current[0])
+        elif isinstance(current, str):
+            parts.append(_esc(current))
+        else:
+            attrs = "".join(f' {name}="{_esc_attr(value)}"'
+                            for name, value in current.attrs.items())
+            parts.append(f"<{current.tag}{attrs}>")
+            if current.tag not in _VOID_TAGS:
+                pending.append((f"</{current.tag}>",))
+                pending.extend(reversed(current.children))
+    return "".join(parts)
 
 
 def _units(node: _Node, units: list[_Part]) -> _Part:

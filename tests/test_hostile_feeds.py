@@ -39,9 +39,19 @@ from bot.clock import SystemClock
 from bot.config import FeedConfig, FetchConfig
 from bot.feeds.fetch import Fetcher
 from bot.feeds.poller import FeedPoller
+from bot.media import IMAGE_FIELD
 from bot.model import Delivery
 from bot.store import Store
-from bot.testing import FeedServer, make_items
+from bot.testing import (
+    FeedServer,
+    MemberClient,
+    MemberFactory,
+    NewUserFactory,
+    SynapseServer,
+    make_items,
+)
+from bot.transport.matrix import MatrixTransport
+from tests.botkit import InProcessBot, bot_config, load, write_config
 
 CORPUS = Path(__file__).parent / "data" / "hostile"
 ROOMS = ("!alpha:hostile.test", "!beta:hostile.test")
@@ -871,3 +881,167 @@ async def test_all_ids_change_at_once_is_a_capped_flood(bench: Bench,
     await bench.poll(name, max_per_poll=5)
     assert bot_warnings(caplog) == []
     assert [d.entry_id for d in bench.deliver()] == ["urn:newsbot-test:rewritten-31"]
+
+
+# --- issue 10: hostile links, deep nesting ------------------------------------------------
+
+LINK_FILES = [("unsafe_links_rss.xml", RSS, 10), ("unsafe_links.atom", ATOM, 7),
+              ("unsafe_links.json", JSON_FEED, 7)]
+# What the hostile links carry: none of it may reach a message, as a link or as text.
+LINK_MARKERS = ("xss-", "evil.example", ":alert(", ":fetch(", ":msgbox(", "base64,")
+
+
+class _Hrefs(HTMLParser):
+    def __init__(self, markup: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.hrefs: list[str] = []
+        self.feed(markup)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.hrefs += [value or "" for name, value in attrs if name in ("href", "src")]
+
+
+def assert_no_hostile_link(content: dict[str, object]) -> None:
+    """The Matrix subset, every href a web address, and no trace of a hostile link."""
+    formatted, body = str(content.get("formatted_body", "")), str(content.get("body", ""))
+    assert_safe_markup(formatted)
+    for href in _Hrefs(formatted).hrefs:
+        assert href.startswith(("https://", "http://", "mxc://")), href
+    for text in (formatted, body):
+        for marker in LINK_MARKERS:
+            assert marker not in text.lower(), (marker, text)
+
+
+@pytest.mark.parametrize(("file", "content_type", "count"), LINK_FILES)
+async def test_hostile_links_reach_neither_a_room_nor_the_store(
+        bench: Bench, caplog: pytest.LogCaptureFixture, file: str, content_type: str,
+        count: int) -> None:
+    # javascript:, data:, vbscript: links in every spelling (mixed case, spaces, tabs,
+    # newlines, control characters, character references), as the entry's link, its
+    # image or in its HTML: the item is posted, without any of them.
+    bench.serve("feed", corpus(file), content_type)
+    await bench.poll("hostile-links", backfill=20, max_per_poll=20)
+    delivered = bench.deliver()
+    assert len(delivered) == count
+    for delivery in delivered:
+        assert_no_hostile_link(delivery.content)
+        assert IMAGE_FIELD not in delivery.content       # no hostile image to fetch
+    # What archive, latest, welcome and digests read from: no hostile link stored either.
+    stored = bench.store.latest(["hostile-links"], 50)
+    assert len(stored) == count
+    assert all(e.link is None or e.link.startswith(("https://", "http://")) for e in stored)
+    assert sum(1 for e in stored if e.link) == 2
+
+
+@pytest.mark.parametrize("depth", [3_000, 20_000])
+async def test_deeply_nested_entry_is_posted_with_its_neighbour(
+        big_bench: Bench, caplog: pytest.LogCaptureFixture, depth: int) -> None:
+    # 3,000 nested <div> raised RecursionError: every poll of the feed failed and its
+    # other entries were never posted.
+    body = corpus("deep_nesting.xml")
+    body = body.replace(b"<div>" * 3000, b"<div>" * depth).replace(b"</div>" * 3000,
+                                                                 b"</div>" * depth)
+    big_bench.serve("feed", body)
+    await big_bench.poll("hostile-deep", backfill=10)
+    assert bot_warnings(caplog) == []
+    delivered = big_bench.deliver()
+    assert sorted(d.entry_id for d in delivered) == ["deep-divs", "deep-neighbour"]
+    deep = next(d.content for d in delivered if d.entry_id == "deep-divs")
+    assert "En surface." in str(deep["body"])
+    assert_safe_markup(str(deep["formatted_body"]))
+    assert str(deep["formatted_body"]).count("<div>") <= 100
+
+
+# --- the same, as a member's client receives it (real Synapse) ----------------------------
+
+
+async def _reply_to(client: MemberClient, room: str, bot_user: str, event_id: str) -> str:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for event in await client.messages(room, sender=bot_user):
+            relates = event["content"].get("m.relates_to", {})
+            if relates.get("m.in_reply_to", {}).get("event_id") == event_id:
+                assert_no_hostile_link(event["content"])
+                return str(event["content"]["body"])
+        await asyncio.sleep(0.2)
+    raise AssertionError("no reply")
+
+
+async def test_hostile_links_reach_no_member(
+        synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+    bot = await new_user("newsbot")
+    alice = await member(await new_user("alice"))
+    room = await alice.create_room(name="hostile links")
+    feeds = []
+    for name, (file, content_type, _) in zip(("rss", "atom", "json"), LINK_FILES,
+                                             strict=True):
+        feed_server.set_raw(f"{feed_path}-{name}", corpus(file), content_type=content_type)
+        feeds.append({"name": name, "url": feed_server.url(f"{feed_path}-{name}"),
+                      "rooms": [room], "backfill": 20, "max_per_poll": 20})
+    cfg = load(write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state", feeds=feeds)), bot)
+    async with InProcessBot(cfg):
+        total = sum(count for _, _, count in LINK_FILES)
+        events = await alice.wait_for_messages(room, total, sender=bot.user_id, timeout=60)
+        assert len(events) == total
+        for event in events:
+            assert_no_hostile_link(event["content"])
+        # latest lists stored links in plain text: none of them hostile.
+        asked = await alice.send_text(room, "!news latest 20")
+        reply = await _reply_to(alice, room, bot.user_id, asked)
+        assert "https://hostile.example/" in reply, reply      # the safe links are kept
+        assert "script:" not in reply.lower() and "data:" not in reply.lower(), reply
+
+
+async def test_a_hand_built_message_is_cleaned_before_it_leaves(
+        synapse: SynapseServer, new_user: NewUserFactory, member: MemberFactory,
+        tmp_path: Path) -> None:
+    # A future code path that writes its own HTML cannot send an unsafe link: the
+    # transport sanitises every message (and edit, and topic) it sends.
+    bot = await new_user("newsbot")
+    alice = await member(await new_user("alice"))
+    room = await alice.create_room(name="chokepoint")
+    cfg = load(write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+        feeds=[{"name": "news", "url": "http://127.0.0.1:9/feed", "rooms": [room]}])), bot)
+    store = Store.open(tmp_path / "state")
+    transport = MatrixTransport(cfg.matrix, store, tmp_path / "state")
+    await transport.connect()
+    try:
+        room_id = await transport.join_room(room)
+        await alice.set_power_level(room, bot.user_id, 50)
+        dirty = {
+            "msgtype": "m.notice", "body": "Voir javascript:alert('xss-body')",
+            "format": "org.matrix.custom.html",
+            "formatted_body": (
+                '<p><a href="javascript:fetch(\'https://evil.example/\')">a</a> '
+                '<a href="JaVaScRiPt:alert(\'xss-case\')">b</a> '
+                '<a href="java&#9;script:alert(\'xss-tab\')">c</a> '
+                '<a href="data:text/html;base64,PHNjcmlwdD4=">d</a> '
+                '<a href="https://hostile.example/ok">ok</a></p>'),
+        }
+        await transport.send_message(room_id, dirty, "newsbot.test.chokepoint")
+        [sent] = await alice.wait_for_messages(room, 1, sender=bot.user_id)
+        edit = {"msgtype": "m.notice", "body": "* edit", "format": "org.matrix.custom.html",
+                "formatted_body": '<a href="data:text/html,x">* edit</a>',
+                "m.new_content": dict(dirty),
+                "m.relates_to": {"rel_type": "m.replace", "event_id": sent["event_id"]}}
+        await transport.send_message(room_id, edit, "newsbot.test.chokepoint-edit")
+        await transport.set_state(room_id, "m.room.topic",
+                                  {"topic": "Dernier : javascript:alert('xss-topic')"})
+        received = await alice.wait_for_messages(room, 2, sender=bot.user_id)
+    finally:
+        await transport.close()
+        store.close()
+    first, second = received[0]["content"], received[1]["content"]
+    for content in (first, second, second["m.new_content"]):
+        assert _Hrefs(content["formatted_body"]).hrefs in ([], ["https://hostile.example/ok"])
+        assert_safe_markup(content["formatted_body"])
+        for text in (content["formatted_body"], content["body"]):
+            assert re.search(r"(?i)(?<![\w=])(javascript|data):", text) is None, text
+    assert _Hrefs(first["formatted_body"]).hrefs == ["https://hostile.example/ok"]
+    topic = next(e["content"]["topic"] for e in await alice.room_state(room)
+                 if e["type"] == "m.room.topic")
+    assert topic == "Dernier : javascript\u2060:alert('xss-topic')"

@@ -293,3 +293,77 @@ def test_ten_thousand_entries_in_reasonable_time() -> None:
     assert feed.entries[0].entry_id == "https://b.example/0"
     assert feed.entries[-1].entry_id == "https://b.example/9999"
     assert elapsed < 15, f"10,000 entries took {elapsed:.1f} s"
+
+
+# --- issue 10: only web links and bounded titles leave the parser -------------------------
+
+HOSTILE = Path(__file__).parent / "data" / "hostile"
+FEED_URL = "https://feeds.example/hostile/feed"
+
+
+@pytest.mark.parametrize(("name", "content_type", "kept"), [
+    ("unsafe_links_rss.xml", "application/rss+xml",
+     {"links-images": "https://hostile.example/images",
+      "links-safe": "https://hostile.example/sain"}),
+    ("unsafe_links.atom", "application/atom+xml",
+     # A hostile xml:base leaves the relative link to the feed's own address.
+     {"atom-base": "https://feeds.example/hostile/page",
+      "atom-safe": "https://hostile.example/atom/sain"}),
+    ("unsafe_links.json", "application/feed+json",
+     {"json-images": "https://hostile.example/json/images",
+      "json-safe": "https://hostile.example/json/sain"}),
+    ("unsafe_html_rss.xml", "application/rss+xml", None),
+    ("unsafe_html_atom.atom", "application/atom+xml", None),
+    ("unsafe_html.json", "application/feed+json", None),
+])
+def test_only_web_links_leave_the_parser(name: str, content_type: str,
+                                         kept: dict[str, str] | None) -> None:
+    # javascript:, data:, vbscript:, in mixed case, behind spaces, tabs, newlines, control
+    # characters or character references: none is an entry's, a feed's or an image's link.
+    feed = parse_feed((HOSTILE / name).read_bytes(), content_type=content_type, url=FEED_URL)
+    links = [feed.link] + [e.link for e in feed.entries] + [e.image_url for e in feed.entries]
+    for link in links:
+        assert link is None or link.startswith(("https://", "http://")), (name, link)
+        assert link is None or ("script:" not in link and "data:" not in link), (name, link)
+    if kept is not None:
+        assert {e.entry_id: e.link for e in feed.entries if e.link} == kept
+        assert all(e.image_url is None for e in feed.entries)
+        assert len(feed.entries) == len(kept) + {"unsafe_links_rss.xml": 8,
+                                                 "unsafe_links.atom": 5,
+                                                 "unsafe_links.json": 5}[name]
+
+
+def test_cleaning_a_link_never_changes_an_id() -> None:
+    # An entry known by its link (no guid) keeps the id it always had.
+    body = (b"<rss version='2.0'><channel><title>t</title>"
+            b"<item><title>a</title><link>JaVaScRiPt:alert(1)</link></item>"
+            b"<item><title>b</title><link>https://example.org/b c</link></item>"
+            b"</channel></rss>")
+    first, second = parse_feed(body, content_type="application/rss+xml").entries
+    assert (first.entry_id, first.link) == ("JaVaScRiPt:alert(1)", None)
+    assert (second.entry_id, second.link) == ("https://example.org/b c",
+                                              "https://example.org/b%20c")
+
+
+def test_titles_are_bounded_when_parsed() -> None:
+    # A 70,000-character title gave a 140 kB digest: what is stored is bounded too.
+    long = "mot " * 17_500
+    rss = (f"<rss version='2.0'><channel><title>{long}</title><item><guid>1</guid>"
+           f"<title>{long}</title><link>https://example.org/1</link></item>"
+           f"<item><guid>2</guid><title>{'x' * 70_000}</title></item></channel></rss>")
+    json_feed = json.dumps({"version": "https://jsonfeed.org/version/1.1", "title": long,
+                            "items": [{"id": "1", "title": long, "content_text": "t"}]})
+    for feed in (parse_feed(rss.encode(), content_type="application/rss+xml"),
+                 parse_feed(json_feed.encode(), content_type="application/feed+json")):
+        assert feed.title is not None and len(feed.title) <= 301
+        for entry in feed.entries:
+            assert len(entry.title) <= 301 and entry.title.endswith("…"), len(entry.title)
+    first = parse_feed(rss.encode(), content_type="application/rss+xml").entries[0]
+    assert first.title.endswith("mot mot…") and first.entry_id == "1"
+
+
+def test_deeply_nested_entry_parses() -> None:
+    feed = parse_feed((HOSTILE / "deep_nesting.xml").read_bytes(),
+                      content_type="application/rss+xml", url=FEED_URL)
+    assert [e.entry_id for e in feed.entries] == ["deep-divs", "deep-neighbour"]
+    assert feed.entries[0].summary_html.count("<div>") == 3000

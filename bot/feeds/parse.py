@@ -25,6 +25,7 @@ from urllib.parse import urljoin
 
 import feedparser
 
+from bot.clean import bounded_title, clean_link
 from bot.errors import ParseError
 from bot.model import Entry, ParsedFeed
 
@@ -90,10 +91,9 @@ _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp")
 def _image_link(url: str, base: str) -> str | None:
     """An absolute http(s) image address, or None (data:, javascript:, broken URLs)."""
     try:
-        found = _absolute(url, base)
+        return clean_link(_absolute(url, base))
     except ValueError:
         return None
-    return found if found is not None and _is_web_url(found) else None
 
 
 def _image_from_html(html_text: str, base: str) -> str | None:
@@ -205,7 +205,7 @@ def _parse_xml_feed(body: bytes, content_type: str | None, url: str) -> ParsedFe
     feed: Mapping[str, Any] = result.get("feed") or {}
     entries = [_entry_from_feedparser(e, url) for e in raw_entries]
     return ParsedFeed(
-        title=_plain_text(_str(feed.get("title")), _detail_type(feed, "title")),
+        title=bounded_title(_plain_text(_str(feed.get("title")), _detail_type(feed, "title"))),
         link=_web_link(_absolute(_str(feed.get("link")), url)),
         entries=_settle_identity(entries, warnings),
         language=_str(feed.get("language")).strip() or None,
@@ -411,8 +411,8 @@ def _parse_json_feed(body: bytes, url: str) -> ParsedFeed:
         entries.append(_entry_from_json(item, base))
     home = _str(doc.get("home_page_url")).strip()
     return ParsedFeed(
-        title=_plain_text(_str(doc.get("title")), "text/plain"),
-        link=urljoin(base, home) if home else None,
+        title=bounded_title(_plain_text(_str(doc.get("title")), "text/plain")),
+        link=_web_link(urljoin(base, home)) if home else None,
         entries=_settle_identity(entries, warnings),
         language=_str(doc.get("language")).strip() or None,
         warnings=tuple(warnings),
@@ -490,6 +490,7 @@ def _settle_identity(entries: Iterable[_RawEntry], warnings: list[str]) -> tuple
             # Nothing to show a reader: posting "(untitled)" alone would be noise.
             warnings.append(f"entry {position} has no title, link or text; skipped")
             continue
+        # From the link as the feed wrote it: cleaning it must never change an id.
         entry_id = raw.explicit_id or raw.link or _content_hash(raw)
         if entry_id in seen:
             warnings.append(f"entry {position} repeats id {entry_id!r}; kept the first")
@@ -498,8 +499,9 @@ def _settle_identity(entries: Iterable[_RawEntry], warnings: list[str]) -> tuple
         settled.append(
             Entry(
                 entry_id=entry_id,
-                title=raw.title,
-                link=raw.link,
+                # Only http(s) links reach a message, and no title fills one (issue 10).
+                title=bounded_title(raw.title),
+                link=clean_link(raw.link),
                 summary_html=raw.summary_html,
                 content_html=raw.content_html,
                 author=raw.author,
@@ -573,7 +575,7 @@ def _absolute(link: str, base: str) -> str | None:
 
 def _web_link(link: str | None) -> str | None:
     # feedparser falls back to the feed's <id> (often a urn:) when there is no link.
-    return link if link is not None and _is_web_url(link) else None
+    return clean_link(link)
 
 
 def _is_web_url(value: str) -> bool:

@@ -36,6 +36,7 @@ from bot.errors import (
 )
 from bot.filemodes import private_dir, tighten, tighten_tree, write_private
 from bot.logs import add_secret
+from bot.render import safe_event_content, safe_state_content
 from bot.store import Store
 from bot.transport.base import (
     DELIVERY_KEY_FIELD,
@@ -337,6 +338,7 @@ class MatrixTransport:
             self._encrypted.discard(room_id)  # no such state event: a clear room
 
     async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
+        content = safe_event_content(content)  # whoever wrote it: one sanitiser, one cleaner
         removed = self._removed_rooms().get(room_id)
         if removed:
             raise RoomUnavailableError(f"{removed}; invite newsbot again to resume")
@@ -704,6 +706,7 @@ class MatrixTransport:
 
     async def set_state(self, room_id: str, event_type: str, content: dict[str, Any],
                         state_key: str = "") -> str:
+        content = safe_state_content(event_type, content)   # a topic may show an item
         resp = await self._call(
             f"setting {event_type} in {room_id}",
             lambda: self._client.room_put_state(room_id, event_type, content, state_key))
