@@ -27,6 +27,7 @@ from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
 from bot.i18n import format_duration, format_time, text
 from bot.metrics import count_readers
+from bot.render import entry_line
 from bot.store import RoomFeed, RoomFeedSettings, Store
 from bot.subscriptions import PersonalSubscriptions, is_forget_me, small_number
 from bot.transport.base import IncomingMessage, Transport
@@ -374,10 +375,7 @@ class CommandRunner:
         if not entries:
             return Reply(text("latest_empty", lang))
         lines = [text("latest_header", lang)]
-        for entry in entries:
-            when = format_time(entry.published, lang) if entry.published else ""
-            parts = [entry.title or text("untitled", lang), when, entry.link or ""]
-            lines.append("• " + " — ".join(p for p in parts if p))
+        lines += [entry_line(e.title, e.published, e.link, lang) for e in entries]
         return Reply("\n".join(lines))
 
     async def _cmd_status(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:

@@ -33,7 +33,7 @@ from markupsafe import Markup
 
 from .clean import TITLE_CHARS, bounded_title, clean_link, defang_text
 from .clean import cut_text as _cut
-from .i18n import LANGUAGES, MESSAGES, text
+from .i18n import LANGUAGES, MESSAGES, format_time, text
 from .model import Entry, Message
 from .templates import (
     BUILTIN_TEMPLATES,
@@ -46,7 +46,7 @@ from .templates import (
 __all__ = [
     "CONTENT_MODES", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_SUMMARY_LENGTH", "FIELDS",
     "MAX_DEPTH", "MAX_MESSAGE_BYTES", "MIN_MESSAGE_BYTES", "TITLE_CHARS", "bounded_title",
-    "check_template", "clean_link", "compile_template", "entry_fields", "fit_message",
+    "check_template", "clean_link", "compile_template", "entry_fields", "entry_line", "fit_message",
     "format_date", "html_to_text", "link_markup", "message_size", "message_text",
     "render_entry", "safe_event_content", "safe_state_content", "sanitize_html",
 ]
@@ -662,6 +662,14 @@ def _plain_to_html(source: str) -> str:
 
 def _bounded(text: str, limit: int) -> str:
     return _cut(text, limit) if len(text) > limit else text
+
+
+def entry_line(title: str, published: float | None, link: str | None, language: str) -> str:
+    """An entry as one line of a plain-text answer (``latest``, ``archive``, a welcome):
+    its bounded title, when, and its link if it is a clean web link."""
+    when = format_time(published, language) if published else ""
+    parts = (bounded_title(title) or text("untitled", language), when, clean_link(link) or "")
+    return "• " + " — ".join(p for p in parts if p)
 
 
 def link_markup(title: str, link: str | None) -> str:

@@ -31,6 +31,7 @@ from bot.config import Config, RoomConfig
 from bot.errors import AuthError, RateLimitedError, RoomUnavailableError, TransportError
 from bot.i18n import MESSAGES, text
 from bot.model import Delivery
+from bot.render import bounded_title
 from bot.store import Store
 from bot.store.sqlite import RECENT_PER_FEED
 from bot.transport.base import Transport
@@ -623,7 +624,4 @@ class RoomManager:
             body = delivery.content.get("body")
             title = str(body).strip().splitlines()[0] if isinstance(body, str) and \
                 body.strip() else ""
-        title = " ".join(title.split())
-        if len(title) > MAX_TITLE_CHARS:
-            title = title[:MAX_TITLE_CHARS - 1].rstrip() + "…"
-        return title or text("untitled", language), link
+        return bounded_title(title, MAX_TITLE_CHARS) or text("untitled", language), link

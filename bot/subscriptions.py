@@ -25,12 +25,13 @@ from bot.clock import Clock
 from bot.config import Config
 from bot.delivery import event_content
 from bot.errors import TransportError
-from bot.i18n import format_time, text
+from bot.i18n import text
 from bot.model import Message, delivery_key
 from bot.render import (
     DEFAULT_MAX_MESSAGE_BYTES,
     bounded_title,
     clean_link,
+    entry_line,
     format_date,
     link_markup,
 )
@@ -248,10 +249,7 @@ class PersonalSubscriptions:
         if not entries:
             return text("latest_empty", lang)
         lines = [text("archive_header", lang)]
-        for entry in entries:
-            when = format_time(entry.published, lang) if entry.published else ""
-            lines.append("• " + " — ".join(p for p in (entry.title, when, entry.link or "")
-                                           if p))
+        lines += [entry_line(e.title, e.published, e.link, lang) for e in entries]
         return "\n".join(lines)
 
     # -- digests ---------------------------------------------------------------------------
@@ -283,11 +281,6 @@ class PersonalSubscriptions:
         return rooms
 
 
-# A digest line shows a link only up to this length (a longer one is a broken or hostile
-# link, not something to cut in half).
-MAX_LINK_CHARS = 2048
-
-
 def digest_deliveries(items: Sequence[DigestItem], period: str, lang: str, room: str,
                       digest_id: str) -> list[NewDelivery]:
     """A digest as outbox rows: one message, or several when its items do not fit in
@@ -307,7 +300,7 @@ def _digest_line(item: DigestItem, lang: str) -> tuple[str, str]:
     when = format_date(datetime.fromtimestamp(item.published, UTC), lang) \
         if item.published else ""
     title = bounded_title(item.title) or text("untitled", lang)
-    link = clean_link(item.link) if item.link and len(item.link) <= MAX_LINK_CHARS else None
+    link = clean_link(item.link)
     plain = " — ".join(p for p in (title, when, link or "") if p)
     markup = link_markup(title, link)
     return f"• {plain}", f"<li>{markup}{' — ' + html.escape(when) if when else ''}</li>"

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from bot.config import Config, RoomConfig
 from bot.delivery import event_content
 from bot.errors import TransportError
-from bot.i18n import format_time, text
+from bot.i18n import text
 from bot.model import Message
+from bot.render import entry_line
 from bot.store import Store
 from bot.transport.base import Transport
 
@@ -72,8 +73,7 @@ class Welcomer:
         latest = self._store.latest(self._room_feeds(room_id), 1)
         if latest:
             entry = latest[0]
-            when = format_time(entry.published, lang) if entry.published else ""
-            shown = " — ".join(p for p in (entry.title, when, entry.link or "") if p)
+            shown = entry_line(entry.title, entry.published, entry.link, lang).removeprefix("• ")
         else:
             shown = text("welcome_nothing", lang)
         body = text("welcome", lang, room=room.name or room.alias, latest=shown)
