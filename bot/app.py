@@ -45,14 +45,16 @@ KEEP_MEDIA_ROWS = 90 * 24 * 3600.0
 
 class App:
     def __init__(self, config: Config, *, transport: Transport | None = None,
-                 store: Store | None = None, clock: Clock | None = None) -> None:
+                 store: Store | None = None, clock: Clock | None = None,
+                 reset_cross_signing: bool = False) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.store = store or Store.open(config.storage.path)
         if transport is None:
             from bot.transport.matrix import MatrixTransport
             transport = MatrixTransport(config.matrix, self.store, config.storage.path,
-                                        encryption=config.encryption)
+                                        encryption=config.encryption,
+                                        reset_cross_signing=reset_cross_signing)
         self.transport: Transport = transport
         self.rooms = RoomManager(config, self.transport, self.store)   # the rooms: section
         # Images have their own size cap; the SSRF policy is the feeds' one.

@@ -32,6 +32,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the bot")
     run.add_argument("-c", "--config", type=Path, required=True, help="the YAML config file")
+    run.add_argument("--reset-cross-signing", action="store_true",
+                     help="replace the account's cross-signing keys with new ones newsbot "
+                          "holds (needs matrix.password), then run")
+    doctor = sub.add_parser("doctor", help="log in as the bot and report what members' "
+                                           "clients will think of its device")
+    doctor.add_argument("-c", "--config", type=Path, required=True)
 
     check = sub.add_parser("check-config", help="validate a config file and list every problem")
     check.add_argument("-c", "--config", type=Path, required=True)
@@ -67,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             return _check_config(args.config)
+        if args.command == "doctor":
+            _setup_logs(args, "WARNING", ())
+            return asyncio.run(_doctor(args.config))
         if args.command == "preview":
             _setup_logs(args, "WARNING", ())
             return asyncio.run(_preview(args))
@@ -116,7 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     for warning in warnings:
         log.warning("config: %s", warning)
     try:
-        asyncio.run(_run_app(config))
+        asyncio.run(_run_app(config, args.reset_cross_signing))
     except NewsbotError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
@@ -126,15 +135,62 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _run_app(config: object) -> None:
+async def _run_app(config: object, reset_cross_signing: bool = False) -> None:
     from bot.app import App
     from bot.config import Config
     assert isinstance(config, Config)
     try:
-        await App(config).run()
+        await App(config, reset_cross_signing=reset_cross_signing).run()
     except* NewsbotError as group:
         # The supervisor wraps a loop's failure in an ExceptionGroup; report the cause.
         raise group.exceptions[0] from None
+
+
+async def _doctor(path: Path) -> int:
+    """Whether the bot's device is cross-signed, as a member's client would see it. Uses
+    the configured token, or the session a password login saved: never a new login."""
+    from bot.config import load_config
+    from bot.logs import add_secret
+    from bot.transport.cross_signing import KeysApi, device_status
+    from bot.transport.matrix import load_saved_session
+    try:
+        config, _ = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    matrix = config.matrix
+    token, device = matrix.access_token, matrix.device_id
+    if token is None:
+        session = load_saved_session(config.storage.path, matrix)
+        if session is None:
+            print("device: not logged in yet (the first `newsbot run` logs in with the "
+                  "password and saves a session)")
+            return EXIT_FAILURE
+        token, device = session.access_token, session.device_id
+    add_secret(token)
+    print(f"account: {matrix.user_id} on {matrix.homeserver}")
+    if not config.encryption.enabled:
+        print("encryption: off (cross-signing is only needed for encrypted rooms)")
+        return EXIT_OK
+    if not device:
+        print("device: unknown (set matrix.device_id with the access token)")
+        return EXIT_FAILURE
+    try:
+        status = await device_status(KeysApi(matrix.homeserver, token), matrix.user_id, device)
+    except NewsbotError as exc:
+        print(f"cross-signing: cannot tell ({exc})")
+        return EXIT_FAILURE
+    print(f"encryption: on (trust: {config.encryption.trust})")
+    if status.signed:
+        print(f"cross-signing: signed — {status.detail}; Element shows the bot's messages "
+              "without a warning")
+        return EXIT_OK
+    print(f"cross-signing: NOT signed — {status.detail}; `newsbot run` signs it at start "
+          "(see its log), or run `newsbot run --reset-cross-signing` once if the account's "
+          "keys were made elsewhere")
+    return EXIT_FAILURE
 
 
 def _preview_settings(args: argparse.Namespace) -> tuple[str, int, int] | str:

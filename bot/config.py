@@ -79,7 +79,9 @@ class FetchConfig:
 @dataclass(frozen=True, slots=True)
 class EncryptionConfig:
     enabled: bool = True
-    trust: str = "all"          # "all": every device of the members; "verified": verified only
+    # "all": every device of the members; "cross-signed": devices their owners signed
+    # (what Element calls "exclude insecure devices"); "verified": verified ones only.
+    trust: str = "all"
 
 
 @dataclass(frozen=True, slots=True)
@@ -978,7 +980,8 @@ def _read_encryption(r: _Reader, top: dict[str, Node], root: Node) -> Encryption
         return None if not _is_null(top.get("encryption")) else defaults
     items, node = found
     enabled = r.boolean(items, node, "encryption", "enabled", defaults.enabled)
-    trust = r.choice(items, node, "encryption", "trust", ("all", "verified"), defaults.trust)
+    trust = r.choice(items, node, "encryption", "trust", ("all", "cross-signed", "verified"),
+                     defaults.trust)
     if enabled is None or trust is None:
         return None
     return EncryptionConfig(enabled=enabled, trust=trust)

@@ -45,6 +45,12 @@ from bot.transport.base import (
     InviteHandler,
     JoinToPoint,
 )
+from bot.transport.cross_signing import (
+    CrossSigningError,
+    CrossSigningStatus,
+    KeysApi,
+    ensure_device_signed,
+)
 from bot.transport.matrix_crypto import (
     STORE_NAME,
     Crypto,
@@ -92,8 +98,13 @@ class Session:
 class MatrixTransport:
     def __init__(self, config: MatrixConfig, store: Store, storage_dir: Path, *,
                  encryption: EncryptionConfig | None = None,
-                 max_connect_wait: float = 60.0, sync_timeout_ms: int = 30_000) -> None:
+                 max_connect_wait: float = 60.0, sync_timeout_ms: int = 30_000,
+                 reset_cross_signing: bool = False) -> None:
         self._config = config
+        self._reset_cross_signing = reset_cross_signing
+        # Whether this device is signed by the account's self-signing key (None: no
+        # encryption, or not known yet).
+        self.cross_signing: CrossSigningStatus | None = None
         self._store = store
         self._session_path = storage_dir / SESSION_FILENAME
         self._max_connect_wait = max_connect_wait
@@ -233,6 +244,35 @@ class MatrixTransport:
         self._crypto = crypto
         log.info("end-to-end encryption ready (trust: %s; keys in %s)",
                  self._encryption.trust, self._crypto_dir)
+        await self._cross_sign()
+
+    async def _cross_sign(self) -> None:
+        """Sign this device with the account's self-signing key (made if the account has
+        none), so members' clients trust it; said once in the log either way. Never
+        fatal: an unsigned device still posts (with a warning shield in clients)."""
+        api = KeysApi(self._config.homeserver, self._client.access_token)
+        delay = 1.0
+        while True:
+            try:
+                status = await ensure_device_signed(
+                    api, self._client.user_id, self._client.device_id, self._crypto_dir,
+                    password=self._config.password, reset=self._reset_cross_signing)
+                break
+            except TemporaryTransportError as exc:
+                log.warning("cross-signing: %s; retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_connect_wait)
+            except CrossSigningError as exc:
+                status = CrossSigningStatus(False, str(exc))
+                break
+        self.cross_signing = status
+        if status.signed:
+            log.info("cross-signing: %s; members' clients show its messages as sent by a "
+                     "device its owner verified", status.detail)
+        else:
+            log.warning("cross-signing: this device is NOT signed: %s. Element marks its "
+                        "messages with a warning, and members who exclude insecure devices "
+                        "cannot read them", status.detail)
 
     async def _authenticate(self) -> None:
         cfg = self._config
@@ -271,18 +311,7 @@ class MatrixTransport:
         self._save_session(Session(resp.user_id, resp.device_id, resp.access_token))
 
     def _load_session(self) -> Session | None:
-        try:
-            data = json.loads(self._session_path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable %s (%s); logging in again",
-                        self._session_path, type(exc).__name__)
-            return None
-        if data.get("homeserver") != self._config.homeserver or \
-                data.get("user_id") != self._config.user_id:
-            return None
-        return Session(data["user_id"], data["device_id"], data["access_token"])
+        return load_saved_session(self._session_path.parent, self._config)
 
     def _save_session(self, session: Session) -> None:
         data = {"homeserver": self._config.homeserver, "user_id": session.user_id,
@@ -729,6 +758,21 @@ class MatrixTransport:
         await self._call(f"{'listing' if published else 'unlisting'} {room_id} in the "
                          "directory", lambda: self._client._send(
                              nio.responses.EmptyResponse, "PUT", path, body))
+
+
+def load_saved_session(storage_dir: Path, config: MatrixConfig) -> Session | None:
+    """The session a password login saved, if it is this account's on this homeserver."""
+    path = storage_dir / SESSION_FILENAME
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s (%s); logging in again", path, type(exc).__name__)
+        return None
+    if data.get("homeserver") != config.homeserver or data.get("user_id") != config.user_id:
+        return None
+    return Session(data["user_id"], data["device_id"], data["access_token"])
 
 
 def _describe(exc: BaseException) -> str:

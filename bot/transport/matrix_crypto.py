@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from nio.store import DefaultStore
 
 from bot.errors import NewsbotError, TemporaryTransportError
 from bot.filemodes import sync_dir, tighten, write_private
+from bot.transport.cross_signing import device_cross_signed
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,18 @@ class CryptoStoreError(NewsbotError):
 @dataclass
 class PolicyStore(DefaultStore):
     """``verified`` trust: unverified devices count as blacklisted, so room keys are not
-    shared with them (and nio does not stop on them)."""
+    shared with them (and nio does not stop on them). ``cross-signed`` trust: the same
+    for devices their owners did not sign (``cross_signed`` holds those they did)."""
 
     verified_only: bool = False
+    cross_signed_only: bool = False
+    cross_signed: set[tuple[str, str]] = field(default_factory=set)
 
     def is_device_blacklisted(self, device: nio.crypto.OlmDevice) -> bool:
         if super().is_device_blacklisted(device):
             return True
+        if self.cross_signed_only:
+            return (device.user_id, device.id) not in self.cross_signed
         return self.verified_only and not self.is_device_verified(device)
 
 
@@ -232,6 +238,9 @@ class Crypto:
         self.key_requests: Counter[tuple[str, str, str, str]] = Counter()
         self._shared_with: dict[str, set[tuple[str, str]]] = {}
         self._warned_skipped: dict[str, tuple[tuple[str, str], ...]] = {}
+        # trust: cross-signed — each user's devices as last checked against their
+        # cross-signing keys; a user whose keys change (the sync says so) is checked again.
+        self._signatures_checked: dict[str, frozenset[str]] = {}
         try:
             raw = json.loads(self._shared_path.read_text())
             self._shared_with = {k: {(u, d) for u, d in v} for k, v in raw.items()}
@@ -247,6 +256,7 @@ class Crypto:
     def start(self) -> None:
         if isinstance(self.client.store, PolicyStore):
             self.client.store.verified_only = self.trust == "verified"
+            self.client.store.cross_signed_only = self.trust == "cross-signed"
         self._hook_rotation()
         self._hook_relations()
 
@@ -285,6 +295,8 @@ class Crypto:
     async def after_sync(self, resp: nio.SyncResponse,
                          encrypted_rooms: set[str]) -> None:
         client = self.client
+        for user in resp.device_list.changed:
+            self._signatures_checked.pop(user, None)
         if resp.device_key_count.signed_curve25519 == 0:
             self.olm.uploaded_key_count = 0       # nio ignores an explicit "none left"
         for room_id, info in resp.rooms.join.items():
@@ -354,11 +366,15 @@ class Crypto:
                 self.olm.users_for_key_query.add(user)
         if client.should_query_keys:
             await self._call("querying keys", client.keys_query)
+        if self.trust == "cross-signed":
+            await self._check_signatures(list(room.users))
         skipped = self._skipped(room_id)
         if skipped and self._warned_skipped.get(room_id) != skipped:
             self._warned_skipped[room_id] = skipped
-            log.warning("room %s: trust is 'verified': not sharing the room key with the "
-                        "unverified devices %s", room_id,
+            which = ("devices not signed by their owners" if self.trust == "cross-signed"
+                     else "unverified devices")
+            log.warning("room %s: trust is '%s': not sharing the room key with the %s %s",
+                        room_id, self.trust, which,
                         ", ".join(f"{u} {d}" for u, d in skipped))
         if not self.olm.should_share_group_session(room_id):
             return
@@ -382,14 +398,39 @@ class Crypto:
                 if (user, device.id) != own and not self.olm.is_device_blacklisted(device)}
 
     def _skipped(self, room_id: str) -> tuple[tuple[str, str], ...]:
-        if self.trust != "verified":
+        if self.trust not in ("verified", "cross-signed"):
             return ()
         client = self.client
         own = (client.user_id, client.device_id)
         return tuple(sorted(
             (user, device.id) for user in client.rooms[room_id].users
             for device in client.device_store.active_user_devices(user)
-            if (user, device.id) != own and not self.olm.is_device_verified(device)))
+            if (user, device.id) != own and self.olm.is_device_blacklisted(device)))
+
+    async def _check_signatures(self, users: Sequence[str]) -> None:
+        """Learn which devices of ``users`` their owners signed (for trust: cross-signed),
+        asking the homeserver only about users whose devices changed since last time."""
+        client = self.client
+        store = client.store
+        if not isinstance(store, PolicyStore):
+            return
+        stale = [user for user in users if self._signatures_checked.get(user) != frozenset(
+            device.id for device in client.device_store.active_user_devices(user))]
+        if not stale:
+            return
+        answer = await self._call("reading members' cross-signing keys",
+                                  lambda: _query_keys(client, stale))
+        for user in stale:
+            devices = answer.get("device_keys", {}).get(user, {})
+            master = answer.get("master_keys", {}).get(user)
+            self_signing = answer.get("self_signing_keys", {}).get(user)
+            store.cross_signed -= {(u, d) for u, d in store.cross_signed if u == user}
+            store.cross_signed |= {
+                (user, device_id) for device_id, keys in devices.items()
+                if isinstance(keys, dict)
+                and device_cross_signed(user, keys, master, self_signing)}
+            self._signatures_checked[user] = frozenset(
+                device.id for device in client.device_store.active_user_devices(user))
 
     def _save_shared(self) -> None:
         data = {k: sorted(v) for k, v in self._shared_with.items()}
@@ -467,6 +508,8 @@ class Crypto:
             return "unknown device (its keys are being fetched; the client will ask again)"
         if self.trust == "verified" and not olm.is_device_verified(device):
             return "unverified device (trust is 'verified')"
+        if self.trust == "cross-signed" and olm.is_device_blacklisted(device):
+            return "a device its owner did not sign (trust is 'cross-signed')"
         shared = (request.sender, request.requesting_device_id) in self._shared_with.get(
             request.session_id, set())
         if shared or room.history_visibility in ("shared", "world_readable"):
@@ -475,15 +518,22 @@ class Crypto:
                 "was not shared with that device when the message was sent")
 
 
-async def _query_device(client: nio.AsyncClient, user: str, device: str) -> dict[str, str]:
-    """The identity keys the homeserver holds for one of our devices (a raw keys/query,
-    which does not touch nio's device store)."""
+async def _query_keys(client: nio.AsyncClient, users: Sequence[str],
+                      what: str = "reading members' keys") -> dict[str, Any]:
+    """A raw keys/query: devices and cross-signing keys, which nio does not keep."""
     async with aiohttp.ClientSession() as http, http.post(
             f"{client.homeserver}/_matrix/client/v3/keys/query",
             headers={"Authorization": f"Bearer {client.access_token}"},
-            json={"device_keys": {user: [device]}}) as resp:
+            json={"device_keys": {user: [] for user in users}}) as resp:
         if resp.status != 200:
-            raise TemporaryTransportError(f"reading this device's keys: HTTP {resp.status}")
+            raise TemporaryTransportError(f"{what}: HTTP {resp.status}")
         body = await resp.json(content_type=None)
+    return body if isinstance(body, dict) else {}
+
+
+async def _query_device(client: nio.AsyncClient, user: str, device: str) -> dict[str, str]:
+    """The identity keys the homeserver holds for one of our devices (a raw keys/query,
+    which does not touch nio's device store)."""
+    body = await _query_keys(client, [user], "reading this device's keys")
     keys = body.get("device_keys", {}).get(user, {}).get(device, {}).get("keys", {})
     return dict(keys) if isinstance(keys, dict) else {}
