@@ -439,6 +439,44 @@ HOSTILE_TEMPLATES = {
     "centre": ("{{ title.center(1000000000) }}", "the number 1,000,000,000 is over"),
 }
 
+# Small arguments, a large result built in one C call that no time budget interrupts:
+# each one is refused before the call, from the size its arguments give. (Before, the
+# first one passed check-config after 5 s and 400 MiB.)
+STRING_BOMBS = {
+    "replace_method": ("{% set x = 'a' * 1000 %}{% set y = x.replace('a', x) %}"
+                       "{{ y.replace('a', x[:400])|length }}{{ title }}",
+                       "str.replace() would make a value of 400,000,000 characters"),
+    "replace_filter": ("{% set x = 'a' * 1000 %}{% set y = x|replace('a', x) %}"
+                       "{{ y|replace('a', x[:400])|length }}{{ title }}",
+                       "the filter 'replace' would make a value of 400,000,000 characters"),
+    "join_filter": ("{% set x = 'a' * 20000 %}{{ x|join(x)|length }}{{ title }}",
+                    "the filter 'join' would make a value of"),
+    "join_method": ("{% set x = 'a' * 20000 %}{{ x.join(x)|length }}{{ title }}",
+                    "str.join() would make a value of"),
+    "format_fields": ("{% set x = 'a' * 100000 %}{{ ('{0}' * 200).format(x)|length }}"
+                      "{{ title }}", "str.format() would make a value of"),
+    "format_widths": ("{{ ('{0:900000}' * 50).format(1)|length }}{{ title }}",
+                      "str.format() would make a value of"),
+    "printf_mapping": ("{% set x = 'a' * 100000 %}{{ (('%(a)s' * 200) % {'a': x})|length }}"
+                       "{{ title }}", "'%' would make a value of"),
+    "format_filter": ("{% set x = 'a' * 100000 %}{{ ('%(a)s' * 200)|format(a=x)|length }}"
+                      "{{ title }}", "the filter 'format' would make a value of"),
+    "indent": ("{{ ('\\n' * 100000)|indent(1000)|length }}{{ title }}",
+               "the filter 'indent' would make a value of"),
+    "wordwrap": ("{% set x = 'a' * 100000 %}{{ ('a ' * 10000)|wordwrap(1, wrapstring=x)"
+                 "|length }}{{ title }}", "the filter 'wordwrap' would make a value of"),
+    "list_times": ("{% set x = 'a' * 100000 %}{% set l = [x] * 1000 %}{{ l|length }}"
+                   "{{ l|string|length }}{{ title }}", "'*' would make a value of"),
+    "nested_lists": ("{% set x = 'a' * 10000 %}{% set a = [x, x, x, x, x, x, x, x, x, x] %}"
+                     "{% set b = [a, a, a, a, a, a, a, a, a, a] %}"
+                     "{% set c = [b, b, b, b, b, b, b, b, b, b] %}{{ c|string|length }}"
+                     "{{ title }}", "a list, tuple or dict would make a value of"),
+    "macro_output": ("{% set x = ('a' * 100000)|safe %}{% macro m() %}"
+                     "{% for i in range(2000) %}{{ x }}{% endfor %}{% endmacro %}"
+                     "{{ m()|length }}{{ title }}", "the template wrote more than 2,000,000"),
+}
+HOSTILE_TEMPLATES |= STRING_BOMBS
+
 # check-config in a process of its own, which reports its peak memory.
 _MEASURED_CHECK = """\
 import resource, sys
@@ -518,6 +556,24 @@ def test_hostile_templates_are_stopped_at_post_time_too(
     assert detail in warning
 
 
+@pytest.mark.parametrize("name", list(STRING_BOMBS))
+def test_string_bombs_are_refused_quickly_by_check_template(name: str) -> None:
+    source, detail = STRING_BOMBS[name]
+    started = time.monotonic()
+    problem = check_template(source)
+    assert time.monotonic() - started < 10    # refused before the call, not after it
+    assert problem is not None
+    assert problem.line == 1
+    assert detail in str(problem), problem
+
+
+@pytest.mark.parametrize("name", list(STRING_BOMBS))
+def test_string_bombs_stop_the_render(name: str) -> None:
+    source, detail = STRING_BOMBS[name]
+    with pytest.raises(TemplateLimitError, match=re.escape(detail)):
+        compile_template(source).render({"title": "t"}, max_chars=10_000)
+
+
 def test_a_render_stops_at_its_budget() -> None:
     compiled = compile_template("{% for i in range(10000) %}{% for j in range(10000) %}"
                                 "{% endfor %}{% endfor %}{{ title }}")
@@ -541,6 +597,38 @@ def test_ordinary_operations_are_unaffected(source: str) -> None:
     output, cut = compile_template(source).render(fields, max_chars=10_000)
     reference = jinja2.Environment().from_string(source).render(fields)
     assert (output, cut) == (reference, False)
+
+
+@pytest.mark.parametrize("source", [
+    "{{ 'a-b-c'.replace('-', ', ') }}|{{ title|replace('T', 'tt') }}|{{ 'xy'|replace('', '.') }}"
+    "|{{ 'aaa'.replace('a', 'b', 2) }}|{{ 'abc'.translate({97: 'xyz'}) }}",
+    "{{ ', '.join(categories) }}|{{ categories|join(' / ') }}|{{ [1, 2, 3]|join }}"
+    "|{{ '-'.join(categories|map('upper')) }}|{{ categories|map('upper')|join('+') }}",
+    "{{ title.center(11, '*') }}|{{ title|center(9) }}|{{ '7'.zfill(3) }}"
+    "{{ 'ab'.ljust(4, '.') }}{{ 'ab'.rjust(4) }}|{{ '{0}-{0}:{1!s}'.format(title, 2) }}"
+    "{{ '{a:>4}'.format_map({'a': 1}) }}|{{ '%(a)s %(a)s' % {'a': title} }}"
+    "{{ '%s'|format(title) }}",
+    "{{ ((summary ~ ' ') * 5)|wordwrap(7) }}|{{ 'a\nb'|indent(2, true) }}|{{ [1, [2, 3]]|tojson }}"
+    "|{{ [1, 2, 3, 4, 5]|batch(2, 0)|list }}|{{ [1, 2, 3]|slice(2)|list }}"
+    "|{{ [[1] * 3] + [[2]] }}|{{ [1, (2, 3)]|pprint }}{{ {'k': [1, 2]}|length }}",
+    "{% macro m(n) %}{% for i in range(n) %}{{ i }},{% endfor %}{% endmacro %}{{ m(20) }}"
+    "{% set block %}{{ title }} and {{ summary }}{% endset %}{{ block|upper }}",
+])
+def test_ordinary_string_operations_are_unaffected(source: str) -> None:
+    assert check_template(source) is None
+    fields = {"title": "T", "categories": ("b", "a"), "summary": "sum"}
+    output, cut = compile_template(source).render(fields, max_chars=10_000)
+    reference = jinja2.Environment().from_string(source).render(fields)
+    assert (output, cut) == (reference, False)
+
+
+def test_large_values_under_the_limit_are_still_allowed() -> None:
+    # The bounds are sizes, not guesses: 800,000 characters is under 1,000,000.
+    source = ("{{ summary.replace('a', 'bb')|length }} {{ summary|join(',')|length }} "
+              "{{ summary|replace('a', 'bb')|length }} {{ [summary, summary]|length }} "
+              "{{ summary.center(900000)|length }}")
+    output, _ = compile_template(source).render({"summary": "a" * 400_000}, max_chars=10_000)
+    assert output == "800000 799999 800000 2 900000"
 
 
 # --- the plain body, derived ---------------------------------------------------------
