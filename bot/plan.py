@@ -37,9 +37,6 @@ MAX_ENTRY_HTML = 128 * 1024
 # A poll's rendering stops after this much time; the rest waits for the next poll.
 PLAN_BUDGET_SECONDS = 20.0
 
-_DEFAULT_SETTINGS = RoomFeedSettings()
-
-
 @dataclass(frozen=True, slots=True)
 class Recipient:
     """A room a feed posts to, or a personal subscriber's conversation."""
@@ -48,6 +45,7 @@ class Recipient:
     language: str
     settings: RoomFeedSettings | None = None    # a room's pause and filters
     digest_user: str | None = None          # a subscriber who takes digests: lines, not posts
+    subscriber: str | None = None           # whose personal conversation this is
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +68,11 @@ class Plan:
     corrections: list[Correction] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)        # entry ids skipped on an error
     unplanned: list[str] = field(default_factory=list)     # not reached within the budget
+    corrections_cut: bool = False      # the budget ended before every entry was compared
+
+    @property
+    def complete(self) -> bool:
+        return not self.unplanned and not self.corrections_cut
 
 
 def bounded(entry: Entry) -> Entry:
@@ -111,10 +114,10 @@ def _content(feed: FeedConfig, entry: Entry, message: Message, row_id: str,
 
 
 def _rows_for(feed: FeedConfig, entry: Entry, message: Message, room: str,
-              ) -> list[NewDelivery]:
+              subscriber: str | None) -> list[NewDelivery]:
     """An entry's message in one room, and its separate picture when so configured."""
     rows = [NewDelivery(entry.entry_id, room, _content(feed, entry, message, entry.entry_id,
-                                                       room))]
+                                                       room), subscriber=subscriber)]
     if entry.image_url and feed.images == "separate":
         # Its own m.image event, right after the text (the outbox keeps the order);
         # resolved when it is first sent.
@@ -124,7 +127,7 @@ def _rows_for(feed: FeedConfig, entry: Entry, message: Message, room: str,
             IMAGE_FIELD: {"url": entry.image_url, "mode": "separate",
                           "alt": entry.title[:200]},
             DELIVERY_KEY_FIELD: delivery_key(feed.name, image_id, room)},
-            kind="image", subject=entry.entry_id))
+            kind="image", subject=entry.entry_id, subscriber=subscriber))
     return rows
 
 
@@ -181,7 +184,7 @@ def _new_entry(entry: Entry, snapshot: Snapshot, renderer: _Renderer, filtered: 
                                      date.timestamp() if date else None))
         elif _wants(recipient, entry, text):
             rows += _rows_for(feed, entry, renderer.message(entry, recipient.language),
-                              recipient.room)
+                              recipient.room, recipient.subscriber)
     return rows, digest
 
 
@@ -196,7 +199,8 @@ def _corrections(entries: Sequence[Entry], unseen: set[str], snapshot: Snapshot,
             continue
         stored, edits = known
         if time.monotonic() > deadline:
-            return          # the next poll sees the same difference
+            result.corrections_cut = True       # the next poll compares the rest
+            return
         entry = bounded(raw)
         try:
             fp = fingerprint(entry)
@@ -220,7 +224,8 @@ def _corrections(entries: Sequence[Entry], unseen: set[str], snapshot: Snapshot,
                     _content(feed, entry, message, entry.entry_id, recipient.room),
                     NewDelivery(edit_id, recipient.room,
                                 _content(feed, entry, message, edit_id, recipient.room),
-                                kind="edit", subject=entry.entry_id)))
+                                kind="edit", subject=entry.entry_id,
+                                subscriber=recipient.subscriber)))
         except Exception as exc:
             log.warning("feed %s: the new version of entry %s cannot be shown (%s: %s)",
                         feed.name, entry.entry_id[:200], type(exc).__name__, str(exc)[:200])

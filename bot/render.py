@@ -928,8 +928,11 @@ def safe_state_content(event_type: str, content: dict[str, object]) -> dict[str,
 
 
 def message_size(message: Message) -> int:
-    """Bytes that body + formatted_body take in the event's JSON (ASCII-escaped)."""
-    return len(json.dumps(message.body)) + len(json.dumps(message.html))
+    """Bytes that body + formatted_body take in the event's JSON (ASCII-escaped), as
+    they are sent: after ``safe_event_content`` broke hostile addresses (a word joiner
+    costs 6 bytes), so a budget checked here holds for what leaves the bot."""
+    return len(json.dumps(defang_text(message.body))) + \
+        len(json.dumps(defang_text(message.html)))
 
 
 def _max_output(budget: int) -> int:

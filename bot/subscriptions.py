@@ -31,6 +31,7 @@ from bot.render import (
     DEFAULT_MAX_MESSAGE_BYTES,
     bounded_title,
     clean_link,
+    defang_text,
     entry_line,
     format_date,
     link_markup,
@@ -272,8 +273,10 @@ class PersonalSubscriptions:
             while next_due <= now:          # the bot was down: one digest, not a backlog
                 next_due += period
             lang = subscriber.language or self._config.language
-            deliveries = digest_deliveries(items, subscriber.digest, lang, subscriber.dm_room,
-                                           f"newsbot:digest:{int(subscriber.digest_due)}")
+            # Nothing new: no "0 new items" message, only the next due date moves.
+            deliveries = digest_deliveries(
+                items, subscriber.digest, lang, subscriber.dm_room,
+                f"newsbot:digest:{int(subscriber.digest_due)}") if items else []
             rooms += self._store.send_digest(subscriber.user_id, items, deliveries,
                                              DIGEST_FEED, next_due, now)
         if rooms:
@@ -303,7 +306,9 @@ def _digest_line(item: DigestItem, lang: str) -> tuple[str, str]:
     link = clean_link(item.link)
     plain = " — ".join(p for p in (title, when, link or "") if p)
     markup = link_markup(title, link)
-    return f"• {plain}", f"<li>{markup}{' — ' + html.escape(when) if when else ''}</li>"
+    # As sent (safe_event_content breaks hostile addresses), so its size counts right.
+    return (defang_text(f"• {plain}"),
+            defang_text(f"<li>{markup}{' — ' + html.escape(when) if when else ''}</li>"))
 
 
 def digest_messages(items: Sequence[DigestItem], period: str, lang: str, *,

@@ -843,7 +843,6 @@ async def test_ten_thousand_entries(big_bench: Bench, caplog: pytest.LogCaptureF
     print(f"\n10,000 entries ({len(body) / MiB:.1f} MiB): first poll {elapsed:.2f} s "
           f"under tracemalloc, peak traced memory {peak / MiB:.1f} MiB")
     assert peak < 200 * MiB, f"peak {peak / MiB:.0f} MiB"
-    assert elapsed < 60, f"{elapsed:.1f} s"  # tracemalloc makes feedparser ~5 times slower
     assert bot_warnings(caplog) == []
     assert titles(big_bench.deliver()) == [f"Article {i} & co" for i in (9_998, 9_999, 10_000)]
     every_id = [f"bulk-{i}" for i in range(1, 10_001)]
@@ -854,7 +853,7 @@ async def test_ten_thousand_entries(big_bench: Bench, caplog: pytest.LogCaptureF
     await big_bench.poll(name, backfill=3)
     elapsed = time.perf_counter() - started
     print(f"10,001 entries: second poll {elapsed:.2f} s")
-    assert elapsed < 10, f"{elapsed:.1f} s"
+    # Its speed is the machine's (tests/test_parse.py checks that parsing is linear).
     assert titles(big_bench.deliver()) == ["La suite"]
 
 

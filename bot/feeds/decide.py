@@ -49,7 +49,19 @@ FRESH_ALLOWANCE = 4
 
 def decide(entries: tuple[Entry, ...] | list[Entry], unseen_ids: set[str], *,
            first_sight: bool, backfill: int, max_per_poll: int,
-           known_until: datetime | None = None, now: datetime | None = None) -> Decision:
+           known_until: datetime | None = None, now: datetime | None = None,
+           carried: frozenset[str] = frozenset()) -> Decision:
+    """``carried``: entries an earlier poll chose to post but could not render in time;
+    they are posted whatever the rules below say of this poll."""
+    if carried & unseen_ids:
+        owed = [e for e in chronological(entries) if e.entry_id in carried & unseen_ids]
+        rest = decide(entries, unseen_ids - carried, first_sight=first_sight,
+                      backfill=backfill, max_per_poll=max_per_poll, known_until=known_until,
+                      now=now)
+        chosen_ids = {e.entry_id for e in owed} | {e.entry_id for e in rest.to_post}
+        return Decision(tuple(e for e in chronological(entries) if e.entry_id in chosen_ids),
+                        tuple(e.entry_id for e in owed) + rest.to_mark_seen, rest.skipped,
+                        rest.flood)
     unseen = [e for e in chronological(entries) if e.entry_id in unseen_ids]
     mark = tuple(e.entry_id for e in unseen)
     if first_sight:

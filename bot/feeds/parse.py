@@ -17,7 +17,7 @@ import re
 import warnings as _warnings
 import xml.sax
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
@@ -141,8 +141,30 @@ def parse_feed(body: bytes, *, content_type: str | None = None, url: str = "") -
         raise ParseError("empty body")
     mime = (content_type or "").split(";", 1)[0].strip().lower()
     if mime in _JSON_MIME_TYPES or body.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
-        return _parse_json_feed(body, url)
-    return _parse_xml_feed(body, content_type, url)
+        return _valid_text(_parse_json_feed(body, url))
+    return _valid_text(_parse_xml_feed(body, content_type, url))
+
+
+_LONE_SURROGATE_RE = re.compile("[\ud800-\udfff]")
+
+
+def _text(value: str) -> str:
+    """``value`` with lone surrogates (a JSON Feed may escape "\\ud800") replaced: they
+    are not text, and no database or homeserver accepts them."""
+    if not _LONE_SURROGATE_RE.search(value):
+        return value
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _valid_text(feed: ParsedFeed) -> ParsedFeed:
+    def entry(e: Entry) -> Entry:
+        return replace(e, entry_id=_text(e.entry_id), title=_text(e.title),
+                       link=e.link and _text(e.link), summary_html=_text(e.summary_html),
+                       content_html=_text(e.content_html), author=e.author and _text(e.author),
+                       categories=tuple(_text(c) for c in e.categories),
+                       image_url=e.image_url and _text(e.image_url))
+    return replace(feed, title=_text(feed.title), link=feed.link and _text(feed.link),
+                   entries=tuple(entry(e) for e in feed.entries))
 
 
 async def parse_feed_async(

@@ -7,12 +7,14 @@ so a crash at any point either redoes the whole poll or none of it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import html
 import logging
 import math
 import random
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -25,7 +27,7 @@ from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
 from bot.i18n import text
 from bot.model import Entry, Message, delivery_key
-from bot.plan import Plan, Recipient, Snapshot, plan
+from bot.plan import PLAN_BUDGET_SECONDS, Plan, Recipient, Snapshot, plan
 from bot.store import (
     FeedState,
     NewDelivery,
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 _DEFAULT_SETTINGS = RoomFeedSettings()
 # Longer entry ids are stored as their hash.
 MAX_ID_BYTES = 256
+# Planning (rendering) has threads of its own: heavy feeds must not queue up in the
+# default executor, which also resolves host names for every fetch.
+_PLANNER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="plan")
 
 
 def failure_delay(interval: float, failures: int, cap: float,
@@ -80,13 +85,14 @@ def stable_ids(entries: tuple[Entry, ...]) -> tuple[tuple[Entry, ...], dict[str,
 
 
 def _decide_and_plan(entries: tuple[Entry, ...], unseen: set[str], snapshot: Snapshot, *,
-                     first_sight: bool, known_until: datetime | None,
-                     now: datetime) -> tuple[Decision, Plan]:
+                     first_sight: bool, known_until: datetime | None, now: datetime,
+                     carried: frozenset[str], budget: float) -> tuple[Decision, Plan]:
     """The poll's CPU work, run in a worker thread."""
     feed = snapshot.feed
     decision = decide(entries, unseen, first_sight=first_sight, backfill=feed.backfill,
-                      max_per_poll=feed.max_per_poll, known_until=known_until, now=now)
-    return decision, plan(decision, entries, unseen, snapshot)
+                      max_per_poll=feed.max_per_poll, known_until=known_until, now=now,
+                      carried=carried)
+    return decision, plan(decision, entries, unseen, snapshot, budget=budget)
 
 
 def jittered(interval: float, rng: random.Random) -> float:
@@ -99,7 +105,8 @@ class FeedPoller:
                  fetch_config: FetchConfig, language: str, limiter: asyncio.Semaphore,
                  on_enqueued: Callable[[list[str]], None],
                  room_language: Callable[[str], str | None] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 plan_budget: float = PLAN_BUDGET_SECONDS) -> None:
         self.feed = feed
         self._store = store
         self._fetcher = fetcher
@@ -110,6 +117,7 @@ class FeedPoller:
         self._on_enqueued = on_enqueued
         self._room_language = room_language or (lambda _room: None)
         self._rng = rng or random.Random()
+        self._plan_budget = plan_budget
 
     @property
     def interval(self) -> float:
@@ -215,9 +223,12 @@ class FeedPoller:
         known_until = (datetime.fromtimestamp(state.last_success, UTC)
                        if state.last_success else None)
         snapshot = self._snapshot(entries, unseen, parsed.title or None)
-        decision, planned = await asyncio.to_thread(
-            _decide_and_plan, entries, unseen, snapshot, first_sight=not state.initialized,
-            known_until=known_until, now=datetime.fromtimestamp(now, UTC))
+        carried = frozenset(self._store.carried(feed.name))
+        decision, planned = await asyncio.get_running_loop().run_in_executor(
+            _PLANNER, functools.partial(
+                _decide_and_plan, entries, unseen, snapshot, first_sight=not state.initialized,
+                known_until=known_until, now=datetime.fromtimestamp(now, UTC),
+                carried=carried, budget=self._plan_budget))
         if decision.flood:
             log.warning("feed %s: %d entries appeared at once (did the feed rewrite its ids?); "
                         "posting the newest %d and marking the rest as seen",
@@ -230,13 +241,17 @@ class FeedPoller:
             log.warning("feed %s moved permanently to %s; fetching from there from now on",
                         feed.name, result.permanent_url)
         delay = jittered(interval, self._rng)
-        # Entries the plan did not reach in its time budget stay unseen (the next poll
-        # plans them), and so does the body: the next poll must parse it again.
+        # Entries the plan did not reach in its time budget stay unseen and are owed to
+        # the next poll (posted then whatever its own decision); an incomplete poll keeps
+        # no validators nor body hash, so the next one reads and plans the body again.
         waiting = set(planned.unplanned)
         seen = [i for i in decision.to_mark_seen if i not in waiting] + sorted(already)
+        complete = planned.complete
         rooms = self._store.record_poll(PollOutcome(
-            feed=feed.name, now=now, next_fetch=now + delay, etag=result.etag,
-            last_modified=result.last_modified, body_hash=None if waiting else body_hash,
+            feed=feed.name, now=now, next_fetch=now + delay,
+            etag=result.etag if complete else None,
+            last_modified=result.last_modified if complete else None,
+            body_hash=body_hash if complete else None, carried=planned.unplanned,
             title=parsed.title or None, new_url=result.permanent_url,
             seen_entry_ids=seen, deliveries=planned.deliveries,
             recent=_recent(feed.name, entries), fingerprints=planned.posted,
@@ -258,7 +273,8 @@ class FeedPoller:
         if feed.public:
             recipients += [Recipient(
                 subscriber.dm_room, subscriber.language or self._language,
-                digest_user=subscriber.user_id if subscriber.digest != "off" else None)
+                digest_user=subscriber.user_id if subscriber.digest != "off" else None,
+                subscriber=subscriber.user_id)
                 for subscriber in self._store.subscribers_of(feed.name)]
         known = [e.entry_id for e in entries if e.entry_id not in unseen]
         return Snapshot(feed, feed_title, tuple(recipients),

@@ -144,7 +144,8 @@ MIGRATIONS: tuple[str, ...] = (
     # 6: outbox rows say what they are (kind) and which feed entry they show or correct
     # (subject), instead of both being guessed from the shape of their key; a row that
     # keeps failing for an unforeseen reason is parked ('failed'); edits are counted.
-    # Existing rows are classified by the key shapes older versions wrote.
+    # Existing rows are classified by the key shapes older versions wrote, and sent items
+    # whose id held '#' (which older versions did not link to their event) are linked.
     """
     ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'item';
     ALTER TABLE outbox ADD COLUMN subject TEXT;
@@ -156,6 +157,9 @@ MIGRATIONS: tuple[str, ...] = (
     UPDATE outbox SET kind = 'image', subject = substr(entry_id, 1, length(entry_id) - 6)
         WHERE entry_id LIKE '%#image' AND kind = 'item';
     UPDATE outbox SET subject = entry_id WHERE kind = 'item';
+    INSERT OR IGNORE INTO entry_event (feed, entry_id, room, event_id)
+        SELECT feed, subject, room, event_id FROM outbox
+        WHERE kind = 'item' AND state = 'sent' AND event_id IS NOT NULL;
     ALTER TABLE posted_entry ADD COLUMN edits INTEGER NOT NULL DEFAULT 0;
     """,
 )

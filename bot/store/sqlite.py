@@ -50,6 +50,9 @@ class NewDelivery:
     content: dict[str, object]
     kind: DeliveryKind = "item"
     subject: str | None = None    # the feed entry it shows or corrects (items: entry_id)
+    # For a personal subscriber's copy: who. Queued only if they still follow the feed
+    # in that conversation when the poll commits (not if they left or were forgotten).
+    subscriber: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,7 @@ RECENT_PER_FEED = 20
 # title is cut, a longer link is not kept (half a link is a broken link).
 MAX_STORED_TITLE = 1000
 MAX_STORED_LINK = 2048
+_CARRIED_KEY = "poll.carried."
 
 
 def _title(title: str) -> str:
@@ -161,6 +165,9 @@ class PollOutcome:
     # sent or not), and the corrections to apply.
     changed: Sequence[tuple[str, str]] = ()
     corrections: Sequence[Correction] = ()
+    # Entries chosen for posting that this poll could not render in time: owed to the
+    # next poll (None: leave what is stored).
+    carried: Sequence[str] | None = None
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> StorageError:
@@ -330,11 +337,13 @@ class Store:
             rooms = self._enqueue(c, outcome.feed, outcome.deliveries, outcome.now)
             if outcome.recent:
                 self._remember_recent(c, outcome.feed, outcome.recent, outcome.now)
+            # Only for people who still follow the feed (a `forget me` during the poll).
             c.executemany(
                 "INSERT OR IGNORE INTO digest_item (user_id, feed, entry_id, title, link, "
-                "published, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "published, added_at) SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM "
+                "subscription WHERE user_id = ? AND feed = ?)",
                 [(d.user_id, d.feed, d.entry_id, _title(d.title), _link(d.link), d.published,
-                  outcome.now) for d in outcome.digest])
+                  outcome.now, d.user_id, d.feed) for d in outcome.digest])
             c.executemany(
                 "INSERT INTO posted_entry (feed, entry_id, fingerprint) VALUES (?, ?, ?) "
                 "ON CONFLICT (feed, entry_id) DO UPDATE SET fingerprint = excluded.fingerprint",
@@ -342,6 +351,14 @@ class Store:
             rooms += [r for r in self._correct(c, outcome.feed, outcome.changed,
                                                outcome.corrections, outcome.now)
                       if r not in rooms]
+            if outcome.carried is not None:
+                key = _CARRIED_KEY + outcome.feed
+                if outcome.carried:
+                    c.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) "
+                              "DO UPDATE SET value = excluded.value",
+                              (key, json.dumps(list(outcome.carried))))
+                else:
+                    c.execute("DELETE FROM kv WHERE key = ?", (key,))
             c.execute(
                 "UPDATE feed_state SET etag = ?, last_modified = ?, body_hash = ?, "
                 "initialized = 1, title = COALESCE(?, title), url = COALESCE(?, url), "
@@ -350,6 +367,11 @@ class Store:
                 (outcome.etag, outcome.last_modified, outcome.body_hash, outcome.title,
                  outcome.new_url, outcome.now, outcome.now, outcome.next_fetch, outcome.feed))
         return rooms
+
+    def carried(self, feed: str) -> list[str]:
+        """Entries an earlier poll chose to post but could not render in time."""
+        raw = self.get(_CARRIED_KEY + feed)
+        return list(json.loads(raw)) if raw else []
 
     def record_not_modified(self, feed: str, *, now: float, next_fetch: float,
                             etag: str | None = None, last_modified: str | None = None) -> None:
@@ -373,6 +395,11 @@ class Store:
                  now: float) -> list[str]:
         rooms: list[str] = []
         for d in deliveries:
+            if d.subscriber is not None and c.execute(
+                    "SELECT 1 FROM subscription JOIN subscriber USING (user_id) WHERE "
+                    "user_id = ? AND feed = ? AND dm_room = ?",
+                    (d.subscriber, feed, d.room)).fetchone() is None:
+                continue
             key = delivery_key(feed, d.entry_id, d.room)
             subject = d.subject if d.subject is not None else (
                 d.entry_id if d.kind == "item" else None)
@@ -439,8 +466,10 @@ class Store:
         """The event that shows this feed entry in this room, if it was posted there."""
         with self._guard():
             row = self._conn.execute(
-                "SELECT event_id FROM entry_event WHERE feed = ? AND entry_id = ? AND room = ?",
-                (feed, entry_id, room)).fetchone()
+                "SELECT event_id FROM entry_event WHERE feed = ? AND entry_id = ? AND room = ? "
+                "UNION ALL SELECT event_id FROM outbox WHERE feed = ? AND subject = ? AND "
+                "room = ? AND kind = 'item' AND state = 'sent' AND event_id IS NOT NULL "
+                "LIMIT 1", (feed, entry_id, room, feed, entry_id, room)).fetchone()
         return None if row is None else str(row[0])
 
     def record_failure_of(self, key: str, error: str, now: float, *, park_after: int) -> bool:
@@ -716,6 +745,7 @@ class Store:
             c.execute("DELETE FROM room_feed WHERE name = ?", (name,))
             c.execute("DELETE FROM feed_room_settings WHERE feed = ?", (name,))
             c.execute("DELETE FROM feed_settings WHERE feed = ?", (name,))
+            c.execute("DELETE FROM kv WHERE key = ?", (_CARRIED_KEY + name,))
             c.execute("DELETE FROM outbox WHERE feed = ? AND state = 'pending'", (name,))
 
     def feed_room_settings(self, feed: str) -> dict[str, RoomFeedSettings]:
