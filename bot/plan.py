@@ -209,23 +209,26 @@ def _corrections(entries: Sequence[Entry], unseen: set[str], snapshot: Snapshot,
             result.changed.append((entry.entry_id, fp))
             if feed.on_update != "edit":
                 continue
-            if edits >= feed.max_edits:
-                log.warning("feed %s: entry %s changed again after %d edits; its messages "
-                            "are no longer edited (max_edits)", feed.name,
+            capped = edits >= feed.max_edits
+            if capped:
+                log.warning("feed %s: entry %s changed again after %d edits; its posted "
+                            "messages are no longer edited (max_edits)", feed.name,
                             entry.entry_id[:200], edits)
-                continue
             edit_id = f"{entry.entry_id}#edit#{edits + 1}"
             for recipient in snapshot.recipients:
                 if recipient.digest_user is not None:
                     continue
                 message = renderer.message(entry, recipient.language)
+                # Past the cap a message not sent yet still goes out corrected; only
+                # posted ones are left as they are.
                 result.corrections.append(Correction(
                     entry.entry_id, recipient.room,
                     _content(feed, entry, message, entry.entry_id, recipient.room),
-                    NewDelivery(edit_id, recipient.room,
-                                _content(feed, entry, message, edit_id, recipient.room),
-                                kind="edit", subject=entry.entry_id,
-                                subscriber=recipient.subscriber)))
+                    None if capped else NewDelivery(
+                        edit_id, recipient.room,
+                        _content(feed, entry, message, edit_id, recipient.room),
+                        kind="edit", subject=entry.entry_id,
+                        subscriber=recipient.subscriber)))
         except Exception as exc:
             log.warning("feed %s: the new version of entry %s cannot be shown (%s: %s)",
                         feed.name, entry.entry_id[:200], type(exc).__name__, str(exc)[:200])

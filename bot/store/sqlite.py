@@ -65,7 +65,7 @@ class Correction:
     entry_id: str
     room: str
     content: dict[str, object]    # the new version, as the original would carry it
-    edit: NewDelivery
+    edit: NewDelivery | None      # None: past max_edits, posted messages stay as they are
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,7 +429,7 @@ class Store:
                 "(state = 'sent' AND event_id IS NOT NULL)) UNION ALL SELECT 1 FROM "
                 "entry_event WHERE feed = ? AND entry_id = ? AND room = ? LIMIT 1",
                 (key, feed, fix.entry_id, fix.room)).fetchone()
-            if shown is not None:   # sent, or being sent: edit it once it is
+            if shown is not None and fix.edit is not None:   # sent, or being sent: edit it
                 edits.append(fix.edit)
                 edited.add(fix.entry_id)
         c.executemany("UPDATE posted_entry SET fingerprint = ? WHERE feed = ? AND entry_id = ?",
