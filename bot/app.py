@@ -46,7 +46,8 @@ KEEP_MEDIA_ROWS = 90 * 24 * 3600.0
 class App:
     def __init__(self, config: Config, *, transport: Transport | None = None,
                  store: Store | None = None, clock: Clock | None = None,
-                 reset_cross_signing: bool = False) -> None:
+                 reset_cross_signing: bool = False, reset_password: str | None = None,
+                 ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.store = store or Store.open(config.storage.path)
@@ -54,7 +55,8 @@ class App:
             from bot.transport.matrix import MatrixTransport
             transport = MatrixTransport(config.matrix, self.store, config.storage.path,
                                         encryption=config.encryption,
-                                        reset_cross_signing=reset_cross_signing)
+                                        reset_cross_signing=reset_cross_signing,
+                                        reset_password=reset_password)
         self.transport: Transport = transport
         self.rooms = RoomManager(config, self.transport, self.store)   # the rooms: section
         # Images have their own size cap; the SSRF policy is the feeds' one.
@@ -248,9 +250,36 @@ class App:
 
     def _start_worker(self, room: str) -> None:
         assert self._tasks is not None
-        if room not in self._workers:
-            self._workers[room] = self._tasks.create_task(self.deliverer.run_room(room),
-                                                          name=f"deliver {room}")
+        running = self._workers.get(room)
+        if running is not None and not running.done():
+            return
+        # A worker may end (a conversation the bot no longer has): new deliveries start
+        # another. No await between its last look at the outbox and its end, so none is
+        # missed.
+        task = self._tasks.create_task(
+            self.deliverer.run_room(room, keep=lambda: self._keeps_worker(room)),
+            name=f"deliver {room}")
+        self._workers[room] = task
+        task.add_done_callback(lambda done: self._worker_done(room, done))
+
+    def _worker_done(self, room: str, task: asyncio.Task[None]) -> None:
+        if self._workers.get(room) is task:
+            del self._workers[room]
+
+    def _keeps_worker(self, room: str) -> bool:
+        """Rooms feeds post to and the bot's private conversations keep their worker;
+        any other (a conversation it lost or left) lets it end once it has nothing to
+        send, so workers do not pile up as conversations come and go."""
+        return self.transport.is_direct(room) or any(
+            room in feed.rooms for feed, _ in self._feeds.values())
+
+    def delivery_workers(self) -> list[str]:
+        """The rooms whose delivery worker runs (metrics, tests)."""
+        return [room for room, task in self._workers.items() if not task.done()]
+
+    def _direct_closed(self, room_id: str, user_id: str) -> None:
+        self.subscriptions.conversation_closed(room_id, user_id)
+        self.deliverer.wake([room_id])      # its worker sees the room is gone, and ends
 
     # -- the task tree ------------------------------------------------------------------
 
@@ -287,12 +316,12 @@ class App:
             welcomer = Welcomer(
                 cfg, self.store, self.transport, self.rooms.managed,
                 lambda room_id: [v.config.name for v in self.feeds_in_room(room_id)],
-                personal=self.subscriptions.enabled)
+                personal=self.subscriptions.enabled, clock=self.clock)
             handlers = EventHandlers(on_invite=self._on_invite,
                                      on_joined=lambda _room_id: self.deliverer.wake_all(),
                                      on_message=commands.submit,
                                      on_member_joined=welcomer.submit,
-                                     on_direct_closed=self.subscriptions.conversation_closed)
+                                     on_direct_closed=self._direct_closed)
             background = [tg.create_task(self.transport.run_sync(handlers), name="sync"),
                           tg.create_task(commands.run(), name="commands"),
                           tg.create_task(self.subscriptions.run(), name="digests"),
@@ -303,7 +332,8 @@ class App:
             for task in [*background, *self._poller_tasks.values()]:
                 task.cancel()
             self.deliverer.stop()
-            _, late = await asyncio.wait(self._workers.values(), timeout=DRAIN_SECONDS)
+            _, late = await asyncio.wait(self._workers.values(), timeout=DRAIN_SECONDS) \
+                if self._workers else (set(), set())
             for task in late:
                 log.warning("%s: send still in flight after %.0f s; it will be retried "
                             "on the next start", task.get_name(), DRAIN_SECONDS)

@@ -120,12 +120,24 @@ def _run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    secrets = tuple(s for s in (config.matrix.access_token, config.matrix.password) if s)
+    reset_password = None
+    if args.reset_cross_signing and config.matrix.password is None:
+        # Replacing cross-signing keys needs the account's password (user-interactive
+        # auth); a token-configured bot asks for it here, never keeping it anywhere.
+        if not sys.stdin.isatty():
+            print("--reset-cross-signing needs the account's password: run it from a "
+                  "terminal (it asks for it), or configure matrix.password",
+                  file=sys.stderr)
+            return EXIT_CONFIG
+        import getpass
+        reset_password = getpass.getpass(f"Password of {config.matrix.user_id}: ")
+    secrets = tuple(s for s in (config.matrix.access_token, config.matrix.password,
+                                reset_password) if s)
     _setup_logs(args, config.log_level, secrets)
     for warning in warnings:
         log.warning("config: %s", warning)
     try:
-        asyncio.run(_run_app(config, args.reset_cross_signing))
+        asyncio.run(_run_app(config, args.reset_cross_signing, reset_password))
     except NewsbotError as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
@@ -135,12 +147,14 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _run_app(config: object, reset_cross_signing: bool = False) -> None:
+async def _run_app(config: object, reset_cross_signing: bool = False,
+                   reset_password: str | None = None) -> None:
     from bot.app import App
     from bot.config import Config
     assert isinstance(config, Config)
     try:
-        await App(config, reset_cross_signing=reset_cross_signing).run()
+        await App(config, reset_cross_signing=reset_cross_signing,
+                  reset_password=reset_password).run()
     except* NewsbotError as group:
         # The supervisor wraps a loop's failure in an ExceptionGroup; report the cause.
         raise group.exceptions[0] from None

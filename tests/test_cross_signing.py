@@ -198,3 +198,23 @@ async def test_cross_signed_trust_skips_devices_their_owners_did_not_sign(
     async with MemberClient(synapse.base_url, scene.bob.user) as raw:
         assert await raw.messages(scene.room, sender=scene.bot.user_id, msgtypes=["m.notice"]) \
             == []
+
+
+async def test_a_reset_without_a_password_asks_for_one_or_says_how(
+        synapse: SynapseServer, new_user: NewUserFactory, tmp_path: Path) -> None:
+    """A token-configured bot has no password to give the homeserver: from a terminal
+    the reset asks for it; without one, it says so and changes nothing."""
+    bot = await new_user("newsbot")
+    config_path = write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+        feeds=[{"name": "a", "url": "https://example.org/feed", "rooms": ["!r:localhost"]}]))
+    env = {**os.environ, **bot_environ(bot)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", "-c", str(config_path), "--reset-cross-signing",
+        env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    output = (await process.communicate())[0].decode()
+    assert process.returncode == 2, output
+    assert "needs the account's password" in output
+    keys = await account_keys(synapse, bot.access_token, bot.user_id)
+    assert bot.user_id not in keys.get("master_keys", {})         # nothing uploaded

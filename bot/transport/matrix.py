@@ -99,9 +99,13 @@ class MatrixTransport:
     def __init__(self, config: MatrixConfig, store: Store, storage_dir: Path, *,
                  encryption: EncryptionConfig | None = None,
                  max_connect_wait: float = 60.0, sync_timeout_ms: int = 30_000,
-                 reset_cross_signing: bool = False) -> None:
+                 reset_cross_signing: bool = False,
+                 reset_password: str | None = None) -> None:
         self._config = config
         self._reset_cross_signing = reset_cross_signing
+        # The account's password for replacing cross-signing keys, when the config has
+        # none (asked by `newsbot run --reset-cross-signing`); used once, never stored.
+        self._reset_password = reset_password
         # Whether this device is signed by the account's self-signing key (None: no
         # encryption, or not known yet).
         self.cross_signing: CrossSigningStatus | None = None
@@ -140,6 +144,8 @@ class MatrixTransport:
         self._encrypted: set[str] = set()
         self._removed: dict[str, str] | None = None
         self._direct: dict[str, str] | None = None     # private conversation -> person
+        # Told when a private conversation ends, however it ends (set by run_sync).
+        self._on_direct_closed: Callable[[str, str], None] | None = None
         # Private conversations the bot opened, and who it invited (key sharing).
         self._invitees: dict[str, tuple[str, ...]] = {}
         self._login_lock = asyncio.Lock()
@@ -256,7 +262,8 @@ class MatrixTransport:
             try:
                 status = await ensure_device_signed(
                     api, self._client.user_id, self._client.device_id, self._crypto_dir,
-                    password=self._config.password, reset=self._reset_cross_signing)
+                    password=self._config.password or self._reset_password,
+                    reset=self._reset_cross_signing)
                 break
             except TemporaryTransportError as exc:
                 log.warning("cross-signing: %s; retrying in %.0f s", exc, delay)
@@ -425,6 +432,8 @@ class MatrixTransport:
         # Commands sent while the bot was down are not replayed: only those sent after
         # this bot started count.
         started_ms = self._started_ms
+        self._on_direct_closed = handlers.on_direct_closed
+        await self._reconcile_direct()
         delay = 1.0
         while True:
             try:
@@ -446,6 +455,11 @@ class MatrixTransport:
                     handlers.on_joined(room_id)
             for room_id, left in resp.rooms.leave.items():
                 self._note_removal(room_id, left.timeline.events)
+                if room_id in self._direct_rooms():
+                    # Kicked, banned, or left some other way: not a conversation any more
+                    # (nobody is pointed to it, it no longer counts toward the cap).
+                    log.info("lost the private conversation %s: forgot it", room_id)
+                    self._forget_direct(room_id)
             if self._crypto is not None:
                 try:
                     await self._crypto.after_sync(resp, self._encrypted)
@@ -458,7 +472,7 @@ class MatrixTransport:
                     if isinstance(event, nio.RoomEncryptionEvent):
                         self._encrypted.add(room_id)
                 if await self._close_if_left(room_id, [*joined.state,
-                                                       *joined.timeline.events], handlers):
+                                                       *joined.timeline.events]):
                     continue
                 if handlers.on_message is not None:
                     for event in joined.timeline.events:
@@ -629,12 +643,48 @@ class MatrixTransport:
         return self._direct
 
     async def leave_direct(self, room_id: str) -> None:
-        """Leave a private conversation and forget it was one (``forget me``)."""
+        """Leave a private conversation and forget it was one (``forget me``, its person
+        left, a welcome nobody answered)."""
+        await self._leave_direct(room_id)
+
+    async def _leave_direct(self, room_id: str, person: str = "") -> None:
+        try:
+            await self._call("leaving a private conversation",
+                             lambda: self._client.room_leave(room_id))
+        except RoomUnavailableError as exc:
+            # Not in it any more (kicked meanwhile, or gone): forgotten all the same.
+            log.info("leaving a private conversation: %s", exc)
+        self._forget_direct(room_id, person)
+
+    def _forget_direct(self, room_id: str, person: str = "") -> None:
+        """The bot is no longer in this conversation: the memory follows its membership,
+        and whoever needs to know is told (subscriptions, the room's delivery worker)."""
         rooms = self._direct_rooms()
-        if rooms.pop(room_id, None) is not None:
-            self._store.put(DIRECT_ROOMS_KEY, json.dumps(rooms, sort_keys=True))
-        await self._call("leaving a private conversation",
-                         lambda: self._client.room_leave(room_id))
+        known = rooms.pop(room_id, None)
+        if known is None:
+            return
+        self._store.put(DIRECT_ROOMS_KEY, json.dumps(rooms, sort_keys=True))
+        if self._on_direct_closed is not None:
+            self._on_direct_closed(room_id, known or person)
+
+    async def _reconcile_direct(self) -> None:
+        """At start: forget the conversations the bot is no longer in (lost while it was
+        stopped, or before the memory followed its membership)."""
+        if not self._direct_rooms():
+            return
+        try:
+            resp = await self._call("listing the joined rooms", self._client.joined_rooms)
+        except AuthError:
+            raise
+        except TransportError as exc:
+            log.warning("could not check the private conversations: %s", exc)
+            return
+        joined = set(resp.rooms)
+        lost = [room_id for room_id in self._direct_rooms() if room_id not in joined]
+        for room_id in lost:
+            self._forget_direct(room_id)
+        if lost:
+            log.info("forgot %d private conversation(s) newsbot is no longer in", len(lost))
 
     def _mark_direct(self, room_id: str, person: str) -> None:
         rooms = self._direct_rooms()
@@ -642,8 +692,7 @@ class MatrixTransport:
             rooms[room_id] = person
             self._store.put(DIRECT_ROOMS_KEY, json.dumps(rooms, sort_keys=True))
 
-    async def _close_if_left(self, room_id: str, events: list[Any],
-                             handlers: EventHandlers) -> bool:
+    async def _close_if_left(self, room_id: str, events: list[Any]) -> bool:
         """The person of a private conversation left it (or declined the bot's
         invitation): the bot leaves too, so no conversation is kept forever. True when
         it left."""
@@ -662,13 +711,11 @@ class MatrixTransport:
         try:
             if not person and len(await self.joined_members(room_id)) > 1:
                 return False    # person unknown: leave only once nobody else is there
-            await self.leave_direct(room_id)
+            await self._leave_direct(room_id, person=gone[0])   # tells on_direct_closed
         except TransportError as exc:
             log.warning("could not leave the private conversation %s: %s", room_id, exc)
             return False
         log.info("left a private conversation: its person left it")
-        if handlers.on_direct_closed is not None:
-            handlers.on_direct_closed(room_id, person or gone[0])
         return True
 
     async def _point_elsewhere(self, room_id: str, notice: str) -> None:
