@@ -133,7 +133,9 @@ class Deliverer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wakeup.wait(), timeout=seconds)
 
-    async def run_room(self, room: str) -> None:
+    async def run_room(self, room: str, keep: Callable[[], bool] | None = None) -> None:
+        """``keep`` False (a conversation the bot no longer has) ends the worker once the
+        room has nothing to send or cannot be reached; new deliveries start another."""
         room_id: str | None = None
         failures = 0
         unavailable_logged = False
@@ -150,6 +152,9 @@ class Deliverer:
                         break
                 delivery = self._store.next_pending(room)
                 if delivery is None:
+                    if keep is not None and not keep():
+                        self._wakeups.pop(room, None)
+                        return
                     await wakeup.wait()
                     continue
                 await self._deliver(room_id, delivery)
@@ -162,6 +167,9 @@ class Deliverer:
                 log.info("room %s: rate limited by the homeserver; waiting %.1f s", room, delay)
                 await self._pause_unless_stopping(room, delay, interruptible=False)
             except TemporaryTransportError as exc:
+                if room_id is None and keep is not None and not keep():
+                    self._wakeups.pop(room, None)   # cannot even join a room it lost: end
+                    return
                 failures += 1
                 delay = min(self._retry_base * 2 ** (failures - 1), self._retry_cap)
                 log.warning("room %s: %s; retrying in %.0f s", room, exc, delay)
@@ -172,6 +180,9 @@ class Deliverer:
                 log.error("room %s: %s", room, exc)
                 await self._pause_unless_stopping(room, self._retry_cap, interruptible=True)
             except RoomUnavailableError as exc:
+                if keep is not None and not keep():
+                    self._wakeups.pop(room, None)   # its rows wait for a worker new ones start
+                    return
                 if not unavailable_logged:
                     log.error("room %s: %s; its deliveries wait (retrying every %.0f s)",
                               room, exc, self._unavailable_retry)

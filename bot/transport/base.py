@@ -47,7 +47,8 @@ class EventHandlers:
     on_message: Callable[[IncomingMessage], None] | None = None
     # Someone joined a room the bot is in: (room_id, user_id, join event id).
     on_member_joined: Callable[[str, str, str], None] | None = None
-    # The person of a private conversation left it, and so did the bot: (room_id, user_id).
+    # A private conversation ended — its person left it, the bot left it, or the bot lost
+    # it (kicked, banned, gone while it was stopped): (room_id, its person or "").
     on_direct_closed: Callable[[str, str], None] | None = None
 
 
