@@ -250,6 +250,8 @@ class Deliverer:
         """An edit row carries the corrected version; it is sent as an m.replace of the
         message it corrects, found now: the room's rows go out in order, so that message
         was sent (or refused) before this row is reached."""
+        if "m.new_content" in delivery.content:
+            return delivery.content     # queued whole by an older newsbot: already an edit
         target = self._store.event_of(delivery.feed, delivery.subject or "", delivery.room)
         if target is None:
             self._store.mark_rejected(delivery.key, "the message it corrects was never "
