@@ -10,9 +10,13 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot import __version__
 from bot.errors import BlockedURLError, ConfigError, FeedError, NewsbotError
+
+if TYPE_CHECKING:       # the CLI imports the bot lazily, so that --help stays fast
+    from bot.config import Config
 
 log = logging.getLogger("bot")
 
@@ -93,15 +97,23 @@ def _setup_logs(args: argparse.Namespace, default_level: str, secrets: tuple[str
     setup_logging(fmt=args.log_format, level=args.log_level or default_level, secrets=secrets)
 
 
-def _check_config(path: Path) -> int:
+def _load_or_report(path: Path) -> tuple[Config, list[str]] | None:
+    """The config and its warnings, or None after printing every problem."""
     from bot.config import load_config
     try:
-        config, warnings = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
         print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check_config(path: Path) -> int:
+    loaded = _load_or_report(path)
+    if loaded is None:
         return EXIT_CONFIG
+    config, warnings = loaded
     from bot.statecheck import state_warnings
     for warning in [*warnings, *state_warnings(config)]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -163,17 +175,13 @@ async def _run_app(config: object, reset_cross_signing: bool = False,
 async def _doctor(path: Path) -> int:
     """Whether the bot's device is cross-signed, as a member's client would see it. Uses
     the configured token, or the session a password login saved: never a new login."""
-    from bot.config import load_config
     from bot.logs import add_secret
     from bot.transport.cross_signing import KeysApi, device_status
     from bot.transport.matrix import load_saved_session
-    try:
-        config, _ = load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    loaded = _load_or_report(path)
+    if loaded is None:
         return EXIT_CONFIG
+    config, _ = loaded
     matrix = config.matrix
     token, device = matrix.access_token, matrix.device_id
     if token is None:

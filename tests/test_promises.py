@@ -54,6 +54,16 @@ def item(n: int, *, guid: str | None = None, title: str | None = None, summary: 
                     published=datetime(2025, 3, 1 + n % 27, tzinfo=UTC))
 
 
+def poller_of(feed: FeedConfig, store: Store, fetcher: Fetcher, *,
+              on_enqueued: Callable[[list[str]], None] = lambda rooms: None,
+              plan_budget: float | None = None) -> FeedPoller:
+    """A feed's poller on its own, for what happens between a fetch and the outbox."""
+    budget = {} if plan_budget is None else {"plan_budget": plan_budget}
+    return FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
+                      fetch_config=FetchConfig(allow_private_networks=True), language="fr",
+                      limiter=asyncio.Semaphore(1), on_enqueued=on_enqueued, **budget)
+
+
 def edits_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events
             if e["content"].get("m.relates_to", {}).get("rel_type") == "m.replace"]
@@ -432,9 +442,7 @@ async def test_a_failure_after_the_poll_committed_is_not_a_fetch_failure(
     feed = FeedConfig(name="lettre", url=feed_server.url(feed_path), rooms=("!r:x",),
                       interval=60, backfill=1)
     async with Fetcher(allow_private_networks=True) as fetcher:
-        poller = FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
-                            fetch_config=FetchConfig(allow_private_networks=True),
-                            language="fr", limiter=asyncio.Semaphore(1), on_enqueued=explode)
+        poller = poller_of(feed, store, fetcher, on_enqueued=explode)
         await poller.poll_once()
     state = store.feed_state("lettre")
     assert state is not None and state.failures == 0 and state.last_error is None
@@ -453,10 +461,7 @@ async def test_huge_ids_titles_and_links_are_stored_bounded(
     db = tmp_path / "state" / DB_FILENAME
     async with Fetcher(allow_private_networks=True,
                        max_body_bytes=64 * 1024 * 1024) as fetcher:
-        poller = FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
-                            fetch_config=FetchConfig(allow_private_networks=True),
-                            language="fr", limiter=asyncio.Semaphore(1),
-                            on_enqueued=lambda rooms: None)
+        poller = poller_of(feed, store, fetcher)
         for poll in range(4):
             entries = [item(n, guid=f"urn:{n}:" + "x" * 900_000, title="T" * 50_000,
                             link="http://127.0.0.1/" + "l" * 100_000)
@@ -490,10 +495,7 @@ async def test_an_entry_seen_under_its_whole_long_id_stays_seen(
                       interval=60, backfill=5)
     feed_server.set_feed(feed_path, [item(1, guid=long_id)])
     async with Fetcher(allow_private_networks=True) as fetcher:
-        poller = FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
-                            fetch_config=FetchConfig(allow_private_networks=True),
-                            language="fr", limiter=asyncio.Semaphore(1),
-                            on_enqueued=lambda rooms: None)
+        poller = poller_of(feed, store, fetcher)
         store.ensure_feed("ancien", feed.url)
         store.record_poll(PollOutcome(feed="ancien", now=time.time(), next_fetch=0,
                                       etag=None, last_modified=None, body_hash=None,
@@ -522,10 +524,7 @@ async def test_entries_left_over_by_the_time_budget_are_all_posted_in_order(
                       interval=60, max_per_poll=5)
     feed_server.set_feed(feed_path, [])
     async with Fetcher(allow_private_networks=True) as fetcher:
-        poller = FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
-                            fetch_config=FetchConfig(allow_private_networks=True),
-                            language="fr", limiter=asyncio.Semaphore(1),
-                            on_enqueued=lambda rooms: None, plan_budget=0.0)
+        poller = poller_of(feed, store, fetcher, plan_budget=0.0)
         await poller.poll_once()                                   # first sight: empty
         # Published after that poll (genuinely new: no flood), before the next ones.
         await asyncio.sleep(1.1)
@@ -625,10 +624,7 @@ async def test_a_subscriber_forgotten_while_a_poll_is_planned_gets_nothing(
                       interval=60, public=True)
     feed_server.set_feed(feed_path, [])
     async with Fetcher(allow_private_networks=True) as fetcher:
-        poller = FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
-                            fetch_config=FetchConfig(allow_private_networks=True),
-                            language="fr", limiter=asyncio.Semaphore(1),
-                            on_enqueued=lambda rooms: None)
+        poller = poller_of(feed, store, fetcher)
         await poller.poll_once()
         feed_server.set_feed(feed_path, [item(1)])
         real_snapshot = poller._snapshot
@@ -658,10 +654,7 @@ async def test_an_entry_with_a_lone_surrogate_does_not_stop_its_feed(
     feed = FeedConfig(name="json", url=feed_server.url(feed_path), rooms=("!r:x",),
                       interval=60, backfill=5)
     async with Fetcher(allow_private_networks=True) as fetcher:
-        poller = FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
-                            fetch_config=FetchConfig(allow_private_networks=True),
-                            language="fr", limiter=asyncio.Semaphore(1),
-                            on_enqueued=lambda rooms: None)
+        poller = poller_of(feed, store, fetcher)
         await poller.poll_once()
     state = store.feed_state("json")
     assert state is not None and state.failures == 0, state
