@@ -58,7 +58,7 @@ def clean_link(link: str | None) -> str | None:
         parts = urlsplit(link)
     except ValueError:
         return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    if not parts.hostname:              # the scheme is http(s): _WEB_URL_RE matched
         return None
     link = _URL_UNSAFE_RE.sub(lambda m: _percent_encode(m.group(0)), link)
     if not link.isascii():
@@ -66,7 +66,7 @@ def clean_link(link: str | None) -> str | None:
     return link if len(link) <= MAX_LINK_CHARS else None
 
 
-_TRAILING_PUNCT = " \t\n\r\f,;:.-–—(«…\u00a0\u202f"
+TRAILING_PUNCT = " \t\n\r\f,;:.-–—(«…\u00a0\u202f"
 
 
 def cut_text(text: str, limit: int) -> str:
@@ -76,7 +76,7 @@ def cut_text(text: str, limit: int) -> str:
     # A single enormous "word" (a URL) is cut hard rather than dropped entirely.
     if space > limit // 2 and text[limit:limit + 1] not in ("", " ", "\n"):
         head = head[:space]
-    return head.rstrip(_TRAILING_PUNCT) + "…"
+    return head.rstrip(TRAILING_PUNCT) + "…"
 
 
 # Only ASCII whitespace collapses: U+00A0 / U+202F are typographic in French.

@@ -140,6 +140,17 @@ class Deliverer:
         failures = 0
         unavailable_logged = False
         wakeup = self._wakeup(room)
+
+        def lost() -> bool:
+            """A room the bot no longer has: the worker ends (its rows wait for the
+            worker that new deliveries start)."""
+            if keep is None or keep():
+                return False
+            self._wakeups.pop(room, None)
+            return True
+
+        def backoff() -> float:
+            return min(self._retry_base * 2 ** (failures - 1), self._retry_cap)
         while not self._stopping.is_set():
             # Cleared before any work: a wake-up that arrives during the work is kept, and
             # a stale one cannot make the waits below return at once, again and again.
@@ -152,8 +163,7 @@ class Deliverer:
                         break
                 delivery = self._store.next_pending(room)
                 if delivery is None:
-                    if keep is not None and not keep():
-                        self._wakeups.pop(room, None)
+                    if lost():
                         return
                     await wakeup.wait()
                     continue
@@ -167,11 +177,10 @@ class Deliverer:
                 log.info("room %s: rate limited by the homeserver; waiting %.1f s", room, delay)
                 await self._pause_unless_stopping(room, delay, interruptible=False)
             except TemporaryTransportError as exc:
-                if room_id is None and keep is not None and not keep():
-                    self._wakeups.pop(room, None)   # cannot even join a room it lost: end
+                if room_id is None and lost():      # cannot even join a room it lost
                     return
                 failures += 1
-                delay = min(self._retry_base * 2 ** (failures - 1), self._retry_cap)
+                delay = backoff()
                 log.warning("room %s: %s; retrying in %.0f s", room, exc, delay)
                 await self._pause_unless_stopping(room, delay, interruptible=False)
             except MessageRejectedError as exc:
@@ -180,8 +189,7 @@ class Deliverer:
                 log.error("room %s: %s", room, exc)
                 await self._pause_unless_stopping(room, self._retry_cap, interruptible=True)
             except RoomUnavailableError as exc:
-                if keep is not None and not keep():
-                    self._wakeups.pop(room, None)   # its rows wait for a worker new ones start
+                if lost():
                     return
                 if not unavailable_logged:
                     log.error("room %s: %s; its deliveries wait (retrying every %.0f s)",
@@ -196,7 +204,7 @@ class Deliverer:
                 # first again after a restart, forever: it is retried a few times, then
                 # parked with its reason, and the room goes on.
                 failures += 1
-                delay = min(self._retry_base * 2 ** (failures - 1), self._retry_cap)
+                delay = backoff()
                 if delivery is None:
                     log.error("room %s: %s: %s; retrying in %.0f s", room, type(exc).__name__,
                               str(exc)[:300], delay)

@@ -10,9 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import TextIO
 
-from bot.urls import mask_userinfo
-
-MASK = "***"
+from bot.urls import MASK, mask_userinfo
 
 # Secrets learnt at run time (e.g. the access token a password login returns).
 _RUNTIME_SECRETS: set[str] = set()

@@ -31,7 +31,7 @@ from jinja2 import TemplateRuntimeError, pass_context
 from jinja2.runtime import Context
 from markupsafe import Markup
 
-from .clean import TITLE_CHARS, bounded_title, clean_link, defang_text
+from .clean import TITLE_CHARS, TRAILING_PUNCT, bounded_title, clean_link, defang_text
 from .clean import cut_text as _cut
 from .i18n import LANGUAGES, MESSAGES, format_time, text
 from .model import Entry, Message
@@ -618,7 +618,6 @@ def format_date(dt: datetime, language: str) -> str:
 # --- text and link helpers -------------------------------------------------------------
 
 _HAS_TAG_RE = re.compile(r"<[A-Za-z!/]")
-_TRAILING_PUNCT = " \t\n\r\f,;:.-–—(«…\u00a0\u202f"
 
 # Homeservers refuse events over 64 KiB (M_TOO_LARGE), and an item that can never be
 # sent would hold up its rooms' queues, since deliveries go out in order. Each field is
@@ -664,12 +663,13 @@ def _bounded(text: str, limit: int) -> str:
     return _cut(text, limit) if len(text) > limit else text
 
 
-def entry_line(title: str, published: float | None, link: str | None, language: str) -> str:
+def entry_line(title: str, published: float | None, link: str | None, language: str, *,
+               bullet: str = "• ") -> str:
     """An entry as one line of a plain-text answer (``latest``, ``archive``, a welcome):
     its bounded title, when, and its link if it is a clean web link."""
     when = format_time(published, language) if published else ""
     parts = (bounded_title(title) or text("untitled", language), when, clean_link(link) or "")
-    return "• " + " — ".join(p for p in parts if p)
+    return bullet + " — ".join(p for p in parts if p)
 
 
 def link_markup(title: str, link: str | None) -> str:
@@ -749,7 +749,7 @@ def _summary_markup(entry: Entry, title: str, link: str | None, limit: int) -> M
         if len(summary_text) > limit:
             summary_text = _cut(summary_text, limit)
         elif partial:
-            summary_text = summary_text.rstrip(_TRAILING_PUNCT) + "…"
+            summary_text = summary_text.rstrip(TRAILING_PUNCT) + "…"
         summary_html = f"<p>{_esc(summary_text).replace(chr(10), '<br>')}</p>"
     return Markup(summary_html)
 

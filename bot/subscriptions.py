@@ -146,7 +146,7 @@ class PersonalSubscriptions:
         args = words[1:]
         if name == "help" and not args:
             return text("dm_help", lang)
-        if name == "forget" and [a.casefold() for a in args] == ["me"]:
+        if is_forget_me(body, self._config.commands.prefix):
             self._store.forget_user(user_id)
             log.info("forgot everything about a subscriber, as they asked")
             return text("dm_forgotten", lang)

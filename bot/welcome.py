@@ -99,7 +99,7 @@ class Welcomer:
         latest = self._store.latest(self._room_feeds(room_id), 1)
         if latest:
             entry = latest[0]
-            shown = entry_line(entry.title, entry.published, entry.link, lang).removeprefix("• ")
+            shown = entry_line(entry.title, entry.published, entry.link, lang, bullet="")
         else:
             shown = text("welcome_nothing", lang)
         body = text("welcome", lang, room=room.name or room.alias, latest=shown)

@@ -228,7 +228,8 @@ def _parse_xml_feed(body: bytes, content_type: str | None, url: str) -> ParsedFe
     entries = [_entry_from_feedparser(e, url) for e in raw_entries]
     return ParsedFeed(
         title=bounded_title(_plain_text(_str(feed.get("title")), _detail_type(feed, "title"))),
-        link=_web_link(_absolute(_str(feed.get("link")), url)),
+        # feedparser falls back to the feed's <id> (often a urn:) when there is no link.
+        link=clean_link(_absolute(_str(feed.get("link")), url)),
         entries=_settle_identity(entries, warnings),
         language=_str(feed.get("language")).strip() or None,
         warnings=tuple(warnings),
@@ -434,7 +435,7 @@ def _parse_json_feed(body: bytes, url: str) -> ParsedFeed:
     home = _str(doc.get("home_page_url")).strip()
     return ParsedFeed(
         title=bounded_title(_plain_text(_str(doc.get("title")), "text/plain")),
-        link=_web_link(urljoin(base, home)) if home else None,
+        link=clean_link(urljoin(base, home)) if home else None,
         entries=_settle_identity(entries, warnings),
         language=_str(doc.get("language")).strip() or None,
         warnings=tuple(warnings),
@@ -593,11 +594,6 @@ def _absolute(link: str, base: str) -> str | None:
     if not link:
         return None
     return urljoin(base, link) if base else link
-
-
-def _web_link(link: str | None) -> str | None:
-    # feedparser falls back to the feed's <id> (often a urn:) when there is no link.
-    return clean_link(link)
 
 
 def _is_web_url(value: str) -> bool:

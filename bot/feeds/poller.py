@@ -75,9 +75,9 @@ def stable_ids(entries: tuple[Entry, ...]) -> tuple[tuple[Entry, ...], dict[str,
     legacy: dict[str, str] = {}
     bounded = []
     for entry in entries:
-        if len(entry.entry_id.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
-            hashed = "sha256:" + hashlib.sha256(
-                entry.entry_id.encode("utf-8", "surrogatepass")).hexdigest()
+        encoded = entry.entry_id.encode("utf-8", "surrogatepass")
+        if len(encoded) > MAX_ID_BYTES:
+            hashed = "sha256:" + hashlib.sha256(encoded).hexdigest()
             legacy[hashed] = entry.entry_id
             entry = replace(entry, entry_id=hashed)
         bounded.append(entry)

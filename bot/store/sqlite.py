@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bot.errors import StorageError
 from bot.filemodes import private_dir, private_file, tighten
@@ -316,17 +317,20 @@ class Store:
                          last_error=row[10], failures=row[11], next_fetch=row[12],
                          disabled=row[13])
 
-    def unseen(self, feed: str, entry_ids: Iterable[str]) -> set[str]:
-        """Those of ``entry_ids`` never seen in this feed."""
-        ids = list(dict.fromkeys(entry_ids))
-        seen: set[str] = set()
+    def _for_entries(self, select: str, feed: str, ids: list[str]) -> Iterator[Any]:
+        """Rows of ``SELECT ... WHERE feed = ? AND entry_id IN (...)`` for these ids, asked
+        500 at a time (SQLite bounds the number of parameters)."""
         with self._guard():
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 marks = ",".join("?" * len(chunk))
-                seen.update(r[0] for r in self._conn.execute(
-                    f"SELECT entry_id FROM seen WHERE feed = ? AND entry_id IN ({marks})",
-                    (feed, *chunk)))
+                yield from self._conn.execute(
+                    f"{select} WHERE feed = ? AND entry_id IN ({marks})", (feed, *chunk))
+
+    def unseen(self, feed: str, entry_ids: Iterable[str]) -> set[str]:
+        """Those of ``entry_ids`` never seen in this feed."""
+        ids = list(dict.fromkeys(entry_ids))
+        seen = {r[0] for r in self._for_entries("SELECT entry_id FROM seen", feed, ids)}
         return {i for i in ids if i not in seen}
 
     def record_poll(self, outcome: PollOutcome) -> list[str]:
@@ -548,19 +552,9 @@ class Store:
     def posted(self, feed: str, entry_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
         """Of these entries, the posted ones: entry id -> (fingerprint of what was posted
         or last edited, how many times it was edited)."""
-        ids = list(dict.fromkeys(entry_ids))
-        found: dict[str, tuple[str, int]] = {}
-        with self._guard():
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                found.update((entry_id, (fp, edits)) for entry_id, fp, edits in
-                             self._conn.execute(
-                                 f"SELECT entry_id, fingerprint, edits FROM posted_entry "
-                                 f"WHERE feed = ? AND entry_id IN ({marks})", (feed, *chunk)))
-        return found
-
-    # -- personal subscriptions ----------------------------------------------------------
+        return {entry_id: (fp, edits) for entry_id, fp, edits in self._for_entries(
+            "SELECT entry_id, fingerprint, edits FROM posted_entry", feed,
+            list(dict.fromkeys(entry_ids)))}
 
     def subscriber(self, user_id: str) -> Subscriber | None:
         with self._guard():
