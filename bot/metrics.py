@@ -2,17 +2,22 @@
 
 Readers are counted, never listed: the joined members of a feed's rooms (the bot aside)
 plus its personal subscribers. No read receipts are collected, nothing per person is kept.
-The endpoint (``metrics.listen``, off by default) speaks the Prometheus text format.
+The endpoint (``metrics.listen``, off by default) speaks the Prometheus text format,
+written by ``prometheus-client`` from a registry of this app's own: several bots in one
+process (the tests) never share a metric.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from bot.clock import Clock
 from bot.config import FeedConfig
@@ -53,6 +58,59 @@ async def count_readers(transport: Transport, store: Store, feed: FeedConfig,
     return Readers(len(members), store.subscriber_count(feed.name))
 
 
+@dataclass(frozen=True, slots=True)
+class FeedHealth:
+    failures: int                    # consecutive failed fetches
+    last_success: float | None       # seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every value of one scrape, read before the registry writes it: collecting is
+    synchronous in prometheus-client, the reading (transport, store) need not be."""
+    readers: dict[str, Readers] = field(default_factory=dict)
+    feeds: dict[str, FeedHealth] = field(default_factory=dict)
+    pending: int = 0
+    delivered: int = 0
+    failed: int = 0
+
+
+class _SnapshotCollector(Collector):
+    """Writes the last snapshot; a metric family is rebuilt on each scrape, so a feed
+    removed from the config disappears from the next one."""
+
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._snapshot()
+        readers = GaugeMetricFamily(
+            "newsbot_feed_readers",
+            "Joined members of the feed's rooms plus personal subscribers.", labels=["feed"])
+        subscribers = GaugeMetricFamily(
+            "newsbot_feed_subscribers", "Personal subscriptions by direct message.",
+            labels=["feed"])
+        for name, r in sorted(s.readers.items()):
+            readers.add_metric([name], r.total)
+            subscribers.add_metric([name], r.subscribers)
+        failures = GaugeMetricFamily("newsbot_feed_failures", "Consecutive failed fetches.",
+                                     labels=["feed"])
+        last_success = GaugeMetricFamily("newsbot_feed_last_success_seconds",
+                                         "When the feed was last read.", labels=["feed"])
+        for name, health in s.feeds.items():
+            failures.add_metric([name], health.failures)
+            if health.last_success is not None:
+                last_success.add_metric([name], round(health.last_success))
+        yield from (readers, subscribers, failures, last_success)
+        yield GaugeMetricFamily("newsbot_outbox_pending", "Items waiting to be delivered.",
+                                value=s.pending)
+        yield CounterMetricFamily("newsbot_delivered_total",
+                                  "Items delivered since the bot started.", value=s.delivered)
+        yield GaugeMetricFamily("newsbot_outbox_failed",
+                                "Deliveries parked after repeated unforeseen errors "
+                                "(see the log for each reason).", value=s.failed)
+
+
 class Metrics:
     def __init__(self, store: Store, transport: Transport, clock: Clock,
                  feeds: Callable[[], list[FeedConfig]], bot_user: str,
@@ -65,8 +123,13 @@ class Metrics:
         self._delivered = delivered
         self.readers: dict[str, Readers] = {}
         self._counted_at: float | None = None
+        self._snapshot = Snapshot()
+        # Not prometheus-client's global registry: each app (and each test's bot) has its own.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_SnapshotCollector(lambda: self._snapshot))
 
     async def refresh(self) -> None:
+        """Reader counts, at most every COUNT_EVERY seconds."""
         now = self._clock.now()
         if self._counted_at is not None and now - self._counted_at < COUNT_EVERY:
             return
@@ -83,49 +146,25 @@ class Metrics:
         self.readers = counted      # removed feeds disappear
         self._counted_at = self._clock.now()
 
-    def render(self) -> str:
-        lines = [
-            "# HELP newsbot_feed_readers Joined members of the feed's rooms plus personal "
-            "subscribers.",
-            "# TYPE newsbot_feed_readers gauge",
-        ]
-        lines += [f'newsbot_feed_readers{{feed="{_label(name)}"}} {r.total}'
-                  for name, r in sorted(self.readers.items())]
-        lines += ["# HELP newsbot_feed_subscribers Personal subscriptions by direct message.",
-                  "# TYPE newsbot_feed_subscribers gauge"]
-        lines += [f'newsbot_feed_subscribers{{feed="{_label(name)}"}} {r.subscribers}'
-                  for name, r in sorted(self.readers.items())]
-        lines += ["# HELP newsbot_feed_failures Consecutive failed fetches.",
-                  "# TYPE newsbot_feed_failures gauge",
-                  "# HELP newsbot_feed_last_success_seconds When the feed was last read.",
-                  "# TYPE newsbot_feed_last_success_seconds gauge"]
+    async def scrape(self) -> bytes:
+        """The exposition of one scrape: readers as last counted, the rest read now."""
+        await self.refresh()
+        feeds: dict[str, FeedHealth] = {}
         for feed in self._feeds():
             state = self._store.feed_state(feed.name)
-            if state is None:
-                continue
-            label = _label(feed.name)
-            lines.append(f'newsbot_feed_failures{{feed="{label}"}} {state.failures}')
-            if state.last_success is not None:
-                lines.append(f'newsbot_feed_last_success_seconds{{feed="{label}"}} '
-                             f"{state.last_success:.0f}")
-        lines += ["# HELP newsbot_outbox_pending Items waiting to be delivered.",
-                  "# TYPE newsbot_outbox_pending gauge",
-                  f"newsbot_outbox_pending {self._store.pending_count()}",
-                  "# HELP newsbot_delivered_total Items delivered since the bot started.",
-                  "# TYPE newsbot_delivered_total counter",
-                  f"newsbot_delivered_total {self._delivered()}",
-                  "# HELP newsbot_outbox_failed Deliveries parked after repeated unforeseen "
-                  "errors (see the log for each reason).",
-                  "# TYPE newsbot_outbox_failed gauge",
-                  f"newsbot_outbox_failed {self._store.failed_count()}"]
-        return "\n".join(lines) + "\n"
+            if state is not None:
+                feeds[feed.name] = FeedHealth(state.failures, state.last_success)
+        self._snapshot = Snapshot(readers=dict(self.readers), feeds=feeds,
+                                  pending=self._store.pending_count(),
+                                  delivered=self._delivered(),
+                                  failed=self._store.failed_count())
+        return generate_latest(self.registry)
 
     async def serve(self, host: str, port: int) -> None:
         """Serve /metrics until cancelled. Nothing runs between scrapes."""
         async def handler(_request: web.Request) -> web.Response:
-            await self.refresh()
-            return web.Response(text=self.render(), content_type="text/plain",
-                                charset="utf-8")
+            body = await self.scrape()
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         app = web.Application()
         app.router.add_get("/metrics", handler)
@@ -143,7 +182,3 @@ class Metrics:
             await asyncio.Event().wait()
         finally:
             await runner.cleanup()
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")

@@ -184,9 +184,9 @@ async def test_stats_and_archive_in_a_room(
         async with aiohttp.ClientSession() as http, \
                 http.get(f"http://127.0.0.1:{port}/metrics") as resp:
             metrics = await resp.text()
-        assert 'newsbot_feed_readers{feed="actus"} 3' in metrics.splitlines()
-        assert 'newsbot_feed_failures{feed="actus"} 0' in metrics.splitlines()
-        assert "newsbot_outbox_pending 0" in metrics.splitlines()
+        assert 'newsbot_feed_readers{feed="actus"} 3.0' in metrics.splitlines()
+        assert 'newsbot_feed_failures{feed="actus"} 0.0' in metrics.splitlines()
+        assert "newsbot_outbox_pending 0.0" in metrics.splitlines()
         assert "@" not in metrics            # counted, never listed
     finally:
         await stop(app, task)
