@@ -23,7 +23,7 @@ from bot.clock import Clock
 from bot.config import FeedConfig
 from bot.errors import TransportError
 from bot.store import Store
-from bot.transport.base import Transport
+from bot.transport.base import Messaging
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class Readers:
         return self.members + self.subscribers
 
 
-async def count_readers(transport: Transport, store: Store, feed: FeedConfig,
+async def count_readers(transport: Messaging, store: Store, feed: FeedConfig,
                         bot_user: str,
                         seen: dict[str, list[str]] | None = None) -> Readers:
     """``seen`` (room -> members) lets one counting pass ask for each room once."""
@@ -112,7 +112,7 @@ class _SnapshotCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, store: Store, transport: Transport, clock: Clock,
+    def __init__(self, store: Store, transport: Messaging, clock: Clock,
                  feeds: Callable[[], list[FeedConfig]], bot_user: str,
                  delivered: Callable[[], int]) -> None:
         self._store = store

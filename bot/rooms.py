@@ -34,7 +34,7 @@ from bot.model import Delivery
 from bot.render import bounded_title
 from bot.store import Store
 from bot.store.sqlite import RECENT_PER_FEED
-from bot.transport.base import Transport
+from bot.transport.base import RoomAdmin
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ class RoomReport:
 
 
 class RoomManager:
-    def __init__(self, config: Config, transport: Transport, store: Store) -> None:
+    def __init__(self, config: Config, transport: RoomAdmin, store: Store) -> None:
         self._config = config
         self._transport = transport
         self._store = store

@@ -1,5 +1,11 @@
 """The seam a chat network plugs into. Matrix implements it now; XMPP can later.
 
+Split by what callers need: ``Messaging`` (joining, sending, finding a delivery, incoming
+events, direct conversations) serves delivery, commands and the app; ``RoomAdmin``
+(creating rooms, reading and setting their state, the directory) serves only bot.rooms.
+Both find and join rooms (``RoomLookup``). ``Transport`` is the whole, for the app that
+builds one and hands out its parts.
+
 Implementations turn their library's errors into the bot's own (bot.errors): callers only
 ever see TemporaryTransportError (retry later), RateLimitedError (retry after a delay),
 RoomUnavailableError (this room refuses us) and AuthError (credentials refused).
@@ -52,14 +58,8 @@ class EventHandlers:
     on_direct_closed: Callable[[str, str], None] | None = None
 
 
-class Transport(Protocol):
-    # Bumped whenever the session was replaced (a new login): transaction ids sent under
-    # an earlier session may not be recognised any more.
-    login_generation: int
-
-    async def connect(self) -> None:
-        """Wait for the server (retrying with backoff) and authenticate."""
-        ...
+class RoomLookup(Protocol):
+    """Finding and joining a room: every caller that names rooms needs it."""
 
     async def resolve_room(self, room: str) -> str:
         """The room id for a room id or alias."""
@@ -67,6 +67,16 @@ class Transport(Protocol):
 
     async def join_room(self, room: str) -> str:
         """Join a room by id or alias; returns the room id."""
+        ...
+
+
+class Messaging(RoomLookup, Protocol):
+    # Bumped whenever the session was replaced (a new login): transaction ids sent under
+    # an earlier session may not be recognised any more.
+    login_generation: int
+
+    async def connect(self) -> None:
+        """Wait for the server (retrying with backoff) and authenticate."""
         ...
 
     async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
@@ -114,7 +124,9 @@ class Transport(Protocol):
     async def close(self) -> None:
         ...
 
-    # -- rooms the bot manages (bot.rooms) ---------------------------------------------
+
+class RoomAdmin(RoomLookup, Protocol):
+    """The rooms the bot manages (bot.rooms): create them, keep their state as configured."""
 
     async def create_room(self, *, alias_localpart: str, name: str | None,
                           topic: str | None, preset: str, initial_state: list[dict[str, Any]],
@@ -147,3 +159,7 @@ class Transport(Protocol):
 
     async def set_directory_published(self, room_id: str, published: bool) -> None:
         ...
+
+
+class Transport(Messaging, RoomAdmin, Protocol):
+    """A whole network connection: what the app builds, then hands out as its parts."""
