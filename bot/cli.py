@@ -1,4 +1,4 @@
-"""Command line: ``newsbot run | check-config | preview | demo``.
+"""Command line: ``newsbot run | doctor | check-config | preview``.
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 configuration error.
 """
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from bot import __version__
 from bot.errors import BlockedURLError, ConfigError, FeedError, NewsbotError
+from bot.i18n import LANGUAGES
 
 if TYPE_CHECKING:       # the CLI imports the bot lazily, so that --help stays fast
     from bot.config import Config
@@ -50,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("url")
     preview.add_argument("-n", "--entries", type=int, default=3,
                          help="how many of the newest entries (default 3)")
-    preview.add_argument("--language", choices=("en", "fr"), default="en")
+    preview.add_argument("--language", choices=LANGUAGES, default="en")
     preview.add_argument("--html", action="store_true", help="print the HTML too")
     preview.add_argument("--template", default="default", metavar="NAME",
                          help="default, compact, full, a Jinja2 template file, or a "
@@ -64,11 +65,6 @@ def _parser() -> argparse.ArgumentParser:
                          help="as a feed's max_message_bytes (default 40KiB)")
     preview.add_argument("--allow-private-networks", action="store_true",
                          help="allow URLs on loopback or private addresses (e.g. a local test)")
-
-    demo = sub.add_parser("demo", help="run the bot against a throwaway local Synapse and "
-                                       "print what a member receives (needs the test extra)")
-    demo.add_argument("--keep", type=Path, default=None,
-                      help="keep the demo's files in this directory instead of a temporary one")
     return parser
 
 
@@ -83,10 +79,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "preview":
             _setup_logs(args, "WARNING", ())
             return asyncio.run(_preview(args))
-        if args.command == "demo":
-            _setup_logs(args, "WARNING", ())
-            from bot.demo import run_demo
-            return asyncio.run(run_demo(args.keep))
         return _run(args)
     except KeyboardInterrupt:
         return EXIT_OK

@@ -14,7 +14,7 @@ import yaml
 
 from bot.app import App
 from bot.config import Config, load_config
-from bot.testing import RegisteredUser
+from tests.support import RegisteredUser
 
 ROOT = Path(__file__).resolve().parent.parent
 

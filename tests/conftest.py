@@ -7,7 +7,6 @@ independent by registering their own users and creating their own rooms and feed
 from __future__ import annotations
 
 import re
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,13 +14,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-# The project is not installed in the venv and `.venv/bin/pytest` does not put the repo
-# root on sys.path; `pythonpath = ["."]` in pyproject would make this unnecessary.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from bot.testing import (  # noqa: E402
+# `tests.support` imports as a package because pyproject's `pythonpath = ["."]` puts the
+# checkout's root on sys.path.
+from tests.support import (
     FeedServer,
     MemberClient,
     MemberFactory,

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
-from bot.testing import RegisteredUser
+from tests.support import RegisteredUser
 
 JSMEMBER_DIR = Path(__file__).resolve().parent / "jsmember"
 SCRIPT = JSMEMBER_DIR / "member.mjs"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.testing import FeedServer, NewUserFactory, SynapseServer, free_port, make_items
 from tests.botkit import bot_config, write_config
+from tests.support import FeedServer, NewUserFactory, SynapseServer, free_port, make_items
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.yaml"

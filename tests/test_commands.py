@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from bot.testing import (
+from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MemberClient,
     MemberFactory,
@@ -19,7 +20,6 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
-from tests.botkit import InProcessBot, bot_config, load, write_config
 
 
 async def ask(client: MemberClient, room: str, bot: RegisteredUser, body: str,

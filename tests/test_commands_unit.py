@@ -11,6 +11,7 @@ from bot.filters import wanted
 from bot.i18n import MESSAGES, format_duration, format_time
 from bot.model import Entry
 from bot.store import RoomFeedSettings
+from tests.support.clock import FakeClock
 
 
 @pytest.mark.parametrize(("body", "expected"), [
@@ -35,14 +36,6 @@ def test_slug_makes_a_valid_feed_name() -> None:
     assert slug("Actualités d'InterHop — Santé") == "actualites-d-interhop-sante"
     assert slug("   ") == "feed"
     assert len(slug("x" * 100)) <= 40
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
 
 
 def test_rate_limiter_allows_a_burst_then_tells_once_per_window() -> None:

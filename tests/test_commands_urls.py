@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 from bot.logs import make_handler
-from bot.testing import FeedServer, MemberFactory, NewUserFactory, SynapseServer, make_items
 from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support import FeedServer, MemberFactory, NewUserFactory, SynapseServer, make_items
 from tests.test_commands import ask
 
 NO_TITLE_RSS = (b'<?xml version="1.0"?><rss version="2.0"><channel>'

@@ -17,7 +17,9 @@ import pytest
 
 from bot.config import Config
 from bot.store import Store
-from bot.testing import (
+from bot.transport.matrix import DIRECT_ROOMS_KEY
+from tests.botkit import bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MemberClient,
     MemberFactory,
@@ -26,9 +28,7 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
-from bot.testing.synapse import MatrixAPIError
-from bot.transport.matrix import DIRECT_ROOMS_KEY
-from tests.botkit import bot_config, load, write_config
+from tests.support.synapse import MatrixAPIError
 from tests.test_direct_messages import accepted_dm, resolve, until
 from tests.test_subscriptions import OffsetClock, say, start, stop
 

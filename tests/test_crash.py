@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.testing import (
+from tests.botkit import ROOT, BotProcess, bot_config, write_config
+from tests.support import (
     FeedServer,
     MemberClient,
     MemberFactory,
@@ -19,7 +20,6 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
-from tests.botkit import ROOT, BotProcess, bot_config, write_config
 
 
 async def assert_exactly_once(alice: MemberClient, rooms: list[str], bot: RegisteredUser,

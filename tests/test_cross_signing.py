@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 
-from bot.testing import MemberClient, NewUserFactory, SynapseServer, make_items
 from bot.transport.cross_signing import (
     KEYS_FILE,
     CrossSigningKeys,
@@ -32,6 +31,7 @@ from bot.transport.cross_signing import (
     upload_body,
 )
 from tests.botkit import ROOT, InProcessBot, bot_config, bot_environ, write_config
+from tests.support import MemberClient, NewUserFactory, SynapseServer, make_items
 from tests.test_encryption import Scene, first_lines, scene  # noqa: F401 (fixture)
 
 CRYPTO = "crypto"

@@ -9,9 +9,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from bot.testing import FeedItem, FeedServer, NewUserFactory, SynapseServer
 from tests.botkit import InProcessBot, bot_config, load, write_config
 from tests.jsmember import JsMember
+from tests.support import FeedItem, FeedServer, NewUserFactory, SynapseServer
 from tests.test_promises import item
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from bot.testing import (
+from tests.botkit import bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MemberClient,
     MemberFactory,
@@ -24,7 +25,6 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
-from tests.botkit import bot_config, load, write_config
 from tests.test_subscriptions import open_dm, say, start, stop
 
 

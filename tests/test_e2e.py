@@ -13,7 +13,10 @@ import pytest
 from bot.delivery import TXN_MEMORY_SECONDS, Deliverer, event_content, txn_id_for
 from bot.model import Message, delivery_key
 from bot.store import NewDelivery, PollOutcome, Store
-from bot.testing import (
+from bot.transport.base import DELIVERY_KEY_FIELD
+from bot.transport.matrix import MatrixTransport
+from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MemberClient,
     MemberFactory,
@@ -21,9 +24,6 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
-from bot.transport.base import DELIVERY_KEY_FIELD
-from bot.transport.matrix import MatrixTransport
-from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
 
 
 async def setup_rooms(new_user: NewUserFactory, member: MemberFactory, count: int = 2,

@@ -14,7 +14,10 @@ from typing import Any
 
 import pytest
 
-from bot.testing import (
+from bot.transport import matrix as matrix_transport
+from bot.transport.matrix_crypto import NIO_DEFAULT_PICKLE_KEY, PICKLE_KEY_FILE, STORE_NAME
+from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MemberClient,
     NewUserFactory,
@@ -22,10 +25,7 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
-from bot.testing.e2emember import ENCRYPTION_STATE, EncryptedMember, history_state
-from bot.transport import matrix as matrix_transport
-from bot.transport.matrix_crypto import NIO_DEFAULT_PICKLE_KEY, PICKLE_KEY_FILE, STORE_NAME
-from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
+from tests.support.e2emember import ENCRYPTION_STATE, EncryptedMember, history_state
 
 
 def first_lines(bodies: list[str]) -> list[str]:

@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from bot.store.sqlite import DB_FILENAME
-from bot.testing import (
+from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MemberClient,
     MemberFactory,
@@ -22,8 +23,7 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
-from bot.testing.proxy import FaultyProxy
-from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
+from tests.support.proxy import FaultyProxy
 
 
 def titles(events: list[dict]) -> list[str]:

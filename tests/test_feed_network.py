@@ -36,25 +36,15 @@ from bot.feeds.netguard import AddressPolicy, IPAddress, default_policy
 from bot.feeds.poller import FeedPoller
 from bot.store import Store
 from bot.store.sqlite import FeedState
-from bot.testing import FeedServer, free_port, make_items
-from bot.testing.feedserver import CONTENT_TYPES
+from tests.support import FeedServer, free_port, make_items
+from tests.support.clock import FakeClock
+from tests.support.feedserver import CONTENT_TYPES
 
 T = TypeVar("T")
 
 POLLER_LOGGER = "bot.feeds.poller"
 START = 1_750_000_000.0
 PRIVATE_HINT = "set fetch.allow_private_networks to allow"
-
-
-class FakeClock:
-    def __init__(self, now: float = START) -> None:
-        self.t = now
-
-    def now(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 @dataclass
@@ -64,7 +54,7 @@ class Rig:
     store: Store
     fetcher: Fetcher
     fetch_config: FetchConfig
-    clock: FakeClock = field(default_factory=FakeClock)
+    clock: FakeClock = field(default_factory=lambda: FakeClock(START))
     enqueued: list[list[str]] = field(default_factory=list)
     limiter: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from bot.testing import (
+from tests.support import (
     FeedItem,
     FeedServer,
     MatrixAPIError,

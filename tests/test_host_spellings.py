@@ -23,8 +23,8 @@ import aiohttp.connector
 import pytest
 from aiohttp import web
 
-from bot.testing import FeedItem, FeedServer, MemberFactory, NewUserFactory, SynapseServer
 from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support import FeedItem, FeedServer, MemberFactory, NewUserFactory, SynapseServer
 
 SPELLINGS = ["2130706433", "127.1", "0177.0.0.1", "017700000001", "0", "0x7f.1"]
 

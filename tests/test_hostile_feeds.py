@@ -42,7 +42,9 @@ from bot.feeds.poller import FeedPoller
 from bot.media import IMAGE_FIELD
 from bot.model import Delivery
 from bot.store import Store
-from bot.testing import (
+from bot.transport.matrix import MatrixTransport
+from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MemberClient,
     MemberFactory,
@@ -50,8 +52,6 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
-from bot.transport.matrix import MatrixTransport
-from tests.botkit import InProcessBot, bot_config, load, write_config
 
 CORPUS = Path(__file__).parent / "data" / "hostile"
 ROOMS = ("!alpha:hostile.test", "!beta:hostile.test")

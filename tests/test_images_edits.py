@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 
 from bot.media import sniff_image
-from bot.testing import (
+from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support import (
     FeedItem,
     FeedServer,
     MemberClient,
@@ -21,7 +22,6 @@ from bot.testing import (
     NewUserFactory,
     SynapseServer,
 )
-from tests.botkit import InProcessBot, bot_config, load, write_config
 
 
 def png(width: int, height: int) -> bytes:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.testing import NewUserFactory, SynapseServer
 from tests.jsmember import JsMember
+from tests.support import NewUserFactory, SynapseServer
 
 
 async def test_js_member_decrypts_and_flags_an_unsigned_device(

@@ -55,7 +55,9 @@ import pytest
 from aiohttp import web
 
 from bot.model import delivery_key
-from bot.testing import (
+from bot.transport.base import DELIVERY_KEY_FIELD
+from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MemberClient,
     MemberFactory,
@@ -65,9 +67,7 @@ from bot.testing import (
     free_port,
     make_items,
 )
-from bot.testing.feedserver import CONTENT_TYPES, render_rss
-from bot.transport.base import DELIVERY_KEY_FIELD
-from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support.feedserver import CONTENT_TYPES, render_rss
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

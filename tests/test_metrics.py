@@ -10,14 +10,7 @@ from bot.config import FeedConfig
 from bot.errors import TransportError
 from bot.metrics import COUNT_EVERY, Metrics
 from bot.store import Store
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def now(self) -> float:
-        return self.t
+from tests.support.clock import FakeClock
 
 
 class Rooms:

@@ -33,7 +33,8 @@ from bot.store import DigestItem, PollOutcome, Store
 from bot.store.schema import MIGRATIONS
 from bot.store.sqlite import DB_FILENAME
 from bot.subscriptions import PersonalSubscriptions, digest_messages
-from bot.testing import (
+from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support import (
     FeedItem,
     FeedServer,
     MemberClient,
@@ -42,7 +43,6 @@ from bot.testing import (
     RegisteredUser,
     SynapseServer,
 )
-from tests.botkit import InProcessBot, bot_config, load, write_config
 from tests.test_images_edits import png, serve_bytes
 from tests.test_subscriptions import OffsetClock, open_dm, say, start, stop
 

@@ -32,7 +32,9 @@ from bot.rooms import (
     split_topic,
 )
 from bot.store import NewDelivery, PollOutcome, Store
-from bot.testing import (
+from bot.transport.base import Transport
+from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MatrixAPIError,
     MemberClient,
@@ -42,10 +44,8 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
-from bot.testing.e2emember import ENCRYPTION_STATE
-from bot.testing.synapse import matrix_request
-from bot.transport.base import Transport
-from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support.e2emember import ENCRYPTION_STATE
+from tests.support.synapse import matrix_request
 
 # --- pure parts: the plan and the topic ------------------------------------------------
 

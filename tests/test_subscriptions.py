@@ -12,7 +12,8 @@ import aiohttp
 
 from bot.app import App
 from bot.store.sqlite import DB_FILENAME
-from bot.testing import (
+from tests.botkit import bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MemberClient,
     MemberFactory,
@@ -22,7 +23,6 @@ from bot.testing import (
     free_port,
     make_items,
 )
-from tests.botkit import bot_config, load, write_config
 
 
 class OffsetClock:

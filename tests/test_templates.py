@@ -52,7 +52,7 @@ from bot.render import (
 )
 from bot.store import Store
 from bot.templates import BUILTIN_TEMPLATES, TemplateLimitError
-from bot.testing import FeedServer
+from tests.support import FeedServer
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 UPDATE = os.environ.get("NEWSBOT_UPDATE_GOLDEN") == "1"

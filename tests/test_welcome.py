@@ -7,7 +7,8 @@ import time
 import uuid
 from pathlib import Path
 
-from bot.testing import (
+from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support import (
     FeedServer,
     MatrixAPIError,
     MemberFactory,
@@ -15,8 +16,7 @@ from bot.testing import (
     SynapseServer,
     make_items,
 )
-from bot.testing.e2emember import EncryptedMember
-from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support.e2emember import EncryptedMember
 
 
 async def test_a_newcomer_is_welcomed_privately_and_the_room_stays_quiet(

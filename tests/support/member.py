@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from bot.testing.synapse import MatrixAPIError, RegisteredUser, matrix_request
+from tests.support.synapse import MatrixAPIError, RegisteredUser, matrix_request
 
 _PAGE = 100
 

@@ -1,14 +1,18 @@
-"""``newsbot demo``: the main job end to end on loopback, with nothing to configure.
+"""``./dev demo`` (``python -m tests.support.demo``): the main job end to end on loopback,
+with nothing to configure.
 
 A throwaway Synapse, a local feed of an association's news, the bot posting into a room,
-and a member's own client printing each message as it receives it.
+and a member's own client printing each message as it receives it. It lives beside the test
+harness it runs on, so that neither ships in the wheel.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,6 +23,8 @@ import yaml
 
 from bot.app import App
 from bot.config import load_config
+from bot.logs import setup_logging
+from tests.support import FeedItem, FeedServer, MemberClient, SynapseServer
 
 DEMO_ITEMS = [
     ("Lettre techno-juridique n° 12 : l'hébergement des données de santé",
@@ -46,17 +52,11 @@ def _workdir(keep: Path | None) -> Iterator[Path]:
 
 
 async def run_demo(keep: Path | None = None) -> int:
-    try:
-        from bot.testing import FeedItem, FeedServer, MemberClient, SynapseServer
-    except ImportError as exc:  # matrix-synapse comes with the test extra
-        _say(f"the demo needs the test extra (pip install -e '.[test]'): {exc}")
-        return 1
     with _workdir(keep) as work:
-        return await _demo(work, FeedItem, FeedServer, MemberClient, SynapseServer)
+        return await _demo(work)
 
 
-async def _demo(work: Path, FeedItem: type, FeedServer: type, MemberClient: type,  # noqa: N803
-                SynapseServer: type) -> int:
+async def _demo(work: Path) -> int:
     started = time.monotonic()
     _say("Starting a throwaway Synapse homeserver on 127.0.0.1 ...")
     async with SynapseServer(work / "synapse") as hs, FeedServer() as feeds:
@@ -124,3 +124,22 @@ def _print_event(event: dict[str, object]) -> None:
     for line in str(content.get("body", "")).splitlines():
         _say(f"  | {line}")
     _say("")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="./dev demo",
+        description="run the bot against a throwaway local Synapse and print what a member "
+                    "receives")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the demo's files in this directory instead of a temporary one")
+    args = parser.parse_args(argv)
+    setup_logging(fmt="text", level="WARNING")
+    try:
+        return asyncio.run(run_demo(args.keep))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,9 +22,9 @@ def free_port() -> int:
 
 
 # Imported after free_port: the submodules use it.
-from bot.testing.feedserver import FeedItem, FeedServer, RequestRecord, make_items  # noqa: E402
-from bot.testing.member import MemberClient  # noqa: E402
-from bot.testing.synapse import (  # noqa: E402
+from tests.support.feedserver import FeedItem, FeedServer, RequestRecord, make_items  # noqa: E402
+from tests.support.member import MemberClient  # noqa: E402
+from tests.support.synapse import (  # noqa: E402
     DEFAULT_RATE_LIMITS,
     MatrixAPIError,
     RegisteredUser,

@@ -12,7 +12,7 @@ from typing import Any
 
 import nio
 
-from bot.testing.synapse import RegisteredUser
+from tests.support.synapse import RegisteredUser
 
 ENCRYPTION_STATE = {"type": "m.room.encryption", "state_key": "",
                     "content": {"algorithm": "m.megolm.v1.aes-sha2"}}

@@ -24,7 +24,7 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 
-from bot.testing import free_port
+from tests.support import free_port
 
 SERVER_NAME = "localhost"
 
