@@ -25,7 +25,7 @@ from bot.config import Config, FeedConfig, parse_duration
 from bot.errors import FeedError, RateLimitedError, TemporaryTransportError, TransportError
 from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
-from bot.i18n import format_duration, format_time, text
+from bot.i18n import LANGUAGES, format_duration, format_time, text
 from bot.metrics import count_readers
 from bot.render import entry_line
 from bot.store import RoomFeed, RoomFeedSettings, Store
@@ -533,7 +533,7 @@ class CommandRunner:
         return Reply(text("filter_set", lang, name=name, filters=described))
 
     async def _cmd_lang(self, message: IncomingMessage, args: list[str], lang: str) -> Reply:
-        if len(args) != 1 or args[0].casefold() not in ("fr", "en"):
+        if len(args) != 1 or args[0].casefold() not in LANGUAGES:
             raise UsageError
         chosen = args[0].casefold()
         self._store.set_room_language(message.room_id, chosen)

@@ -23,6 +23,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError
+from .i18n import LANGUAGES
 from .render import (
     CONTENT_MODES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -221,7 +222,6 @@ _PLACEHOLDER_RE = re.compile(
 _SECRET_LINE_RE = re.compile(r"^\s*-?\s*(?:access_token|password)\s*:\s*(.+?)\s*$",
                              re.MULTILINE)
 
-_LANGUAGES = ("fr", "en")
 _MSGTYPES = ("m.notice", "m.text")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -897,7 +897,7 @@ def _read_feed(r: _Reader, node: Node, index: int,
     backfill = r.integer(items, node, path, "backfill", 0, 0)
     max_per_poll = r.integer(items, node, path, "max_per_poll", 5, 1)
     msgtype = r.choice(items, node, path, "msgtype", _MSGTYPES, "m.notice")
-    language = r.choice(items, node, path, "language", _LANGUAGES, None)
+    language = r.choice(items, node, path, "language", LANGUAGES, None)
     template = _read_template(r, items, node, path)
     content = r.choice(items, node, path, "content", CONTENT_MODES, "summary")
     summary_length = r.integer(items, node, path, "summary_length", DEFAULT_SUMMARY_LENGTH, 0)
@@ -1101,7 +1101,7 @@ def _read_config(r: _Reader, root: Node) -> Config | None:
     storage = _read_storage(r, top, root)
     fetch = _read_fetch(r, top, root)
     admins = _read_user_ids(r, top, "")
-    language = r.choice(top, root, "", "language", _LANGUAGES, "en")
+    language = r.choice(top, root, "", "language", LANGUAGES, "en")
     log_level = r.choice(top, root, "", "log_level", _LOG_LEVELS, "INFO", fold=True)
     feeds = _read_feeds(r, top, root)
     commands = _read_commands(r, top, root)

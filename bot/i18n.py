@@ -6,7 +6,8 @@ in either, so a room never gets a mixed-language answer.
 
 from __future__ import annotations
 
-LANGUAGES = ("en", "fr")
+# Every language the bot speaks, the first one first in lists shown to people.
+LANGUAGES = ("fr", "en")
 
 MESSAGES: dict[str, dict[str, str]] = {
     "untitled": {"en": "(untitled)", "fr": "(sans titre)"},

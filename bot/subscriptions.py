@@ -25,7 +25,7 @@ from bot.clock import Clock
 from bot.config import Config
 from bot.delivery import event_content
 from bot.errors import TransportError
-from bot.i18n import text
+from bot.i18n import LANGUAGES, text
 from bot.model import Message, delivery_key
 from bot.render import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -150,7 +150,7 @@ class PersonalSubscriptions:
             self._store.forget_user(user_id)
             log.info("forgot everything about a subscriber, as they asked")
             return text("dm_forgotten", lang)
-        if name == "lang" and len(args) == 1 and args[0].casefold() in ("fr", "en"):
+        if name == "lang" and len(args) == 1 and args[0].casefold() in LANGUAGES:
             self._store.save_subscriber(user_id, room_id, language=args[0].casefold())
             return text("lang_set", args[0].casefold())
         if name == "archive" and (not args or len(args) == 1
