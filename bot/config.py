@@ -3,19 +3,27 @@
 Every problem names the file line and the dotted key path, and all problems are
 reported together so an operator fixes the file in one pass. Secrets (access token,
 password, token file content) never appear in a problem, a warning or a repr.
+
+Each key is declared once, as a field of the dataclasses below (MatrixConfig ... Config)
+whose metadata (`_key`) says what it means, how it is read and checked; the keys each
+section knows, its defaults and the README's table of keys (`key_table`) derive from that.
+Checks that involve several keys belong to their section (`_SECTION_CHECKS`).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -37,120 +45,9 @@ from .templates import BUILTIN_TEMPLATES
 __all__ = [
     "CommandsConfig", "Config", "EncryptionConfig", "FeedConfig", "FetchConfig",
     "MatrixConfig", "RoomConfig", "StorageConfig",
-    "load_config", "load_config_text", "parse_duration", "parse_size",
+    "key_table", "load_config", "load_config_text", "parse_duration", "parse_size",
+    "readme_with_key_table",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class MatrixConfig:
-    homeserver: str
-    user_id: str
-    access_token: str | None
-    password: str | None
-    device_id: str | None
-    display_name: str | None = None
-
-    def __repr__(self) -> str:
-        # Hand-written so that logging a config (or a traceback showing it) cannot leak.
-        def mask(secret: str | None) -> str:
-            return "None" if secret is None else "'***'"
-        return (
-            f"MatrixConfig(homeserver={self.homeserver!r}, user_id={self.user_id!r}, "
-            f"access_token={mask(self.access_token)}, password={mask(self.password)}, "
-            f"device_id={self.device_id!r}, display_name={self.display_name!r})"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class StorageConfig:
-    path: Path
-
-
-@dataclass(frozen=True, slots=True)
-class FetchConfig:
-    allow_private_networks: bool = False
-    timeout: float = 30.0
-    connect_timeout: float = 10.0
-    max_body_bytes: int = 5 * 1024 * 1024
-    concurrency: int = 8
-    max_backoff: float = 21600.0
-    max_image_bytes: int = 5 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class EncryptionConfig:
-    enabled: bool = True
-    # "all": every device of the members; "cross-signed": devices their owners signed
-    # (what Element calls "exclude insecure devices"); "verified": verified ones only.
-    trust: str = "all"
-
-
-@dataclass(frozen=True, slots=True)
-class CommandsConfig:
-    prefix: str = "!news"
-    min_power_level: int = 50
-    rate_limit: int = 5              # commands per user ...
-    rate_window: float = 10.0        # ... in this many seconds
-    max_feeds_per_room: int = 20
-    default_interval: float = 15 * 60.0   # for feeds added by command
-    max_conversations: int = 1000    # private conversations kept at once
-
-
-@dataclass(frozen=True, slots=True)
-class RoomConfig:
-    """An announcement room the bot owns: created when missing, kept as declared."""
-
-    alias: str                          # "#name:server", the room's stable identity
-    name: str | None = None             # None: not managed (people may set it)
-    topic: str | None = None
-    avatar: str | None = None           # an mxc:// URI
-    join_rule: str = "public"           # public | knock | invite
-    history: str = "shared"             # shared | world_readable | joined | invited
-    encrypted: bool = False             # once on, a room's encryption can never be turned off
-    directory: bool = False             # published in the homeserver's room directory
-    space: str | None = None            # a parent space's alias or id
-    pin_latest: bool = True
-    topic_latest: bool = False          # the topic ends with "— Latest: TITLE LINK"
-    moderators: tuple[str, ...] = ()    # given power level 50 (never lowered)
-    welcome: str = "off"                # "dm": newcomers get the latest issue privately
-
-
-@dataclass(frozen=True, slots=True)
-class FeedConfig:
-    name: str
-    url: str
-    rooms: tuple[str, ...]
-    interval: float
-    backfill: int = 0
-    max_per_poll: int = 5
-    msgtype: str = "m.notice"
-    language: str | None = None
-    # How items read: a built-in template name (default, compact, full) or Jinja2
-    # source (from `template:` or read from `template_file:`), checked at load time.
-    template: str = "default"
-    content: str = "summary"                    # or "full": the whole entry
-    summary_length: int = DEFAULT_SUMMARY_LENGTH
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    images: str = "inline"                      # inline | separate (an m.image) | off
-    on_update: str = "edit"                     # edit the posted message, or ignore
-    max_edits: int = 5                          # edits per item, then corrections are logged
-    public: bool = False                        # open to personal subscriptions by DM
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    matrix: MatrixConfig
-    storage: StorageConfig
-    fetch: FetchConfig
-    admins: tuple[str, ...]
-    feeds: tuple[FeedConfig, ...]
-    language: str = "en"
-    log_level: str = "INFO"
-    commands: CommandsConfig = CommandsConfig()
-    encryption: EncryptionConfig = EncryptionConfig()
-    rooms: tuple[RoomConfig, ...] = ()
-    metrics_listen: tuple[str, int] | None = None   # metrics.listen: "127.0.0.1:9180"
-    source: Path | None = None
 
 
 # --- value parsers ----------------------------------------------------------------------
@@ -232,28 +129,12 @@ _TAG_FLOAT = "tag:yaml.org,2002:float"
 _TAG_BOOL = "tag:yaml.org,2002:bool"
 _TAG_NULL = "tag:yaml.org,2002:null"
 
-_TOP_KEYS = ("matrix", "storage", "fetch", "admins", "feeds", "language", "log_level",
-             "commands", "encryption", "rooms", "metrics")
-_ROOM_KEYS = ("alias", "name", "topic", "avatar", "join_rule", "history", "encrypted",
-              "directory", "space", "pin_latest", "topic_latest", "moderators", "welcome")
 _JOIN_RULES = ("public", "knock", "invite")
 _HISTORY = ("shared", "world_readable", "joined", "invited")
 _ALIAS_LOCALPART_RE = re.compile(r"#?([^\s:#]+)")
 _MXC_RE = re.compile(r"mxc://[^\s/]+/[^\s/]+")
-_ENCRYPTION_KEYS = ("enabled", "trust")
-_COMMANDS_KEYS = ("prefix", "min_power_level", "rate_limit", "rate_window",
-                  "max_feeds_per_room", "default_interval", "max_conversations")
-_MATRIX_KEYS = ("homeserver", "user_id", "access_token", "access_token_file", "password",
-                "device_id", "display_name")
-_STORAGE_KEYS = ("path",)
-_FETCH_KEYS = ("allow_private_networks", "timeout", "connect_timeout", "max_body_size",
-               "concurrency", "max_backoff")
-_FEED_KEYS = ("name", "url", "rooms", "interval", "backfill", "max_per_poll", "msgtype",
-              "language", "template", "template_file", "content", "summary_length",
-              "max_message_bytes", "images", "on_update", "max_edits", "public")
 _TEMPLATE_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
-_DEFAULT_INTERVAL = 15 * 60.0
 _MIN_INTERVAL = 1.0
 _RECOMMENDED_INTERVAL = 60.0
 # Scrubbing very short strings would mangle unrelated words in messages.
@@ -302,8 +183,11 @@ class _Reader:
         self._problems: list[tuple[int, str]] = []
         self._warnings: list[tuple[int, str]] = []
         self.secrets: set[str] = set()
-        self._constructor = SafeConstructor()
+        self.constructor = SafeConstructor()
         self._key_nodes: dict[int, Node] = {}  # id(value node) -> its key node
+        # The bot's server once matrix.user_id is read: a room alias given without one is
+        # on it.
+        self.server: str | None = None
 
     # -- reporting
 
@@ -356,7 +240,7 @@ class _Reader:
         try:
             # Support YAML merge keys ("<<: *defaults"); merged entries come first so
             # the mapping's own keys override them below.
-            self._constructor.flatten_mapping(node)
+            self.constructor.flatten_mapping(node)
         except ConstructorError as exc:
             self.problem(node, path, f"invalid merge key: {exc.problem}")
             return None
@@ -435,8 +319,8 @@ class _Reader:
             self.secrets.add(expanded)
         return expanded
 
-    def _scalar(self, items: dict[str, Node], parent: Node, path: str, key: str,
-                required: bool, what: str, secret: bool = False) -> tuple[str, ScalarNode] | None:
+    def scalar(self, items: dict[str, Node], parent: Node, path: str, key: str,
+               required: bool, what: str, secret: bool = False) -> tuple[str, ScalarNode] | None:
         node = items.get(key)
         full = _join(path, key)
         if _is_null(node):
@@ -454,80 +338,7 @@ class _Reader:
     def string(self, items: dict[str, Node], parent: Node, path: str, key: str, *,
                required: bool = False, secret: bool = False) -> tuple[str, ScalarNode] | None:
         # Unquoted numbers or booleans are taken as typed (a password "123456" stays text).
-        return self._scalar(items, parent, path, key, required, "a text value", secret)
-
-    def integer(self, items: dict[str, Node], parent: Node, path: str, key: str,
-                default: int, minimum: int) -> int | None:
-        found = self._scalar(items, parent, path, key, False, "a whole number")
-        if found is None:
-            return None if key in items and not _is_null(items[key]) else default
-        text, node = found
-        value: int | None = None
-        if node.tag == _TAG_INT:
-            value = self._constructor.construct_yaml_int(node)
-        elif node.tag == _TAG_STR and re.fullmatch(r"\s*\d+\s*", text):
-            value = int(text)  # e.g. produced by ${VAR}
-        if value is None:
-            self.problem(node, _join(path, key), f"{_quote(text)} is not a whole number")
-            return None
-        if value < minimum:
-            self.problem(node, _join(path, key), f"must be at least {minimum} (got {value})")
-            return None
-        return value
-
-    def boolean(self, items: dict[str, Node], parent: Node, path: str, key: str,
-                default: bool) -> bool | None:
-        found = self._scalar(items, parent, path, key, False, "true or false")
-        if found is None:
-            return None if key in items and not _is_null(items[key]) else default
-        text, node = found
-        if node.tag == _TAG_BOOL:
-            return bool(self._constructor.construct_yaml_bool(node))
-        if node.tag == _TAG_STR and text.strip().lower() in ("true", "false"):
-            return text.strip().lower() == "true"
-        self.problem(node, _join(path, key), f"{_quote(text)} is not true or false")
-        return None
-
-    def duration(self, items: dict[str, Node], parent: Node, path: str, key: str,
-                 default: float, minimum: float) -> tuple[float, Node | None] | None:
-        found = self._scalar(items, parent, path, key, False, "a duration")
-        if found is None:
-            if key in items and not _is_null(items[key]):
-                return None
-            return default, None
-        text, node = found
-        full = _join(path, key)
-        try:
-            if node.tag == _TAG_INT:
-                value = parse_duration(self._constructor.construct_yaml_int(node))
-            elif node.tag == _TAG_FLOAT:
-                value = parse_duration(self._constructor.construct_yaml_float(node))
-            elif node.tag == _TAG_STR:
-                value = parse_duration(text)
-            else:
-                raise ValueError(text)
-        except ValueError:
-            self.problem(node, full,
-                         f"{_quote(text)} is not a duration (examples: 30s, 15m, 2h)")
-            return None
-        if value < minimum:
-            self.problem(node, full, f"{_quote(text)} is too short (minimum {minimum:g}s)")
-            return None
-        return value, node
-
-    def choice(self, items: dict[str, Node], parent: Node, path: str, key: str,
-               options: Sequence[str], default: str | None, *,
-               fold: bool = False) -> str | None:
-        found = self.string(items, parent, path, key)
-        if found is None:
-            return default
-        text, node = found
-        value = text.strip().upper() if fold else text.strip()
-        if value not in options:
-            allowed = ", ".join(options)
-            self.problem(node, _join(path, key), f"{_quote(text)} is not one of: {allowed}")
-            return default
-        return value
+        return self.scalar(items, parent, path, key, required, "a text value", secret)
 
     def path(self, text: str) -> Path:
         # Relative to the config file, so the bot behaves the same from any directory.
@@ -535,93 +346,342 @@ class _Reader:
         return path if path.is_absolute() else self.base_dir / path
 
 
-# --- sections ---------------------------------------------------------------------------
+# --- how a key is read ------------------------------------------------------------------
+
+
+class _Bad:
+    """The value of a key whose problem was reported: its section is not built."""
+
+    def __repr__(self) -> str:
+        return "<bad>"
+
+
+_BAD: Any = _Bad()
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """One key being read, in its section."""
+
+    r: _Reader
+    items: dict[str, Node]              # the section's entries
+    parent: Node                        # blamed for what is missing in the section
+    path: str                           # the section's path: "", "matrix", "feeds[2]"
+    key: str
+    required: bool
+    default: Any
+    seen: dict[str, dict[str, int]]     # per key, value -> index of the list item holding it
+    index: int                          # the section's place in its list (0 when none)
+
+    @property
+    def full(self) -> str:
+        return _join(self.path, self.key)
+
+    @property
+    def given(self) -> bool:
+        return not _is_null(self.items.get(self.key))
+
+    def text(self, *, secret: bool = False) -> tuple[str, ScalarNode] | None:
+        return self.r.string(self.items, self.parent, self.path, self.key,
+                             required=self.required, secret=secret)
+
+    def problem(self, node: Node, message: str) -> Any:
+        self.r.problem(node, self.full, message)
+        return _BAD
+
+
+class _Kind:
+    """How a key's value is read from its YAML node, and how its default reads in the
+    README. ``read`` returns the value, the default when the key is not given, or _BAD
+    after reporting a problem."""
+
+    def read(self, f: _Field) -> Any:
+        raise NotImplementedError
+
+    def show(self, default: Any) -> str:
+        return "—" if default is None else f"`{default}`"
+
+
+class _Scalar(_Kind):
+    """A single value, turned into the key's value by ``convert``."""
+
+    what: ClassVar[str] = "a text value"    # in "expected ..., got a list"
+    secret: bool = False                    # remembered, to be masked in every message
+
+    def read(self, f: _Field) -> Any:
+        found = f.r.scalar(f.items, f.parent, f.path, f.key, f.required, self.what,
+                           self.secret)
+        if found is None:   # a problem was reported, unless the key is absent and optional
+            return _BAD if f.given or f.required else f.default
+        return self.convert(f, *found)
+
+    def convert(self, f: _Field, text: str, node: ScalarNode) -> Any:
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Text(_Scalar):
+    strip: bool = True
+    secret: bool = False
+
+    def convert(self, f: _Field, text: str, node: ScalarNode) -> Any:
+        return text.strip() if self.strip else text
+
+
+@dataclass(frozen=True, slots=True)
+class _Int(_Scalar):
+    minimum: int
+    what: ClassVar[str] = "a whole number"
+
+    def convert(self, f: _Field, text: str, node: ScalarNode) -> Any:
+        value: int | None = None
+        if node.tag == _TAG_INT:
+            value = f.r.constructor.construct_yaml_int(node)
+        elif node.tag == _TAG_STR and re.fullmatch(r"\s*\d+\s*", text):
+            value = int(text)  # e.g. produced by ${VAR}
+        if value is None:
+            return f.problem(node, f"{_quote(text)} is not a whole number")
+        if value < self.minimum:
+            return f.problem(node, f"must be at least {self.minimum} (got {value})")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Bool(_Scalar):
+    what: ClassVar[str] = "true or false"
+
+    def convert(self, f: _Field, text: str, node: ScalarNode) -> Any:
+        if node.tag == _TAG_BOOL:
+            return bool(f.r.constructor.construct_yaml_bool(node))
+        if node.tag == _TAG_STR and text.strip().lower() in ("true", "false"):
+            return text.strip().lower() == "true"
+        return f.problem(node, f"{_quote(text)} is not true or false")
+
+    def show(self, default: Any) -> str:
+        return "`true`" if default else "`false`"
+
+
+@dataclass(frozen=True, slots=True)
+class _Duration(_Scalar):
+    minimum: float
+    what: ClassVar[str] = "a duration"
+
+    def convert(self, f: _Field, text: str, node: ScalarNode) -> Any:
+        try:
+            if node.tag == _TAG_INT:
+                value = parse_duration(f.r.constructor.construct_yaml_int(node))
+            elif node.tag == _TAG_FLOAT:
+                value = parse_duration(f.r.constructor.construct_yaml_float(node))
+            elif node.tag == _TAG_STR:
+                value = parse_duration(text)
+            else:
+                raise ValueError(text)
+        except ValueError:
+            return f.problem(node, f"{_quote(text)} is not a duration (examples: 30s, 15m, 2h)")
+        if value < self.minimum:
+            return f.problem(node, f"{_quote(text)} is too short (minimum {self.minimum:g}s)")
+        return value
+
+    def show(self, default: Any) -> str:
+        return f"`{_show_duration(default)}`"
+
+
+@dataclass(frozen=True, slots=True)
+class _Size(_Scalar):
+    examples: str
+
+    def convert(self, f: _Field, text: str, node: ScalarNode) -> Any:
+        try:
+            return parse_size(text)
+        except ValueError:
+            return f.problem(node, f"{_quote(text)} is not a size (examples: {self.examples})")
+
+    def show(self, default: Any) -> str:
+        return f"`{_show_size(default)}`"
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice(_Scalar):
+    options: Sequence[str]
+    fold: bool = False                  # upper-case what is given ("info" is INFO)
+
+    def convert(self, f: _Field, text: str, node: ScalarNode) -> Any:
+        value = text.strip().upper() if self.fold else text.strip()
+        if value not in self.options:
+            return f.problem(node, f"{_quote(text)} is not one of: {', '.join(self.options)}")
+        return value
+
+
+class _UserIds(_Kind):
+    def read(self, f: _Field) -> Any:
+        value = _read_user_ids(f.r, f.items, f.path, f.key)
+        return _BAD if value is None else value
+
+    def show(self, default: Any) -> str:
+        return "`[]`"
+
+
+@dataclass(frozen=True, slots=True)
+class _RoomRef(_Kind):
+    """A room alias, completed with the bot's server when only its localpart is given;
+    with ``ids``, a room id too."""
+
+    ids: bool
+
+    def read(self, f: _Field) -> Any:
+        value = _read_room_ref(f.r, f.items, f.parent, f.path, f.key, f.r.server,
+                               required=f.required, ids=self.ids)
+        if value is None:
+            return _BAD if f.given or f.required else f.default
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Custom(_Kind):
+    function: Callable[[_Field], Any]
+
+    def read(self, f: _Field) -> Any:
+        return self.function(f)
+
+
+@dataclass(frozen=True, slots=True)
+class _Section(_Kind):
+    """A mapping read into the dataclass ``cls``; with ``unwrap``, one of its fields."""
+
+    cls: type
+    unwrap: str | None = None
+
+    def read(self, f: _Field) -> Any:
+        found = f.r.section(f.items, f.parent, f.path, f.key, _known(self.cls),
+                            required=f.required)
+        if found is None:   # a problem was reported, or the section is absent: its defaults
+            value = _BAD if f.given or f.required else self.cls()
+        else:
+            value = _read_fields(f.r, self.cls, found[0], found[1], f.full)
+        return getattr(value, self.unwrap) if self.unwrap and value is not _BAD else value
+
+
+@dataclass(frozen=True, slots=True)
+class _List(_Kind):
+    """A list of mappings, each read into the dataclass ``cls``."""
+
+    cls: type
+    missing: str | None = None          # the problem when there is none (None: optional)
+    empty: str | None = None            # the problem when the list is empty (None: allowed)
+
+    def read(self, f: _Field) -> Any:
+        node = f.items.get(f.key)
+        if _is_null(node):
+            if self.missing is None:
+                return f.default
+            return f.problem(node or f.parent, self.missing)
+        assert node is not None
+        nodes = f.r.sequence(node, f.full)
+        if nodes is None:
+            return _BAD
+        if not nodes and self.empty is not None:
+            return f.problem(node, self.empty)
+        seen: dict[str, dict[str, int]] = {}
+        values = [_read_item(f.r, self.cls, item, f"{f.full}[{i}]", i, seen)
+                  for i, item in enumerate(nodes)]
+        return _BAD if any(v is _BAD for v in values) else tuple(values)
+
+
+# A check of one key's value, given in the file at ``node``: returns the value to keep
+# (possibly normalised), or _BAD after reporting a problem.
+_Check = Callable[[_Field, Any, Node], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    doc: str                            # its meaning, in the README's table
+    kind: _Kind
+    name: str | None = None             # the key, when not the field's name
+    required: bool = False
+    check: _Check | None = None
+    shown: str | None = None            # the README's default, when not the field's default
+    also: tuple[tuple[str, str], ...] = ()  # (key, doc): further keys its kind reads
+
+
+def _key(doc: str, kind: _Kind, *, name: str | None = None, required: bool = False,
+         check: _Check | None = None, shown: str | None = None,
+         also: tuple[tuple[str, str], ...] = ()) -> dict[str, _Key]:
+    """A field's metadata declaring it a configuration key."""
+    return {"key": _Key(doc, kind, name, required, check, shown, also)}
+
+
+def _one_of(options: Sequence[str]) -> str:
+    quoted = [f"`{o}`" for o in options]
+    return f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def _show_duration(seconds: float) -> str:
+    parts: list[str] = []
+    rest = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size or (size == 1 and not parts):
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
+
+
+def _show_size(size: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+# --- checks and readers of single keys --------------------------------------------------
 
 
 def _is_placeholder(value: str) -> bool:
     return bool(_PLACEHOLDER_RE.search(value))
 
 
-def _read_matrix(r: _Reader, top: dict[str, Node], root: Node) -> MatrixConfig | None:
-    found = r.section(top, root, "", "matrix", _MATRIX_KEYS, required=True)
-    if found is None:
-        return None
-    items, node = found
-    p = "matrix"
-    ok = True
+def _not_empty(f: _Field, text: str, node: Node) -> Any:
+    return text or f.problem(node, "is empty")
 
-    homeserver: str | None = None
-    hs = r.string(items, node, p, "homeserver", required=True)
-    if hs is not None:
-        text, hs_node = hs
-        problem = _web_url_problem(text.strip())
-        if problem:
-            r.problem(hs_node, "matrix.homeserver", problem)
-        else:
-            homeserver = text.strip().rstrip("/")
-            parts = urlsplit(homeserver)
-            if parts.scheme.lower() == "http" and parts.hostname not in _LOOPBACK_HOSTS:
-                r.warn(hs_node, "matrix.homeserver",
-                       "plain http sends the access token unencrypted; use https")
 
-    user_id: str | None = None
-    uid = r.string(items, node, p, "user_id", required=True)
-    if uid is not None:
-        text, uid_node = uid
-        if _USER_ID_RE.fullmatch(text.strip()):
-            user_id = text.strip()
-        else:
-            r.problem(uid_node, "matrix.user_id",
-                      f"{_quote(text)} is not a Matrix user id like @newsbot:example.org")
+def _or_none(f: _Field, text: str, node: Node) -> Any:
+    return text or None
 
-    present = [k for k in ("access_token", "access_token_file", "password")
-               if not _is_null(items.get(k))]
-    if not present:
-        r.problem(node, p, "set one of access_token, access_token_file or password")
-        ok = False
-    elif len(present) > 1:
-        r.problem(node, p, f"set only one of access_token, access_token_file or password "
-                            f"(found {', '.join(present)})")
-        ok = False
 
-    access_token: str | None = None
-    tok = r.string(items, node, p, "access_token", secret=True)
-    if tok is not None:
-        access_token = _check_secret(r, tok[1], "matrix.access_token", tok[0], "token")
+def _homeserver(f: _Field, text: str, node: Node) -> Any:
+    problem = _web_url_problem(text)
+    if problem:
+        return f.problem(node, problem)
+    url = text.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        f.r.warn(node, f.full, "plain http sends the access token unencrypted; use https")
+    return url
 
-    tok_file = r.string(items, node, p, "access_token_file")
-    if tok_file is not None:
-        access_token = _read_token_file(r, tok_file[1], tok_file[0])
 
-    password: str | None = None
-    pw = r.string(items, node, p, "password", secret=True)
-    if pw is not None:
-        password = _check_secret(r, pw[1], "matrix.password", pw[0], "password")
+def _user_id(f: _Field, text: str, node: Node) -> Any:
+    if _USER_ID_RE.fullmatch(text.strip()):
+        return text.strip()
+    return f.problem(node, f"{_quote(text)} is not a Matrix user id like @newsbot:example.org")
 
-    device_id: str | None = None
-    dev = r.string(items, node, p, "device_id")
-    if dev is not None:
-        device_id = dev[0].strip() or None
-        if device_id is None:
-            r.problem(dev[1], "matrix.device_id", "is empty")
-    uses_token = "access_token" in present or "access_token_file" in present
-    if uses_token and _is_null(items.get("device_id")):
-        r.problem(node, "matrix.device_id",
-                  "required with an access token (the device the token belongs to)")
-        ok = False
-    elif "password" in present and not uses_token and device_id is None:
-        r.warn(node, "matrix.device_id",
-               "not set: every start will log in as a new device")
 
-    display = r.string(items, node, p, "display_name")
-    display_name = (display[0].strip() or None) if display is not None else None
+def _password(f: _Field, text: str, node: Node) -> Any:
+    return _check_secret(f.r, node, f.full, text, "password") or _BAD
 
-    if not ok or homeserver is None or user_id is None:
-        return None
-    if access_token is None and password is None:
-        return None
-    return MatrixConfig(homeserver=homeserver, user_id=user_id, access_token=access_token,
-                        password=password, device_id=device_id, display_name=display_name)
+
+def _read_access_token(f: _Field) -> Any:
+    """``access_token``, or the content of ``access_token_file``."""
+    token: Any = None
+    found = f.text(secret=True)
+    if found is not None:
+        token = _check_secret(f.r, found[1], f.full, found[0], "token") or _BAD
+    elif f.given:
+        token = _BAD
+    from_file = f.r.string(f.items, f.parent, f.path, "access_token_file")
+    if from_file is not None:
+        token = _read_token_file(f.r, from_file[1], from_file[0]) or _BAD
+    elif not _is_null(f.items.get("access_token_file")):
+        token = _BAD
+    return token
 
 
 def _check_secret(r: _Reader, node: Node, path: str, value: str, what: str) -> str | None:
@@ -662,58 +722,13 @@ def _read_token_file(r: _Reader, node: Node, text: str) -> str | None:
     return _check_secret(r, node, f"{path_key} ({path})", token, "token")
 
 
-def _read_storage(r: _Reader, top: dict[str, Node], root: Node) -> StorageConfig | None:
-    found = r.section(top, root, "", "storage", _STORAGE_KEYS, required=True)
-    if found is None:
-        return None
-    items, node = found
-    path = r.string(items, node, "storage", "path", required=True)
-    if path is None:
-        return None
-    if not path[0].strip():
-        r.problem(path[1], "storage.path", "is empty")
-        return None
-    return StorageConfig(path=r.path(path[0].strip()))
+def _remember_server(f: _Field, matrix: MatrixConfig, node: Node) -> Any:
+    f.r.server = matrix.user_id.split(":", 1)[1]
+    return matrix
 
 
-def _read_fetch(r: _Reader, top: dict[str, Node], root: Node) -> FetchConfig | None:
-    defaults = FetchConfig()
-    found = r.section(top, root, "", "fetch", _FETCH_KEYS, required=False)
-    if found is None:
-        bad = not _is_null(top.get("fetch"))
-        return None if bad else defaults
-    items, node = found
-    p = "fetch"
-    private = r.boolean(items, node, p, "allow_private_networks",
-                        defaults.allow_private_networks)
-    timeout = r.duration(items, node, p, "timeout", defaults.timeout, 0.001)
-    connect = r.duration(items, node, p, "connect_timeout", defaults.connect_timeout, 0.001)
-    concurrency = r.integer(items, node, p, "concurrency", defaults.concurrency, 1)
-    backoff = r.duration(items, node, p, "max_backoff", defaults.max_backoff, 1.0)
-
-    max_body: int | None = defaults.max_body_bytes
-    size = r.string(items, node, p, "max_body_size")
-    if size is not None:
-        text, size_node = size
-        try:
-            max_body = parse_size(text)
-        except ValueError:
-            r.problem(size_node, "fetch.max_body_size",
-                      f"{_quote(text)} is not a size (examples: 5MiB, 512KiB, 1000000)")
-            max_body = None
-    elif not _is_null(items.get("max_body_size")):
-        max_body = None
-
-    if timeout is None or connect is None or backoff is None:
-        return None
-    if connect[0] > timeout[0]:
-        r.warn(connect[1] or node, "fetch.connect_timeout",
-               "is longer than fetch.timeout, which caps the whole fetch")
-    if private is None or concurrency is None or max_body is None:
-        return None
-    return FetchConfig(allow_private_networks=private, timeout=timeout[0],
-                       connect_timeout=connect[0], max_body_bytes=max_body,
-                       concurrency=concurrency, max_backoff=backoff[0])
+def _state_path(f: _Field, text: str, node: Node) -> Any:
+    return f.r.path(text) if text else f.problem(node, "is empty")
 
 
 def _unique_ids(r: _Reader, nodes: list[Node], full: str, valid: Callable[[str], bool],
@@ -745,7 +760,7 @@ def _unique_ids(r: _Reader, nodes: list[Node], full: str, valid: Callable[[str],
 
 
 def _read_user_ids(r: _Reader, items: dict[str, Node], path: str,
-                   key: str = "admins") -> tuple[str, ...] | None:
+                   key: str) -> tuple[str, ...] | None:
     """A list of Matrix user ids under ``key`` (admins, a room's moderators)."""
     node = items.get(key)
     if _is_null(node):
@@ -760,39 +775,67 @@ def _read_user_ids(r: _Reader, items: dict[str, Node], path: str,
                        "is not a Matrix user id like @alice:example.org")
 
 
-def _read_rooms(r: _Reader, items: dict[str, Node], parent: Node,
-                path: str) -> tuple[str, ...] | None:
-    node = items.get("rooms")
-    full = _join(path, "rooms")
+def _feed_name(f: _Field, text: str, node: Node) -> Any:
+    names = f.seen.setdefault("name", {})
+    if not _FEED_NAME_RE.fullmatch(text):
+        return f.problem(node, f"{_quote(text)} must be lowercase letters, digits, '_', '.' "
+                               "or '-' (starting with a letter or digit)")
+    if text in names:
+        return f.problem(node, f"{_quote(text)} is already used by feeds[{names[text]}]")
+    names[text] = f.index
+    return text
+
+
+def _feed_url(f: _Field, url: str, node: Node) -> Any:
+    problem = _web_url_problem(url)
+    if problem:
+        return f.problem(node, problem)
+    urls = f.seen.setdefault("url", {})
+    if url in urls:
+        f.r.warn(node, f.full, f"same URL as feeds[{urls[url]}]")
+    else:
+        urls[url] = f.index
+    return url
+
+
+def _read_feed_rooms(f: _Field) -> Any:
+    node = f.items.get(f.key)
     if _is_null(node):
-        r.problem(node or parent, full, "required key is missing (at least one room)")
-        return None
+        return f.problem(node or f.parent, "required key is missing (at least one room)")
     assert node is not None
-    nodes = r.sequence(node, full)
+    nodes = f.r.sequence(node, f.full)
     if nodes is None:
-        return None
+        return _BAD
     if not nodes:
-        r.problem(node, full, "needs at least one room")
-        return None
-    return _unique_ids(
-        r, nodes, full,
+        return f.problem(node, "needs at least one room")
+    rooms = _unique_ids(
+        f.r, nodes, f.full,
         lambda v: bool(_ROOM_ALIAS_RE.fullmatch(v) or _ROOM_ID_RE.fullmatch(v)),
         "a room like #news:example.org",
         "is not a room alias (#name:server) or room id (!id:server)")
+    return _BAD if rooms is None else rooms
 
 
-def _read_template(r: _Reader, items: dict[str, Node], parent: Node,
-                   path: str) -> str | None:
-    """The feed's template: a built-in's name, or Jinja2 source that passed the checks."""
+def _frequent(f: _Field, interval: float, node: Node) -> Any:
+    if interval < _RECOMMENDED_INTERVAL:
+        f.r.warn(node, f.full, f"{interval:g}s is very frequent; at least 60s is kinder to "
+                               "the feed server")
+    return interval
+
+
+def _read_template(f: _Field) -> Any:
+    """The feed's template (``template`` or ``template_file``): a built-in's name, or
+    Jinja2 source that passed the checks."""
+    r, items, parent, path = f.r, f.items, f.parent, f.path
     inline = r.string(items, parent, path, "template")
     from_file = r.string(items, parent, path, "template_file")
     if inline is None and from_file is None:
         given = [k for k in ("template", "template_file") if not _is_null(items.get(k))]
-        return None if given else "default"  # a value of the wrong kind was reported
+        return _BAD if given else f.default  # a value of the wrong kind was reported
     if inline is not None and from_file is not None:
         r.problem(from_file[1], _join(path, "template_file"),
                   "set only one of template or template_file")
-        return None
+        return _BAD
     if inline is not None:
         source, node = inline
         key, where = _join(path, "template"), "the template"
@@ -807,190 +850,47 @@ def _read_template(r: _Reader, items: dict[str, Node], parent: Node,
                       "'<b>{{ title }}</b> {{ link }}'")
             r.problem(node, key, f"{_quote(name)} is not a built-in template ({builtins}); "
                                  f"{advice}")
-            return None
+            return _BAD
     else:
         assert from_file is not None
         text, node = from_file
         key = _join(path, "template_file")
         if not text.strip():
             r.problem(node, key, "is empty")
-            return None
+            return _BAD
         file = r.path(text.strip())
         where = file.name
         try:
             source = file.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError:
             r.problem(node, key, f"{file} is not a UTF-8 text file")
-            return None
+            return _BAD
         except OSError as exc:
             r.problem(node, key, f"cannot read {file}: {exc.strerror or 'error'}")
-            return None
+            return _BAD
     problem = check_template(source)
     if problem is not None:
         r.problem(node, key, f"line {problem.line} of {where}: {problem.detail}"
                              if problem.line else f"{where}: {problem.detail}")
-        return None
+        return _BAD
     return source
 
 
-def _read_message_bytes(r: _Reader, items: dict[str, Node], parent: Node,
-                        path: str) -> int | None:
-    found = r.string(items, parent, path, "max_message_bytes")
-    if found is None:
-        return None if not _is_null(items.get("max_message_bytes")) else \
-            DEFAULT_MAX_MESSAGE_BYTES
-    text, node = found
-    key = _join(path, "max_message_bytes")
-    try:
-        value = parse_size(text)
-    except ValueError:
-        r.problem(node, key, f"{_quote(text)} is not a size (examples: 40000, 40KiB)")
-        return None
-    if not MIN_MESSAGE_BYTES <= value <= MAX_MESSAGE_BYTES:
-        r.problem(node, key, f"must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES} "
-                             f"bytes (homeservers refuse events over 65536), got {value}")
-        return None
-    return value
+def _message_size(f: _Field, size: int, node: Node) -> Any:
+    if not MIN_MESSAGE_BYTES <= size <= MAX_MESSAGE_BYTES:
+        return f.problem(node, f"must be between {MIN_MESSAGE_BYTES} and {MAX_MESSAGE_BYTES} "
+                               f"bytes (homeservers refuse events over 65536), got {size}")
+    return size
 
 
-def _read_feed(r: _Reader, node: Node, index: int,
-               names: dict[str, int], urls: dict[str, int]) -> FeedConfig | None:
-    path = f"feeds[{index}]"
-    items = r.mapping(node, path, _FEED_KEYS)
-    if items is None:
-        return None
-
-    name: str | None = None
-    found = r.string(items, node, path, "name", required=True)
-    if found is not None:
-        text, name_node = found
-        if not _FEED_NAME_RE.fullmatch(text):
-            r.problem(name_node, f"{path}.name",
-                      f"{_quote(text)} must be lowercase letters, digits, '_', '.' or '-' "
-                      "(starting with a letter or digit)")
-        elif text in names:
-            r.problem(name_node, f"{path}.name",
-                      f"{_quote(text)} is already used by feeds[{names[text]}]")
-        else:
-            names[text] = index
-            name = text
-
-    url: str | None = None
-    found = r.string(items, node, path, "url", required=True)
-    if found is not None:
-        text, url_node = found
-        problem = _web_url_problem(text.strip())
-        if problem:
-            r.problem(url_node, f"{path}.url", problem)
-        else:
-            url = text.strip()
-            if url in urls:
-                r.warn(url_node, f"{path}.url", f"same URL as feeds[{urls[url]}]")
-            else:
-                urls[url] = index
-
-    rooms = _read_rooms(r, items, node, path)
-    interval = r.duration(items, node, path, "interval", _DEFAULT_INTERVAL, _MIN_INTERVAL)
-    if interval is not None and interval[0] < _RECOMMENDED_INTERVAL:
-        r.warn(interval[1] or node, f"{path}.interval",
-               f"{interval[0]:g}s is very frequent; at least 60s is kinder to the feed server")
-    backfill = r.integer(items, node, path, "backfill", 0, 0)
-    max_per_poll = r.integer(items, node, path, "max_per_poll", 5, 1)
-    msgtype = r.choice(items, node, path, "msgtype", _MSGTYPES, "m.notice")
-    language = r.choice(items, node, path, "language", LANGUAGES, None)
-    template = _read_template(r, items, node, path)
-    content = r.choice(items, node, path, "content", CONTENT_MODES, "summary")
-    summary_length = r.integer(items, node, path, "summary_length", DEFAULT_SUMMARY_LENGTH, 0)
-    max_message_bytes = _read_message_bytes(r, items, node, path)
-    images = r.choice(items, node, path, "images", ("inline", "separate", "off"), "inline")
-    on_update = r.choice(items, node, path, "on_update", ("edit", "ignore"), "edit")
-    max_edits = r.integer(items, node, path, "max_edits", 5, 0)
-    public = r.boolean(items, node, path, "public", False)
-
-    # A bad value was reported as a problem, so loading fails whatever is returned here.
-    if (name is None or url is None or rooms is None or interval is None or backfill is None
-            or max_per_poll is None or msgtype is None or template is None
-            or content is None or summary_length is None or max_message_bytes is None
-            or images is None or on_update is None or max_edits is None or public is None):
-        return None
-    return FeedConfig(name=name, url=url, rooms=rooms, interval=interval[0],
-                      backfill=backfill, max_per_poll=max_per_poll, msgtype=msgtype,
-                      language=language, template=template, content=content,
-                      summary_length=summary_length, max_message_bytes=max_message_bytes,
-                      images=images, on_update=on_update, max_edits=max_edits,
-                      public=public)
-
-
-def _read_feeds(r: _Reader, top: dict[str, Node], root: Node) -> tuple[FeedConfig, ...] | None:
-    node = top.get("feeds")
-    if _is_null(node):
-        r.problem(node or root, "feeds", "required section is missing (at least one feed)")
-        return None
-    assert node is not None
-    nodes = r.sequence(node, "feeds")
-    if nodes is None:
-        return None
-    if not nodes:
-        r.problem(node, "feeds", "needs at least one feed")
-        return None
-    names: dict[str, int] = {}
-    urls: dict[str, int] = {}
-    feeds = [_read_feed(r, item, i, names, urls) for i, item in enumerate(nodes)]
-    if any(f is None for f in feeds):
-        return None
-    return tuple(f for f in feeds if f is not None)
-
-
-def _read_commands(r: _Reader, top: dict[str, Node], root: Node) -> CommandsConfig | None:
-    defaults = CommandsConfig()
-    found = r.section(top, root, "", "commands", _COMMANDS_KEYS, required=False)
-    if found is None:
-        return None if not _is_null(top.get("commands")) else defaults
-    items, node = found
-    p = "commands"
-    prefix = r.string(items, node, p, "prefix")
-    level = r.integer(items, node, p, "min_power_level", defaults.min_power_level, 0)
-    rate = r.integer(items, node, p, "rate_limit", defaults.rate_limit, 1)
-    window = r.duration(items, node, p, "rate_window", defaults.rate_window, 1.0)
-    cap = r.integer(items, node, p, "max_feeds_per_room", defaults.max_feeds_per_room, 0)
-    interval = r.duration(items, node, p, "default_interval", defaults.default_interval,
-                          _MIN_INTERVAL)
-    conversations = r.integer(items, node, p, "max_conversations",
-                              defaults.max_conversations, 0)
-    prefix_text = defaults.prefix
-    if prefix is not None:
-        prefix_text = prefix[0].strip()
-        if not prefix_text or any(c.isspace() for c in prefix_text):
-            r.problem(prefix[1], "commands.prefix", "must be one word, such as !news")
-            return None
-    elif not _is_null(items.get("prefix")):
-        return None
-    if level is None or rate is None or window is None or cap is None or interval is None \
-            or conversations is None:
-        return None
-    return CommandsConfig(prefix=prefix_text, min_power_level=level, rate_limit=rate,
-                          rate_window=window[0], max_feeds_per_room=cap,
-                          default_interval=interval[0], max_conversations=conversations)
-
-
-def _read_encryption(r: _Reader, top: dict[str, Node], root: Node) -> EncryptionConfig | None:
-    defaults = EncryptionConfig()
-    found = r.section(top, root, "", "encryption", _ENCRYPTION_KEYS, required=False)
-    if found is None:
-        return None if not _is_null(top.get("encryption")) else defaults
-    items, node = found
-    enabled = r.boolean(items, node, "encryption", "enabled", defaults.enabled)
-    trust = r.choice(items, node, "encryption", "trust", ("all", "cross-signed", "verified"),
-                     defaults.trust)
-    if enabled is None or trust is None:
-        return None
-    return EncryptionConfig(enabled=enabled, trust=trust)
+def _one_word(f: _Field, text: str, node: Node) -> Any:
+    if not text or any(c.isspace() for c in text):
+        return f.problem(node, "must be one word, such as !news")
+    return text
 
 
 def _read_room_ref(r: _Reader, items: dict[str, Node], parent: Node, path: str, key: str,
                    server: str | None, *, required: bool, ids: bool) -> str | None:
-    """A room alias, completed with the bot's server when only the localpart is given
-    ("news" or "#news" -> "#news:example.org"); with ``ids``, a room id too."""
     found = r.string(items, parent, path, key, required=required)
     if found is None:
         return None
@@ -1008,137 +908,409 @@ def _read_room_ref(r: _Reader, items: dict[str, Node], parent: Node, path: str, 
     return None
 
 
-def _read_moderators(r: _Reader, items: dict[str, Node], path: str) -> tuple[str, ...] | None:
-    return _read_user_ids(r, items, path, "moderators")
+def _room_alias(f: _Field, alias: str, node: Node) -> Any:
+    aliases = f.seen.setdefault("alias", {})
+    if alias in aliases:
+        return f.problem(node, f"{_quote(alias)} is already declared by rooms[{aliases[alias]}]")
+    aliases[alias] = f.index
+    server = f.r.server
+    if server and alias.split(":", 1)[1] != server:
+        f.r.warn(node, f.full, f"newsbot can only create rooms on its own server ({server}): "
+                               f"{alias} must exist already, with newsbot in it")
+    return alias
 
 
-def _read_managed_room(r: _Reader, node: Node, index: int, server: str | None,
-                       aliases: dict[str, int]) -> RoomConfig | None:
-    path = f"rooms[{index}]"
-    items = r.mapping(node, path, _ROOM_KEYS)
-    if items is None:
-        return None
-    alias = _read_room_ref(r, items, node, path, "alias", server, required=True, ids=False)
-    if alias is not None:
-        if alias in aliases:
-            r.problem(items["alias"], f"{path}.alias",
-                      f"{_quote(alias)} is already declared by rooms[{aliases[alias]}]")
-            alias = None
-        else:
-            aliases[alias] = index
-            if server and alias.split(":", 1)[1] != server:
-                r.warn(items["alias"], f"{path}.alias",
-                       f"newsbot can only create rooms on its own server ({server}): "
-                       f"{alias} must exist already, with newsbot in it")
-    texts: dict[str, str | None] = {}
-    for key in ("name", "topic", "avatar"):
-        found = r.string(items, node, path, key)
-        texts[key] = found[0].strip() if found is not None else None
-        if found is not None and key != "topic" and not texts[key]:
-            r.problem(found[1], f"{path}.{key}", "is empty")
-        elif found is not None and key == "avatar" and not _MXC_RE.fullmatch(found[0].strip()):
-            r.problem(found[1], f"{path}.avatar",
-                      f"{_quote(found[0])} is not an mxc:// URI (upload the image to the "
-                      "homeserver first)")
-    join_rule = r.choice(items, node, path, "join_rule", _JOIN_RULES, "public")
-    history = r.choice(items, node, path, "history", _HISTORY, "shared")
-    flags = {key: r.boolean(items, node, path, key, default) for key, default in
-             (("encrypted", False), ("directory", False), ("pin_latest", True),
-              ("topic_latest", False))}
-    space = _read_room_ref(r, items, node, path, "space", server, required=False, ids=True)
-    moderators = _read_moderators(r, items, path)
-    welcome = r.choice(items, node, path, "welcome", ("dm", "off"), "off")
-    if flags["directory"] and join_rule == "invite":
-        r.warn(items.get("directory") or node, f"{path}.directory",
-               "an invite-only room listed in the directory: people will find it but not "
-               "be able to join (use join_rule: knock to let them ask)")
-    if (alias is None or join_rule is None or history is None or moderators is None
-            or welcome is None or any(v is None for v in flags.values())
-            or (space is None and not _is_null(items.get("space")))
-            or (texts["avatar"] is not None and not _MXC_RE.fullmatch(texts["avatar"]))
-            or any(texts[k] == "" for k in ("name", "avatar"))):
-        return None
-    return RoomConfig(alias=alias, name=texts["name"], topic=texts["topic"],
-                      avatar=texts["avatar"], join_rule=join_rule, history=history,
-                      encrypted=bool(flags["encrypted"]), directory=bool(flags["directory"]),
-                      space=space, pin_latest=bool(flags["pin_latest"]),
-                      topic_latest=bool(flags["topic_latest"]), moderators=moderators,
-                      welcome=welcome)
+def _avatar(f: _Field, text: str, node: Node) -> Any:
+    uri = text.strip()
+    if not uri:
+        return f.problem(node, "is empty")
+    if not _MXC_RE.fullmatch(uri):
+        return f.problem(node, f"{_quote(text)} is not an mxc:// URI (upload the image to the "
+                               "homeserver first)")
+    return uri
 
 
-def _read_managed_rooms(r: _Reader, top: dict[str, Node], server: str | None,
-                        feeds: tuple[FeedConfig, ...] | None,
-                        encryption: EncryptionConfig | None) -> tuple[RoomConfig, ...] | None:
-    node = top.get("rooms")
-    if _is_null(node):
-        return ()
-    assert node is not None
-    nodes = r.sequence(node, "rooms")
-    if nodes is None:
-        return None
-    aliases: dict[str, int] = {}
-    rooms = [_read_managed_room(r, item, i, server, aliases) for i, item in enumerate(nodes)]
-    posted = {ref for feed in feeds or () for ref in feed.rooms}
-    for item, room in zip(nodes, rooms, strict=True):
-        if room is None:
-            continue
-        if feeds is not None and room.alias not in posted:
-            r.warn(item, f"rooms[{aliases[room.alias]}]",
-                   f"no feed posts into {room.alias} (name it in a feed's rooms)")
-        if room.encrypted and encryption is not None and not encryption.enabled:
-            r.warn(item, f"rooms[{aliases[room.alias]}].encrypted",
-                   "encryption.enabled is false: newsbot could not post into this room")
-    if any(room is None for room in rooms):
-        return None
-    return tuple(room for room in rooms if room is not None)
-
-
-def _read_config(r: _Reader, root: Node) -> Config | None:
-    top = r.mapping(root, "", _TOP_KEYS)
-    if top is None:
-        return None
-    matrix = _read_matrix(r, top, root)
-    storage = _read_storage(r, top, root)
-    fetch = _read_fetch(r, top, root)
-    admins = _read_user_ids(r, top, "")
-    language = r.choice(top, root, "", "language", LANGUAGES, "en")
-    log_level = r.choice(top, root, "", "log_level", _LOG_LEVELS, "INFO", fold=True)
-    feeds = _read_feeds(r, top, root)
-    commands = _read_commands(r, top, root)
-    encryption = _read_encryption(r, top, root)
-    server = matrix.user_id.split(":", 1)[1] if matrix is not None else None
-    rooms = _read_managed_rooms(r, top, server, feeds, encryption)
-    metrics = _read_metrics(r, top, root)
-    if (matrix is None or storage is None or fetch is None or admins is None
-            or feeds is None or language is None or log_level is None or commands is None
-            or encryption is None or rooms is None or isinstance(metrics, bool)):
-        return None
-    return Config(matrix=matrix, storage=storage, fetch=fetch, admins=admins, feeds=feeds,
-                  language=language, log_level=log_level, commands=commands,
-                  encryption=encryption, rooms=rooms, metrics_listen=metrics)
-
-
-def _read_metrics(r: _Reader, top: dict[str, Node], root: Node,
-                  ) -> tuple[str, int] | None | bool:
-    """``metrics.listen``: host:port, None when off, False after a reported problem."""
-    found = r.section(top, root, "", "metrics", ("listen",), required=False)
+def _read_listen(f: _Field) -> Any:
+    found = f.text()
     if found is None:
-        return False if not _is_null(top.get("metrics")) else None
-    items, node = found
-    listen = r.string(items, node, "metrics", "listen")
-    if listen is None:
-        return None if _is_null(items.get("listen")) else False
-    text, value_node = listen
+        return _BAD if f.given else None
+    text, node = found
     host, _, port = text.strip().rpartition(":")
     host = host.strip("[]")
     if not host or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-        r.problem(value_node, "metrics.listen",
-                  f"{_quote(text)} is not host:port (example: 127.0.0.1:9180)")
-        return False
+        return f.problem(node, f"{_quote(text)} is not host:port (example: 127.0.0.1:9180)")
     if host not in _LOOPBACK_HOSTS:
-        r.warn(value_node, "metrics.listen", "not a loopback address: put the metrics "
-               "behind your own access control")
+        f.r.warn(node, f.full, "not a loopback address: put the metrics behind your own "
+                               "access control")
     return host, int(port)
+
+
+# --- the declaration: every key, once ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixConfig:
+    homeserver: str = field(metadata=_key(
+        "client-server API base URL", _Text(), required=True, check=_homeserver))
+    user_id: str = field(metadata=_key(
+        "the bot's Matrix id", _Text(strip=False), required=True, check=_user_id))
+    access_token: str | None = field(metadata=_key(
+        "the bot's access token; set exactly one of `access_token`, `access_token_file` "
+        "and `password`", _Custom(_read_access_token),
+        also=(("access_token_file", "a file holding the access token (mode 0600; relative "
+                                    "to the config file)"),)))
+    password: str | None = field(metadata=_key(
+        "the bot's password, to log in at each start", _Text(strip=False, secret=True),
+        check=_password))
+    device_id: str | None = field(metadata=_key(
+        "the bot's device; required with a token", _Text(), check=_not_empty))
+    display_name: str | None = field(default=None, metadata=_key(
+        "set on the bot's profile at start", _Text(), check=_or_none, shown="unchanged"))
+
+    def __repr__(self) -> str:
+        # Hand-written so that logging a config (or a traceback showing it) cannot leak.
+        def mask(secret: str | None) -> str:
+            return "None" if secret is None else "'***'"
+        return (
+            f"MatrixConfig(homeserver={self.homeserver!r}, user_id={self.user_id!r}, "
+            f"access_token={mask(self.access_token)}, password={mask(self.password)}, "
+            f"device_id={self.device_id!r}, display_name={self.display_name!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    path: Path = field(metadata=_key(
+        "directory for the state (relative to the config file)", _Text(), required=True,
+        check=_state_path))
+
+
+@dataclass(frozen=True, slots=True)
+class FetchConfig:
+    allow_private_networks: bool = field(default=False, metadata=_key(
+        "allow feeds on loopback/private addresses", _Bool()))
+    timeout: float = field(default=30.0, metadata=_key(
+        "total time of one fetch", _Duration(0.001)))
+    connect_timeout: float = field(default=10.0, metadata=_key(
+        "time to connect, for one fetch", _Duration(0.001)))
+    max_body_bytes: int = field(default=5 * 1024 * 1024, metadata=_key(
+        "largest feed accepted, e.g. `5MiB`", _Size("5MiB, 512KiB, 1000000"),
+        name="max_body_size"))
+    concurrency: int = field(default=8, metadata=_key(
+        "feeds fetched at the same time", _Int(1)))
+    max_backoff: float = field(default=21600.0, metadata=_key(
+        "longest wait after repeated failures", _Duration(1.0)))
+    max_image_bytes: int = 5 * 1024 * 1024     # not a key
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionConfig:
+    enabled: bool = field(default=True, metadata=_key(
+        "post into end-to-end encrypted rooms", _Bool()))
+    # "all": every device of the members; "cross-signed": devices their owners signed
+    # (what Element calls "exclude insecure devices"); "verified": verified ones only.
+    trust: str = field(default="all", metadata=_key(
+        "the members' devices that get the keys: `all`, `cross-signed` (signed by their "
+        "owner) or `verified`", _Choice(("all", "cross-signed", "verified"))))
+
+
+@dataclass(frozen=True, slots=True)
+class CommandsConfig:
+    prefix: str = field(default="!news", metadata=_key(
+        "what room commands start with", _Text(), check=_one_word))
+    min_power_level: int = field(default=50, metadata=_key(
+        "power level needed for moderator commands", _Int(0)))
+    rate_limit: int = field(default=5, metadata=_key(
+        "commands one user may send per `rate_window`", _Int(1)))
+    rate_window: float = field(default=10.0, metadata=_key(
+        "the window of `rate_limit`", _Duration(1.0)))
+    max_feeds_per_room: int = field(default=20, metadata=_key(
+        "most feeds one room may follow", _Int(0)))
+    default_interval: float = field(default=15 * 60.0, metadata=_key(
+        "polling interval of feeds added by command", _Duration(_MIN_INTERVAL)))
+    max_conversations: int = field(default=1000, metadata=_key(
+        "most private conversations kept at once; over it, direct-message invitations are "
+        "declined and `welcome: dm` newcomers are not welcomed (logged)", _Int(0)))
+
+
+@dataclass(frozen=True, slots=True)
+class RoomConfig:
+    """An announcement room the bot owns: created when missing, kept as declared."""
+
+    alias: str = field(metadata=_key(
+        "the room's stable identity: `#name:server`, or its localpart on the bot's server",
+        _RoomRef(ids=False), required=True, check=_room_alias))
+    # name, topic, avatar: None means not managed (people may set them).
+    name: str | None = field(default=None, metadata=_key(
+        "the room's name (managed only when given)", _Text(), check=_not_empty))
+    topic: str | None = field(default=None, metadata=_key(
+        "the room's topic (managed only when given)", _Text()))
+    avatar: str | None = field(default=None, metadata=_key(
+        "an `mxc://` URI (managed only when given)", _Text(strip=False), check=_avatar))
+    join_rule: str = field(default="public", metadata=_key(
+        _one_of(_JOIN_RULES), _Choice(_JOIN_RULES)))
+    history: str = field(default="shared", metadata=_key(
+        f"who reads the history: {_one_of(_HISTORY)}", _Choice(_HISTORY)))
+    encrypted: bool = field(default=False, metadata=_key(
+        "end-to-end encrypted; once on, a room's encryption can never be turned off",
+        _Bool()))
+    directory: bool = field(default=False, metadata=_key(
+        "published in the homeserver's room directory", _Bool()))
+    space: str | None = field(default=None, metadata=_key(
+        "a parent space's alias, localpart or id", _RoomRef(ids=True)))
+    pin_latest: bool = field(default=True, metadata=_key(
+        "the latest issue is pinned", _Bool()))
+    topic_latest: bool = field(default=False, metadata=_key(
+        'the topic ends with "— Latest: TITLE LINK"', _Bool()))
+    moderators: tuple[str, ...] = field(default=(), metadata=_key(
+        "users given power level 50 (never lowered)", _UserIds()))
+    welcome: str = field(default="off", metadata=_key(
+        "`dm`: newcomers get the latest issue privately; `off`", _Choice(("dm", "off"))))
+
+
+@dataclass(frozen=True, slots=True)
+class FeedConfig:
+    name: str = field(metadata=_key(
+        "stable identity (`[a-z0-9][a-z0-9_.-]*`); never rename it", _Text(strip=False),
+        required=True, check=_feed_name))
+    url: str = field(metadata=_key(
+        "http(s) URL; changing it reposts nothing", _Text(), required=True, check=_feed_url))
+    rooms: tuple[str, ...] = field(metadata=_key(
+        "room ids (`!id:server`) or aliases (`#name:server`)", _Custom(_read_feed_rooms),
+        required=True))
+    interval: float = field(default=15 * 60.0, metadata=_key(
+        "time between polls", _Duration(_MIN_INTERVAL), check=_frequent))
+    backfill: int = field(default=0, metadata=_key(
+        "entries posted when a feed is first seen", _Int(0)))
+    max_per_poll: int = field(default=5, metadata=_key(
+        "most entries posted from one poll (see below)", _Int(1)))
+    msgtype: str = field(default="m.notice", metadata=_key(
+        _one_of(_MSGTYPES), _Choice(_MSGTYPES)))
+    language: str | None = field(default=None, metadata=_key(
+        "overrides `language` for this feed", _Choice(LANGUAGES)))
+    # How items read: a built-in template name or Jinja2 source (from `template:` or read
+    # from `template_file:`), checked at load time.
+    template: str = field(default="default", metadata=_key(
+        f"how items read: a built-in template ({_one_of(list(BUILTIN_TEMPLATES))}) or "
+        "Jinja2 source", 
+        _Custom(_read_template),
+        also=(("template_file", "a file holding the Jinja2 template (relative to the config "
+                                "file), instead of `template`"),)))
+    content: str = field(default="summary", metadata=_key(
+        "`summary`, or `full`: the whole entry", _Choice(CONTENT_MODES)))
+    summary_length: int = field(default=DEFAULT_SUMMARY_LENGTH, metadata=_key(
+        "characters of the summary, cut at a word; `0`: no summary", _Int(0)))
+    max_message_bytes: int = field(default=DEFAULT_MAX_MESSAGE_BYTES, metadata=_key(
+        f"a message's size budget ({_show_size(MIN_MESSAGE_BYTES)} to "
+        f"{_show_size(MAX_MESSAGE_BYTES)})", _Size("40000, 40KiB"), check=_message_size))
+    images: str = field(default="inline", metadata=_key(
+        "`inline`, `separate` (an `m.image` of its own) or `off`",
+        _Choice(("inline", "separate", "off"))))
+    on_update: str = field(default="edit", metadata=_key(
+        "`edit`: a corrected item is edited in place; `ignore`", _Choice(("edit", "ignore"))))
+    max_edits: int = field(default=5, metadata=_key(
+        "most edits of one item; later corrections are logged, not sent", _Int(0)))
+    public: bool = field(default=False, metadata=_key(
+        "open to personal subscriptions by direct message", _Bool()))
+
+
+@dataclass(frozen=True, slots=True)
+class _Metrics:
+    """The ``metrics`` section, kept in Config as ``metrics_listen``."""
+
+    listen: tuple[str, int] | None = field(default=None, metadata=_key(
+        "`host:port` for a local `/metrics` endpoint (Prometheus text)",
+        _Custom(_read_listen), shown="off"))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    # A section (or list of sections) has no row of its own in the README: its keys do.
+    matrix: MatrixConfig = field(metadata=_key(
+        "", _Section(MatrixConfig), required=True, check=_remember_server))
+    storage: StorageConfig = field(metadata=_key("", _Section(StorageConfig), required=True))
+    fetch: FetchConfig = field(metadata=_key("", _Section(FetchConfig)))
+    admins: tuple[str, ...] = field(metadata=_key(
+        "users whose invitations the bot accepts", _UserIds()))
+    feeds: tuple[FeedConfig, ...] = field(metadata=_key("", _List(
+        FeedConfig, missing="required section is missing (at least one feed)",
+        empty="needs at least one feed")))
+    language: str = field(default="en", metadata=_key(
+        f"{_one_of(LANGUAGES)}: dates and labels in messages", _Choice(LANGUAGES)))
+    log_level: str = field(default="INFO", metadata=_key(
+        _one_of(_LOG_LEVELS), _Choice(_LOG_LEVELS, fold=True)))
+    commands: CommandsConfig = field(default=CommandsConfig(), metadata=_key(
+        "", _Section(CommandsConfig)))
+    encryption: EncryptionConfig = field(default=EncryptionConfig(), metadata=_key(
+        "", _Section(EncryptionConfig)))
+    rooms: tuple[RoomConfig, ...] = field(default=(), metadata=_key("", _List(RoomConfig)))
+    metrics_listen: tuple[str, int] | None = field(default=None, metadata=_key(
+        "", _Section(_Metrics, unwrap="listen"), name="metrics"))
+    source: Path | None = None                  # not a key: the file it was read from
+
+
+# --- checks across the keys of a section ------------------------------------------------
+# Each returns False after reporting a problem; values hold _BAD for a key with a problem.
+
+
+def _check_matrix(r: _Reader, values: dict[str, Any], items: dict[str, Node], node: Node,
+                  path: str) -> bool:
+    ok = True
+    present = [k for k in ("access_token", "access_token_file", "password")
+               if not _is_null(items.get(k))]
+    if not present:
+        r.problem(node, path, "set one of access_token, access_token_file or password")
+        ok = False
+    elif len(present) > 1:
+        r.problem(node, path, f"set only one of access_token, access_token_file or password "
+                              f"(found {', '.join(present)})")
+        ok = False
+    uses_token = "access_token" in present or "access_token_file" in present
+    if uses_token and _is_null(items.get("device_id")):
+        r.problem(node, _join(path, "device_id"),
+                  "required with an access token (the device the token belongs to)")
+        ok = False
+    elif "password" in present and not uses_token and values["device_id"] is None:
+        r.warn(node, _join(path, "device_id"),
+               "not set: every start will log in as a new device")
+    return ok
+
+
+def _check_fetch(r: _Reader, values: dict[str, Any], items: dict[str, Node], node: Node,
+                 path: str) -> bool:
+    timeout, connect = values["timeout"], values["connect_timeout"]
+    if timeout is not _BAD and connect is not _BAD and connect > timeout:
+        given = items.get("connect_timeout")
+        r.warn(node if _is_null(given) else given, _join(path, "connect_timeout"),
+               "is longer than fetch.timeout, which caps the whole fetch")
+    return True
+
+
+def _check_room(r: _Reader, values: dict[str, Any], items: dict[str, Node], node: Node,
+                path: str) -> bool:
+    if values["directory"] is True and values["join_rule"] == "invite":
+        r.warn(items.get("directory") or node, _join(path, "directory"),
+               "an invite-only room listed in the directory: people will find it but not "
+               "be able to join (use join_rule: knock to let them ask)")
+    return True
+
+
+def _check_config(r: _Reader, values: dict[str, Any], items: dict[str, Node], node: Node,
+                  path: str) -> bool:
+    rooms, feeds, encryption = values["rooms"], values["feeds"], values["encryption"]
+    if not rooms or any(v is _BAD for v in (rooms, feeds, encryption)):
+        return True
+    posted = {ref for feed in feeds for ref in feed.rooms}
+    for i, (item, room) in enumerate(zip(items["rooms"].value, rooms, strict=True)):
+        if room.alias not in posted:
+            r.warn(item, f"rooms[{i}]", f"no feed posts into {room.alias} (name it in a "
+                                        "feed's rooms)")
+        if room.encrypted and not encryption.enabled:
+            r.warn(item, f"rooms[{i}].encrypted",
+                   "encryption.enabled is false: newsbot could not post into this room")
+    return True
+
+
+_SectionCheck = Callable[[_Reader, dict[str, Any], dict[str, Node], Node, str], bool]
+_SECTION_CHECKS: dict[type, _SectionCheck] = {
+    MatrixConfig: _check_matrix, FetchConfig: _check_fetch, RoomConfig: _check_room,
+    Config: _check_config,
+}
+
+
+# --- reading a section from its declaration ---------------------------------------------
+
+
+@functools.cache
+def _known(cls: type) -> tuple[str, ...]:
+    """The keys a section accepts."""
+    keys: list[str] = []
+    for f in fields(cls):
+        spec = f.metadata.get("key")
+        if spec is not None:
+            keys += [spec.name or f.name, *(name for name, _ in spec.also)]
+    return tuple(keys)
+
+
+def _read_fields(r: _Reader, cls: type, items: dict[str, Node], node: Node, path: str,
+                 index: int = 0, seen: dict[str, dict[str, int]] | None = None) -> Any:
+    """An instance of ``cls`` from a section's entries, or _BAD after reporting problems
+    (every key is read, so that all of its problems are reported at once)."""
+    seen = {} if seen is None else seen
+    values: dict[str, Any] = {}
+    for fld in fields(cls):
+        spec: _Key | None = fld.metadata.get("key")
+        if spec is None:
+            continue
+        default = None if fld.default is MISSING else fld.default
+        f = _Field(r, items, node, path, spec.name or fld.name, spec.required, default,
+                   seen, index)
+        value = spec.kind.read(f)
+        if value is not _BAD and spec.check is not None and f.given:
+            value = spec.check(f, value, items[f.key])
+        values[fld.name] = value
+    check = _SECTION_CHECKS.get(cls)
+    ok = check(r, values, items, node, path) if check is not None else True
+    if not ok or any(v is _BAD for v in values.values()):
+        return _BAD
+    return cls(**values)
+
+
+def _read_item(r: _Reader, cls: type, node: Node, path: str, index: int,
+               seen: dict[str, dict[str, int]]) -> Any:
+    items = r.mapping(node, path, _known(cls))
+    if items is None:
+        return _BAD
+    return _read_fields(r, cls, items, node, path, index, seen)
+
+
+def _read_config(r: _Reader, root: Node) -> Config | None:
+    top = r.mapping(root, "", _known(Config))
+    if top is None:
+        return None
+    config = _read_fields(r, Config, top, root, "")
+    return None if config is _BAD else config
+
+
+# --- the README's table of keys ---------------------------------------------------------
+
+_TABLE_START = ("<!-- The table of keys is made from bot/config.py by "
+                "`python -m bot.config README.md`: edit it there. -->")
+_TABLE_END = "<!-- End of the table of keys. -->"
+
+
+def _rows(cls: type, prefix: str) -> Iterator[tuple[str, str, str]]:
+    for fld in fields(cls):
+        spec: _Key | None = fld.metadata.get("key")
+        if spec is None:
+            continue
+        path = _join(prefix, spec.name or fld.name)
+        if isinstance(spec.kind, _Section):
+            yield from _rows(spec.kind.cls, path)
+            continue
+        if isinstance(spec.kind, _List):
+            yield from _rows(spec.kind.cls, f"{path}[]")
+            continue
+        default = None if fld.default is MISSING else fld.default
+        shown = spec.shown or ("required" if spec.required else spec.kind.show(default))
+        yield path, spec.doc, shown
+        for name, doc in spec.also:
+            yield _join(prefix, name), doc, "—"
+
+
+def key_table() -> str:
+    """The README's table of configuration keys: key, meaning, default."""
+    lines = ["| key | meaning | default |", "| --- | --- | --- |"]
+    lines += [f"| `{path}` | {doc} | {shown} |" for path, doc, shown in _rows(Config, "")]
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_key_table(readme: str) -> str:
+    """``readme`` with the table between its two markers made anew from the declaration."""
+    start, end = readme.find(_TABLE_START), readme.find(_TABLE_END)
+    if start < 0 or end < start:
+        raise ValueError(f"the README has no {_TABLE_START!r} ... {_TABLE_END!r} markers")
+    return readme[:start] + _TABLE_START + "\n" + key_table() + readme[end:]
 
 
 # --- entry points -----------------------------------------------------------------------
@@ -1204,3 +1376,22 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None,
     return replace(config, source=path.absolute()), warnings
 
 
+
+
+def _main(argv: Sequence[str]) -> int:
+    """``python -m bot.config README.md`` writes the table of keys into the README;
+    without an argument, prints it."""
+    if not argv:
+        sys.stdout.write(key_table())
+        return 0
+    readme = Path(argv[0])
+    text = readme.read_text(encoding="utf-8")
+    updated = readme_with_key_table(text)
+    if updated != text:
+        readme.write_text(updated, encoding="utf-8")
+    print(f"{readme}: table of keys {'updated' if updated != text else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
