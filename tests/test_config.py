@@ -13,10 +13,12 @@ from bot.config import (
     Config,
     FetchConfig,
     MatrixConfig,
+    key_table,
     load_config,
     load_config_text,
     parse_duration,
     parse_size,
+    readme_with_key_table,
 )
 from bot.errors import ConfigError
 
@@ -742,3 +744,30 @@ def test_template_file_is_read_relative_to_the_config(tmp_path: Path) -> None:
     assert problems(missing, base_dir=tmp_path) == [
         f"config.yaml:16: feeds[0].template_file: cannot read {tmp_path / 'nowhere.html'}: "
         "No such file or directory"]
+
+
+# --- the README's table of keys is made from the declaration ----------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_table_of_keys_is_the_declaration() -> None:
+    readme = README.read_text(encoding="utf-8")
+    assert readme_with_key_table(readme) == readme, (
+        "README.md's table of keys differs from bot/config.py: run "
+        "`python -m bot.config README.md`")
+
+
+def test_table_of_keys_lists_each_key_once_with_its_default() -> None:
+    rows = {line.split(" | ")[0].strip("| `"): line.split(" | ")[2].rstrip(" |")
+            for line in key_table().splitlines()[2:]}
+    assert len(rows) == len(key_table().splitlines()) - 2
+    # Keys read under another name than their field, or by another key's reader, included.
+    assert {"fetch.max_body_size", "matrix.access_token_file", "feeds[].template_file",
+            "metrics.listen"} <= set(rows)
+    assert (rows["feeds[].name"], rows["feeds[].interval"], rows["fetch.max_body_size"],
+            rows["feeds[].max_message_bytes"], rows["fetch.max_backoff"],
+            rows["encryption.enabled"], rows["admins"], rows["feeds[].language"]) == (
+        "required", "`15m`", "`5MiB`", "`40KiB`", "`6h`", "`true`", "`[]`", "—")
+    with pytest.raises(ValueError, match="markers"):
+        readme_with_key_table("# a README without the table\n")
