@@ -168,8 +168,8 @@ async def _doctor(path: Path) -> int:
     """Whether the bot's device is cross-signed, as a member's client would see it. Uses
     the configured token, or the session a password login saved: never a new login."""
     from bot.logs import add_secret
-    from bot.transport.cross_signing import KeysApi, device_status
     from bot.transport.matrix import load_saved_session
+    from bot.transport.matrix.cross_signing import KeysApi, device_status
     loaded = _load_or_report(path)
     if loaded is None:
         return EXIT_CONFIG

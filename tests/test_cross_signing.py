@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from bot.transport.cross_signing import (
+from bot.transport.matrix.cross_signing import (
     KEYS_FILE,
     CrossSigningKeys,
     KeysApi,

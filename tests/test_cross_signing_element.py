@@ -84,7 +84,7 @@ async def test_an_unsigned_bot_is_unreadable_with_exclude_insecure_devices(
     """The control: the same reader, a bot whose account has cross-signing keys made
     elsewhere (so its device stays unsigned): its items do not decrypt. This is what
     members would live with if the bot did not sign its device."""
-    from bot.transport.cross_signing import CrossSigningKeys, KeysApi, upload_body
+    from bot.transport.matrix.cross_signing import CrossSigningKeys, KeysApi, upload_body
     bot = await new_user("newsbot")
     reader_user = await new_user("lecteur")
     elsewhere = CrossSigningKeys.generate()

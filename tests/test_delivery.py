@@ -22,7 +22,7 @@ from bot.errors import (
 )
 from bot.store import NewDelivery, PollOutcome, Store
 from bot.transport.base import EventHandlers
-from bot.transport.matrix import _error_for
+from bot.transport.matrix.errors import error_for
 
 
 class ScriptedTransport:
@@ -229,7 +229,7 @@ def error(status: int, errcode: str | None, message: str = "x") -> nio.ErrorResp
 ])
 def test_matrix_errors_map_to_what_the_bot_should_do(
         status: int, errcode: str | None, expected: type[TransportError]) -> None:
-    assert type(_error_for("sending", error(status, errcode))) is expected
+    assert type(error_for("sending", error(status, errcode))) is expected
 
 
 async def test_an_image_the_homeserver_refuses_does_not_stop_the_item(store: Store) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from bot.transport import matrix as matrix_transport
-from bot.transport.matrix_crypto import NIO_DEFAULT_PICKLE_KEY, PICKLE_KEY_FILE, STORE_NAME
+from bot.transport.matrix.crypto import NIO_DEFAULT_PICKLE_KEY, PICKLE_KEY_FILE, STORE_NAME
 from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
 from tests.support import (
     FeedServer,

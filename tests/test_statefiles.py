@@ -16,8 +16,8 @@ from nio.crypto import InboundGroupSession, OlmAccount, OutboundGroupSession, Ou
 from bot.errors import StorageError
 from bot.store import Store
 from bot.store.sqlite import DB_FILENAME
-from bot.transport import matrix_crypto
-from bot.transport.matrix_crypto import (
+from bot.transport.matrix import crypto as matrix_crypto
+from bot.transport.matrix.crypto import (
     NIO_DEFAULT_PICKLE_KEY,
     PICKLE_KEY_FILE,
     STORE_NAME,

@@ -32,7 +32,7 @@ from nio.store import DefaultStore
 
 from bot.errors import NewsbotError, TemporaryTransportError
 from bot.filemodes import sync_dir, tighten, write_private
-from bot.transport.cross_signing import device_cross_signed
+from bot.transport.matrix.cross_signing import device_cross_signed
 
 log = logging.getLogger(__name__)
 

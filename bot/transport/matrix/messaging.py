@@ -1,0 +1,66 @@
+"""Sending: a message (sanitised, encrypted where the room is, refused in a room the bot
+was removed from), media uploads, and finding a delivery of ours in a room's history
+after a crash."""
+
+from __future__ import annotations
+
+import functools
+import io
+from typing import Any
+
+from bot.render import safe_event_content
+from bot.transport.base import DELIVERY_KEY_FIELD
+from bot.transport.matrix.encryption import Encryption
+from bot.transport.matrix.membership import Membership
+from bot.transport.matrix.session import Connection
+
+
+class Messages:
+    def __init__(self, connection: Connection, user_id: str, membership: Membership,
+                 encryption: Encryption) -> None:
+        self._connection = connection
+        self._client = connection.client
+        self._user_id = user_id
+        self._membership = membership
+        self._encryption = encryption
+
+    async def send_message(self, room_id: str, content: dict[str, object],
+                           txn_id: str) -> str:
+        content = safe_event_content(content)  # whoever wrote it: one sanitiser, one cleaner
+        self._membership.check_not_removed(room_id)
+        await self._encryption.before_send(room_id)
+        resp = await self._connection.call(f"sending to {room_id}", lambda: self._client.room_send(
+            room_id, "m.room.message", dict(content), tx_id=txn_id,
+            ignore_unverified_devices=True))
+        self._encryption.sent(room_id)
+        return str(resp.event_id)
+
+    async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
+        """Put bytes into the homeserver's media repository; returns the mxc:// URI."""
+        async def upload() -> Any:
+            resp, _ = await self._client.upload(lambda _got429, _timeouts: io.BytesIO(data),
+                                                content_type=content_type, filename=filename,
+                                                filesize=len(data))
+            return resp
+        resp = await self._connection.call(f"uploading {filename}", upload)
+        return str(resp.content_uri)
+
+    async def find_delivery(self, room_id: str, key: str, *, max_events: int = 500) -> str | None:
+        token: str | None = None
+        scanned = 0
+        event_filter = {"types": ["m.room.message", "m.room.encrypted"],
+                        "senders": [self._user_id]}
+        while scanned < max_events:
+            resp = await self._connection.call(
+                f"reading {room_id}'s history",
+                functools.partial(self._client.room_messages, room_id, start=token, limit=100,
+                                  message_filter=event_filter))
+            for event in resp.chunk:     # nio decrypted what it could
+                content = event.source.get("content", {})
+                if isinstance(content, dict) and content.get(DELIVERY_KEY_FIELD) == key:
+                    return str(event.event_id)
+            scanned += len(resp.chunk)
+            if not resp.chunk or not resp.end or resp.end == token:
+                return None
+            token = resp.end
+        return None
