@@ -20,14 +20,14 @@ from typing import Any, TypeVar
 from bot.clock import Clock, SystemClock
 from bot.commands import CommandRunner, FeedView
 from bot.config import Config, FeedConfig
-from bot.delivery import Deliverer
+from bot.delivery import Deliverer, Outbox
 from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher, FetchResult
-from bot.feeds.poller import FeedPoller
 from bot.media import MediaResolver
 from bot.metrics import Metrics
+from bot.poller import FeedPoller
 from bot.rooms import RoomManager
-from bot.store import RoomFeed, Store
+from bot.store import RoomFeed, SqliteStore, Store
 from bot.subscriptions import PersonalSubscriptions
 from bot.transport.base import EventHandlers, JoinToPoint, Transport
 from bot.welcome import Welcomer
@@ -50,7 +50,7 @@ class App:
                  ) -> None:
         self.config = config
         self.clock: Clock = clock or SystemClock()
-        self.store = store or Store.open(config.storage.path)
+        self.store: Store = store or SqliteStore.open(config.storage.path)
         if transport is None:
             from bot.transport.matrix import MatrixTransport
             transport = MatrixTransport(config.matrix, self.store, config.storage.path,
@@ -67,6 +67,8 @@ class App:
         media = MediaResolver(self._image_fetcher, self.transport, self.store, self.clock)
         self.deliverer = Deliverer(self.store, self.transport, self.clock, media=media,
                                    on_delivered=self.rooms.on_delivered)
+        # How commands and welcomes say something: through the same outbox as items.
+        self.outbox = Outbox(self.store, self.clock, self.deliverer, self._enqueued)
         self.subscriptions = PersonalSubscriptions(config, self.store, self.clock,
                                                    on_enqueued=self._enqueued,
                                                    transport=self.transport)
@@ -106,13 +108,13 @@ class App:
                          is_direct: bool = False) -> bool | JoinToPoint:
         if is_direct and self.subscriptions.accepts_conversations:
             # A person opening a private conversation, for personal subscriptions.
-            return self.subscriptions.answer_invitation(room_id, inviter)
+            return await self.subscriptions.answer_invitation(room_id, inviter)
         if inviter in self.config.admins:
             log.info("accepting the invite to %s from admin %s", room_id, inviter)
-            rooms = self._admin_rooms()
+            rooms = await self._admin_rooms()
             if room_id not in rooms:
                 rooms.append(room_id)
-                self.store.put(ADMIN_ROOMS_KEY, json.dumps(rooms))
+                await self.store.put(ADMIN_ROOMS_KEY, json.dumps(rooms))
             return True
         if room_id in self._room_ids.values() or any(
                 room_id in feed.rooms for feed, _ in self._feeds.values()):
@@ -179,44 +181,44 @@ class App:
                     break
         return views
 
-    def _admin_rooms(self) -> list[str]:
-        raw = self.store.get(ADMIN_ROOMS_KEY)
+    async def _admin_rooms(self) -> list[str]:
+        raw = await self.store.get(ADMIN_ROOMS_KEY)
         return list(json.loads(raw)) if raw else []
 
-    def may_add_feeds(self, room_id: str) -> bool:
+    async def may_add_feeds(self, room_id: str) -> bool:
         """Rooms whose moderators may add feeds: those the configuration posts to, the
         managed ones, and those an admin brought the bot into. Anyone can make a room
         and be its moderator: a room the bot merely sits in must not become a way to
         make it fetch arbitrary addresses."""
         return bool(self.feeds_in_room(room_id)) or self.rooms.managed(room_id) is not None \
-            or room_id in self._admin_rooms()
+            or room_id in await self._admin_rooms()
 
-    def name_taken(self, name: str) -> bool:
+    async def name_taken(self, name: str) -> bool:
         # A name that ever had state keeps it (seen entries): never reuse one.
-        return name in self._feeds or self.store.feed_state(name) is not None
+        return name in self._feeds or await self.store.feed_state(name) is not None
 
-    def add_room_feed(self, feed: RoomFeed, first: FetchResult | None = None) -> None:
+    async def add_room_feed(self, feed: RoomFeed, first: FetchResult | None = None) -> None:
         """Start a feed added by command. ``first``: the body the command read; it is the
         feed's first sight, so what the command reported is exactly what is marked seen
         (an entry published a second later is new)."""
-        self.store.add_room_feed(feed)
+        await self.store.add_room_feed(feed)
         log.info("feed %s added to %s by %s: %s", feed.name, feed.room, feed.added_by, feed.url)
         self._start_feed(self._room_feed_config(feed), from_config=False, first=first)
 
-    def remove_room_feed(self, name: str) -> None:
+    async def remove_room_feed(self, name: str) -> None:
         task = self._poller_tasks.pop(name, None)
         if task is not None:
             task.cancel()
         self._feeds.pop(name, None)
-        self.store.remove_room_feed(name)
+        await self.store.remove_room_feed(name)
         log.info("feed %s removed", name)
 
     def _room_feed_config(self, feed: RoomFeed) -> FeedConfig:
         return FeedConfig(name=feed.name, url=feed.url, rooms=(feed.room,),
                           interval=feed.interval)
 
-    def _room_language(self, ref: str) -> str | None:
-        return self.store.room_language(self._room_ids.get(ref, ref))
+    async def _room_language(self, ref: str) -> str | None:
+        return await self.store.room_language(self._room_ids.get(ref, ref))
 
     def _start_feed(self, feed: FeedConfig, *, from_config: bool,
                     first: FetchResult | None = None) -> None:
@@ -278,7 +280,14 @@ class App:
         return [room for room, task in self._workers.items() if not task.done()]
 
     def _direct_closed(self, room_id: str, user_id: str) -> None:
-        self.subscriptions.conversation_closed(room_id, user_id)
+        """From the sync loop, which must not wait for the store: the forgetting runs
+        in a task of its own."""
+        if self._tasks is not None:
+            self._tasks.create_task(self._forget_closed(room_id, user_id),
+                                    name=f"closed {room_id}")
+
+    async def _forget_closed(self, room_id: str, user_id: str) -> None:
+        await self.subscriptions.conversation_closed(room_id, user_id)
         self.deliverer.wake([room_id])      # its worker sees the room is gone, and ends
 
     # -- the task tree ------------------------------------------------------------------
@@ -290,7 +299,7 @@ class App:
                       for feed in cfg.feeds]
         config_names = {feed.name for feed in configured}
         room_feeds = []
-        for added in self.store.room_feeds():
+        for added in await self.store.room_feeds():
             if added.name in config_names:
                 log.warning("feed %s was added by command in %s, but the configuration now "
                             "defines a feed of that name; the configuration wins",
@@ -303,7 +312,7 @@ class App:
                            connect_timeout=cfg.fetch.connect_timeout) as fetcher, \
                 asyncio.TaskGroup() as tg:
             self._tasks, self._fetcher = tg, fetcher
-            for room in [*self.store.pending_rooms(), *self.store.dm_rooms()]:
+            for room in [*await self.store.pending_rooms(), *await self.store.dm_rooms()]:
                 self._start_worker(room)
             for config_feed in configured:
                 self._start_feed(config_feed, from_config=True)
@@ -312,9 +321,9 @@ class App:
             log.info("watching %d feed(s) for %d room(s)", len(self._feeds),
                      len(self._workers))
             commands = CommandRunner(cfg, self.store, self.transport, fetcher, self,
-                                     self.clock, subscriptions=self.subscriptions)
+                                     self.clock, self.outbox, subscriptions=self.subscriptions)
             welcomer = Welcomer(
-                cfg, self.store, self.transport, self.rooms.managed,
+                cfg, self.store, self.transport, self.outbox, self.rooms.managed,
                 lambda room_id: [v.config.name for v in self.feeds_in_room(room_id)],
                 personal=self.subscriptions.enabled, clock=self.clock)
             handlers = EventHandlers(on_invite=self._on_invite,
@@ -342,9 +351,9 @@ class App:
 
     async def _maintain(self) -> None:
         while True:
-            removed = self.store.prune_sent(self.clock.now() - KEEP_SENT_ROWS)
+            removed = await self.store.prune_sent(self.clock.now() - KEEP_SENT_ROWS)
             if removed:
                 log.info("forgot %d delivered outbox rows older than 30 days", removed)
             # Old images: an item needing one again fetches and uploads it again.
-            self.store.prune_media(self.clock.now() - KEEP_MEDIA_ROWS)
+            await self.store.prune_media(self.clock.now() - KEEP_MEDIA_ROWS)
             await asyncio.sleep(PRUNE_EVERY)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import html
 import logging
 import re
@@ -22,13 +21,15 @@ from urllib.parse import urlsplit
 
 from bot.clock import Clock
 from bot.config import Config, FeedConfig, parse_duration
-from bot.errors import FeedError, RateLimitedError, TemporaryTransportError, TransportError
+from bot.delivery import Outbox
+from bot.errors import FeedError, TransportError
 from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
 from bot.i18n import LANGUAGES, format_duration, format_time, text
 from bot.metrics import count_readers
+from bot.model import Message
 from bot.render import entry_line
-from bot.store import RoomFeed, RoomFeedSettings, Store
+from bot.store import NewDelivery, RoomFeed, RoomFeedSettings, Store
 from bot.subscriptions import PersonalSubscriptions, is_forget_me, small_number
 from bot.transport.base import IncomingMessage, Transport
 from bot.urls import text_for_members, text_for_moderators, url_for_members, url_for_moderators
@@ -59,6 +60,9 @@ LATEST_DEFAULT, LATEST_MAX = 5, 20
 # Each room has its own small queue and worker, so a slow command (an "add" waiting for a
 # slow server) only delays its own room, and one room's flood never crowds out another's.
 ROOM_QUEUE = 20           # commands waiting in one room
+# The outbox's name for the answers to commands (its rows' "feed").
+REPLIES = "newsbot:replies"
+GOODBYE_WAIT = 30.0       # seconds a goodbye may take before the bot leaves anyway
 MAX_BUSY_ROOMS = 200      # rooms with commands being answered at once
 
 
@@ -80,13 +84,14 @@ class FeedBook(Protocol):
 
     def feeds_in_room(self, room_id: str) -> list[FeedView]: ...
 
-    def name_taken(self, name: str) -> bool: ...
+    async def name_taken(self, name: str) -> bool: ...
 
-    def may_add_feeds(self, room_id: str) -> bool: ...
+    async def may_add_feeds(self, room_id: str) -> bool: ...
 
-    def add_room_feed(self, feed: RoomFeed, first: FetchResult | None = None) -> None: ...
+    async def add_room_feed(self, feed: RoomFeed,
+                            first: FetchResult | None = None) -> None: ...
 
-    def remove_room_feed(self, name: str) -> None: ...
+    async def remove_room_feed(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,12 +163,13 @@ class RateLimiter:
 
 class CommandRunner:
     def __init__(self, config: Config, store: Store, transport: Transport, fetcher: Fetcher,
-                 book: FeedBook, clock: Clock,
+                 book: FeedBook, clock: Clock, outbox: Outbox,
                  subscriptions: PersonalSubscriptions | None = None) -> None:
         self._config = config
         self._commands = config.commands
         self._store = store
         self._transport = transport
+        self._outbox = outbox
         self._fetcher = fetcher
         self._book = book
         self._clock = clock
@@ -173,6 +179,9 @@ class CommandRunner:
         # Per room: (message, allowed) waiting; a room is here while its worker runs.
         self._rooms: dict[str, asyncio.Queue[tuple[IncomingMessage, bool]]] = {}
         self._ready: asyncio.Queue[str] = asyncio.Queue()      # rooms needing a worker
+        # Subscribers' conversations recorded before the transport knew them as private
+        # ones (read once at start: the sync loop must not wait for the store).
+        self._subscriber_rooms: set[str] = set()
 
     # -- intake ------------------------------------------------------------------------
 
@@ -181,7 +190,7 @@ class CommandRunner:
         queuing: one person's flood never takes the place of anyone else's command."""
         if parse_command(message.body, self._commands.prefix) is None and (
                 self._subscriptions is None or not self._transport.is_direct(message.room_id)
-                and self._store.subscriber_by_room(message.room_id) is None):
+                and message.room_id not in self._subscriber_rooms):
             return      # chat, not a command (direct messages need no prefix)
         allowed, tell = self._limiter.allow(message.sender)
         if not allowed and not tell:
@@ -204,6 +213,7 @@ class CommandRunner:
 
     async def run(self) -> None:
         """One worker per room with commands waiting; it ends when its queue is empty."""
+        self._subscriber_rooms = set(await self._store.dm_rooms())
         async with asyncio.TaskGroup() as workers:
             while True:
                 room_id = await self._ready.get()
@@ -228,23 +238,30 @@ class CommandRunner:
         except Exception:
             # Whatever a message contains, it must never stop the bot.
             log.exception("a command in %s could not be handled", message.room_id)
-            reply = Reply(text("failed", self.language(message.room_id),
+            reply = Reply(text("failed", await self.language(message.room_id),
                                reason="internal error"))
         if reply is None:
             return
+        row = await self._queue_reply(message, reply)
+        if not reply.then_leave:
+            return
         try:
-            await self._send_reply(message, reply)
-            if reply.then_leave:
-                await self._transport.leave_direct(message.room_id)
+            # The goodbye is read before the bot leaves; then nothing of the conversation
+            # is kept.
+            async with asyncio.timeout(GOODBYE_WAIT):
+                await self._outbox.wait_sent(REPLIES, row)
+        except TimeoutError:
+            log.warning("leaving a private conversation before its last answer was sent")
+        try:
+            await self._transport.leave_direct(message.room_id)
         except TransportError as exc:
             log.warning("could not leave a private conversation: %s", exc)
-        except Exception:
-            log.exception("answering a command in %s", message.room_id)
+        await self._store.forget_conversation(message.room_id)
 
     # -- answering ---------------------------------------------------------------------
 
-    def language(self, room_id: str) -> str:
-        return self._store.room_language(room_id) or self._config.language
+    async def language(self, room_id: str) -> str:
+        return await self._store.room_language(room_id) or self._config.language
 
     async def _private(self, room_id: str) -> bool:
         """Is this the bot's direct conversation with one person (no feed posts there)?"""
@@ -254,7 +271,7 @@ class CommandRunner:
         # Known from how the bot joined (a direct invitation, or a conversation it opened),
         # never guessed from a member count: a fresh two-person room is not a DM.
         return self._transport.is_direct(room_id) or \
-            self._store.subscriber_by_room(room_id) is not None
+            await self._store.subscriber_by_room(room_id) is not None
 
     async def handle(self, message: IncomingMessage, *, allowed: bool = True) -> Reply | None:
         """The answer to one message; ``allowed`` False: the sender is over the rate limit
@@ -266,14 +283,14 @@ class CommandRunner:
             log.warning("reading %s's members: %s", message.room_id, exc)
             private = False
         if private and self._subscriptions is not None:
-            lang = self._subscriptions.language(message.sender)
+            lang = await self._subscriptions.language(message.sender)
             if not allowed:
                 return Reply(text("rate_limited", lang, count=self._commands.rate_limit,
                                   seconds=int(self._commands.rate_window)))
             return await self._personal(message, self._subscriptions, lang)
         if command is None:
             return None
-        lang = self.language(message.room_id)
+        lang = await self.language(message.room_id)
         p = self._commands.prefix
         if not allowed:
             return Reply(text("rate_limited", lang, count=self._commands.rate_limit,
@@ -348,10 +365,10 @@ class CommandRunner:
         lines = [text("list_header", lang)]
         for view in views:
             feed = view.config
-            state = self._store.feed_state(feed.name)
-            settings = self._store.feed_room_settings(feed.name).get(view.room_ref,
+            state = await self._store.feed_state(feed.name)
+            settings = (await self._store.feed_room_settings(feed.name)).get(view.room_ref,
                                                                      RoomFeedSettings())
-            interval = self._store.feed_interval(feed.name) or feed.interval
+            interval = await self._store.feed_interval(feed.name) or feed.interval
             line = text("list_line", lang, name=feed.name,
                         url=show_url(state.url if state else feed.url),
                         interval=format_duration(interval, lang),
@@ -371,7 +388,7 @@ class CommandRunner:
             raise UsageError
         count = min(small_number(args[0]) or 1, LATEST_MAX) if args else LATEST_DEFAULT
         feeds = [v.config.name for v in self._book.feeds_in_room(message.room_id)]
-        entries = self._store.latest(feeds, max(count, 1))
+        entries = await self._store.latest(feeds, max(count, 1))
         if not entries:
             return Reply(text("latest_empty", lang))
         lines = [text("latest_header", lang)]
@@ -386,7 +403,7 @@ class CommandRunner:
             return Reply(text("no_feeds", lang))
         lines = [text("status_header", lang)]
         for view in views:
-            state = self._store.feed_state(view.config.name)
+            state = await self._store.feed_state(view.config.name)
             # The reason names the URL ("HTTP 410 Gone at ..."): as members may see it.
             gone = text("status_gone", lang, reason=text_for_members(state.disabled)) \
                 if state and state.disabled else ""
@@ -432,7 +449,7 @@ class CommandRunner:
         if len(args) == 2 and not FEED_NAME.match(args[1]):
             return Reply(text("bad_name", lang, name=args[1][:64]))
         if message.sender not in self._config.admins and \
-                not self._book.may_add_feeds(message.room_id):
+                not await self._book.may_add_feeds(message.room_id):
             return Reply(text("add_needs_admin", lang))
         in_room = self._book.feeds_in_room(message.room_id)
         cap = self._commands.max_feeds_per_room
@@ -449,15 +466,15 @@ class CommandRunner:
                               reason=text_for_moderators(str(exc))))
         if len(args) == 2:
             name = args[1]
-            if self._book.name_taken(name):
+            if await self._book.name_taken(name):
                 return Reply(text("name_taken", lang, name=name, p=p))
         else:
             base = slug(parsed.title or urlsplit(url).hostname or "")
             name, n = base, 1
-            while self._book.name_taken(name):
+            while await self._book.name_taken(name):
                 n += 1
                 name = f"{base}-{n}"
-        self._book.add_room_feed(RoomFeed(
+        await self._book.add_room_feed(RoomFeed(
             name=name, url=result.permanent_url or url, room=message.room_id,
             interval=self._commands.default_interval, added_by=message.sender,
             added_at=self._clock.now()), first=result)
@@ -477,15 +494,15 @@ class CommandRunner:
         view = self._named(message, args, 1)
         if view.from_config:
             return Reply(text("config_feed", lang, name=view.config.name))
-        self._book.remove_room_feed(view.config.name)
+        await self._book.remove_room_feed(view.config.name)
         return Reply(text("removed", lang, name=view.config.name))
 
     async def _set_paused(self, message: IncomingMessage, args: list[str], lang: str,
                           paused: bool) -> Reply:
         view = self._named(message, args, 1)
-        settings = self._store.feed_room_settings(view.config.name).get(view.room_ref,
+        settings = (await self._store.feed_room_settings(view.config.name)).get(view.room_ref,
                                                                         RoomFeedSettings())
-        self._store.set_feed_room_settings(
+        await self._store.set_feed_room_settings(
             view.config.name, view.room_ref,
             RoomFeedSettings(paused, settings.include, settings.exclude))
         return Reply(text("paused" if paused else "resumed", lang, name=view.config.name))
@@ -507,7 +524,7 @@ class CommandRunner:
             return Reply(text("bad_interval", lang, value=args[1][:40],
                               minimum=format_duration(MIN_COMMAND_INTERVAL, lang),
                               maximum=format_duration(MAX_COMMAND_INTERVAL, lang)))
-        self._store.set_feed_interval(view.config.name, seconds)
+        await self._store.set_feed_interval(view.config.name, seconds)
         return Reply(text("interval_set", lang, name=view.config.name,
                           interval=format_duration(seconds, lang)))
 
@@ -517,7 +534,8 @@ class CommandRunner:
         view = self._named(message, args[:1], 1)
         mode, words = args[1].casefold(), [w for w in args[2:] if w.strip()]
         name = view.config.name
-        current = self._store.feed_room_settings(name).get(view.room_ref, RoomFeedSettings())
+        settings = await self._store.feed_room_settings(name)
+        current = settings.get(view.room_ref, RoomFeedSettings())
         if mode == "clear" and not words:
             updated = RoomFeedSettings(current.paused)
         elif mode == "include" and words:
@@ -526,7 +544,7 @@ class CommandRunner:
             updated = RoomFeedSettings(current.paused, current.include, tuple(words))
         else:
             raise UsageError
-        self._store.set_feed_room_settings(name, view.room_ref, updated)
+        await self._store.set_feed_room_settings(name, view.room_ref, updated)
         described = _describe_filters(updated, lang)
         if not described:
             return Reply(text("filter_cleared", lang, name=name))
@@ -536,36 +554,22 @@ class CommandRunner:
         if len(args) != 1 or args[0].casefold() not in LANGUAGES:
             raise UsageError
         chosen = args[0].casefold()
-        self._store.set_room_language(message.room_id, chosen)
+        await self._store.set_room_language(message.room_id, chosen)
         return Reply(text("lang_set", chosen))
 
     # -- sending -----------------------------------------------------------------------
 
-    async def _send_reply(self, message: IncomingMessage, reply: Reply) -> None:
-        content: dict[str, object] = {
-            "msgtype": "m.notice",
-            "body": reply.body,
-            "format": "org.matrix.custom.html",
-            "formatted_body": html.escape(reply.body, quote=False).replace("\n", "<br>"),
-            "m.relates_to": {"m.in_reply_to": {"event_id": message.event_id}},
-            "m.mentions": {"user_ids": [message.sender]},
-        }
-        # One answer per command, even if a send is retried.
-        txn_id = "newsbot.reply." + hashlib.sha256(message.event_id.encode()).hexdigest()[:32]
-        for attempt in range(4):
-            try:
-                await self._transport.send_message(message.room_id, content, txn_id)
-                return
-            except RateLimitedError as exc:
-                await asyncio.sleep(exc.retry_after or 1.0)
-            except TemporaryTransportError as exc:
-                log.warning("reply in %s: %s", message.room_id, exc)
-                await asyncio.sleep(2.0 ** attempt)
-            except TransportError as exc:
-                log.warning("could not answer %s in %s: %s", message.sender,
-                            message.room_id, exc)
-                return
-        log.warning("gave up answering %s in %s", message.sender, message.room_id)
+    async def _queue_reply(self, message: IncomingMessage, reply: Reply) -> NewDelivery:
+        """The answer, through the outbox: retried like any message, and one answer per
+        command (its key derives from the command's id) even across a restart."""
+        row = NewDelivery(
+            f"reply:{message.event_id}", message.room_id,
+            Message(reply.body, html.escape(reply.body, quote=False).replace("\n", "<br>"),
+                    # A goodbye names nobody: nothing of the person is kept after it.
+                    mentions=() if reply.then_leave else (message.sender,)),
+            kind="reply", subject=message.event_id)
+        await self._outbox.queue(REPLIES, [row])
+        return row
 
 
 class _UnknownFeed(Exception):

@@ -1113,6 +1113,11 @@ class FeedConfig:
     public: bool = field(default=False, metadata=_key(
         "open to personal subscriptions by direct message", _Bool()))
 
+    @property
+    def notice(self) -> bool:
+        """Are its items notices from a bot (quieter in clients) rather than messages?"""
+        return self.msgtype == "m.notice"
+
 
 @dataclass(frozen=True, slots=True)
 class _Metrics:

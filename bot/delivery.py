@@ -1,25 +1,25 @@
 """Delivery: from the outbox to the rooms, exactly once.
 
-Each room has one worker that sends its pending deliveries one at a time, oldest first.
-The protocol that makes it exactly-once:
-1. the delivery is in the outbox (committed with the poll that found the entry);
-2. an attempt is recorded before sending;
-3. it is sent with a transaction id derived from the delivery key, so a resend after a
-   crash returns the first event instead of creating a second one;
-4. it is marked sent only once the homeserver returned an event id.
-Homeservers forget transaction ids after a while (Synapse: ~30 minutes), so a delivery
-whose first attempt is older than that is first looked for in the room's history, by the
-delivery key every event carries.
+Each target (a room on a network) has one worker that sends its pending rows one at a
+time, oldest first (a command's answer first). The protocol that makes it exactly-once:
+1. the row is in the outbox (committed with the poll, command or digest that made it);
+2. the worker claims it, and its transport encodes its message into the network's payload
+   (resolving its picture), unless that was done before;
+3. the attempt, with that payload, is recorded before sending, so a resend after a crash
+   sends the very same message;
+4. the transport sends it idempotently (Matrix: a transaction id derived from the row's
+   key, and the key in the content, looked for in the room when the homeserver may have
+   forgotten the transaction);
+5. it is marked sent only once the network returned the message's id.
+Nothing here knows a network's format: features queue messages, transports encode them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from bot.clock import Clock
@@ -30,68 +30,45 @@ from bot.errors import (
     StorageError,
     TemporaryTransportError,
 )
-from bot.media import IMAGE_FIELD
-from bot.model import Delivery, Message
-from bot.store import Store
-from bot.transport.base import DELIVERY_KEY_FIELD, Transport
+from bot.media import ImageSource
+from bot.model import Delivery, Network, Outgoing, Target, delivery_key
+from bot.store import NewDelivery, Store
 
 log = logging.getLogger(__name__)
 
-class MediaFinalizer(Protocol):
-    async def finalize(self, content: dict[str, Any]) -> dict[str, Any] | None: ...
-
 # A row that fails this many times for an unforeseen reason is parked as 'failed'.
 PARK_AFTER_FAILURES = 5
-
-# Less than Synapse's 30 minutes, to leave room for clock drift and slow requests.
-TXN_MEMORY_SECONDS = 25 * 60
-
-
-def event_content(message: Message, *, msgtype: str, key: str) -> dict[str, object]:
-    return {
-        "msgtype": msgtype,
-        "body": message.body,
-        "format": "org.matrix.custom.html",
-        "formatted_body": message.html,
-        "m.mentions": {},   # a feed item never pings anyone
-        DELIVERY_KEY_FIELD: key,
-    }
+# How long a worker's claim on a row holds without being renewed (each send renews it).
+CLAIM_SECONDS = 300.0
+# Who claims rows: one instance per state database.
+LOCAL_OWNER = "local"
 
 
-def edit_content(new: dict[str, object], *, original_event_id: str,
-                 key: str) -> dict[str, object]:
-    """An m.replace edit showing ``new`` (an event_content) in place of the original."""
-    replacement = {k: v for k, v in new.items()
-                   if k in ("msgtype", "body", "format", "formatted_body")}
-    replacement["m.mentions"] = {}
-    # What clients without edit support show: "* " and the title only, so that the edit
-    # (which carries the whole new version in m.new_content) stays within the size limit.
-    title = str(new["body"]).split("\n", 1)[0]
-    content: dict[str, object] = {
-        "msgtype": new["msgtype"],
-        "body": f"* {title}",
-        "format": "org.matrix.custom.html",
-        "formatted_body": f"* {html.escape(title, quote=False)}",
-        "m.new_content": replacement,
-        "m.relates_to": {"rel_type": "m.replace", "event_id": original_event_id},
-        "m.mentions": {},
-        DELIVERY_KEY_FIELD: key,
-    }
-    if IMAGE_FIELD in new:
-        content[IMAGE_FIELD] = new[IMAGE_FIELD]     # the image placeholder, resolved when sent
-    return content
+class DeliveryTransport(Protocol):
+    """What delivery needs of a network: reach a target, encode a row, send it once."""
 
+    async def join_room(self, room: str) -> str:
+        """Join a room by its reference; returns the id to send to."""
+        ...
 
-def txn_id_for(key: str) -> str:
-    return f"newsbot.{key}"
+    async def prepare(self, outgoing: Outgoing,
+                      images: ImageSource | None) -> dict[str, Any] | None:
+        """The network's payload for a row, or None when it has nothing to show."""
+        ...
+
+    async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
+                   attempted_at: float | None, now: float) -> str:
+        """Send a payload once whatever happened before (``attempted_at``: when it was
+        first tried, if it was); returns the message's id on the network."""
+        ...
 
 
 class Deliverer:
-    def __init__(self, store: Store, transport: Transport, clock: Clock, *,
+    def __init__(self, store: Store, transport: DeliveryTransport, clock: Clock, *,
                  retry_base: float = 1.0, retry_cap: float = 300.0,
                  unavailable_retry: float = 300.0,
                  on_delivered: Callable[[Delivery, str, str], Awaitable[None]] | None = None,
-                 media: MediaFinalizer | None = None) -> None:
+                 media: ImageSource | None = None, owner: str = LOCAL_OWNER) -> None:
         self._store = store
         self._transport = transport
         self._clock = clock
@@ -102,11 +79,10 @@ class Deliverer:
         # as sent (e.g. to pin the latest issue); its failures never undo the delivery.
         self._on_delivered = on_delivered
         self._media = media
+        self._owner = owner
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._settling: dict[str, asyncio.Event] = {}     # row key -> someone waits for it
         self._stopping = asyncio.Event()
-        # Login generation of each attempt made by this process: after a re-login the
-        # homeserver may no longer recognise our earlier transaction ids.
-        self._attempt_generation: dict[str, int] = {}
         self.delivered = 0
         self.parked = 0
 
@@ -117,6 +93,22 @@ class Deliverer:
 
     def wake_all(self) -> None:
         for event in self._wakeups.values():
+            event.set()
+
+    async def wait_settled(self, key: str) -> None:
+        """Wait until the row ``key`` left the outbox's pending rows (sent, refused or
+        parked)."""
+        while await self._store.is_pending(key):
+            event = self._settling.setdefault(key, asyncio.Event())
+            try:
+                await event.wait()
+            finally:
+                if self._settling.get(key) is event and event.is_set():
+                    del self._settling[key]
+
+    def _settled(self, key: str) -> None:
+        event = self._settling.get(key)
+        if event is not None:
             event.set()
 
     def stop(self) -> None:
@@ -133,13 +125,16 @@ class Deliverer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wakeup.wait(), timeout=seconds)
 
-    async def run_room(self, room: str, keep: Callable[[], bool] | None = None) -> None:
-        """``keep`` False (a conversation the bot no longer has) ends the worker once the
-        room has nothing to send or cannot be reached; new deliveries start another."""
+    async def run_room(self, room: str, keep: Callable[[], bool] | None = None, *,
+                       network: Network = "matrix") -> None:
+        """The worker of one target: a room on a network. ``keep`` False (a conversation
+        the bot no longer has) ends the worker once the room has nothing to send or
+        cannot be reached; new deliveries start another."""
         room_id: str | None = None
         failures = 0
         unavailable_logged = False
         wakeup = self._wakeup(room)
+        target = Target(network, room)
 
         def lost() -> bool:
             """A room the bot no longer has: the worker ends (its rows wait for the
@@ -161,13 +156,15 @@ class Deliverer:
                     room_id = await self._transport.join_room(room)
                     if self._stopping.is_set():
                         break
-                delivery = self._store.next_pending(room)
+                delivery = await self._store.claim_next(target, owner=self._owner,
+                                                  now=self._clock.now(), lease=CLAIM_SECONDS)
                 if delivery is None:
                     if lost():
                         return
                     await wakeup.wait()
                     continue
                 await self._deliver(room_id, delivery)
+                self._settled(delivery.key)
                 if unavailable_logged:
                     log.info("room %s: delivering again", room)
                     unavailable_logged = False
@@ -210,7 +207,7 @@ class Deliverer:
                               str(exc)[:300], delay)
                     await self._pause_unless_stopping(room, delay, interruptible=False)
                     continue
-                parked = self._store.record_failure_of(
+                parked = await self._store.record_failure_of(
                     delivery.key, f"{type(exc).__name__}: {exc}", self._clock.now(),
                     park_after=PARK_AFTER_FAILURES)
                 outcome = (f"parked as failed after {PARK_AFTER_FAILURES} attempts" if parked
@@ -222,6 +219,7 @@ class Deliverer:
                 if parked:
                     self.parked += 1
                     failures = 0
+                    self._settled(delivery.key)
                 else:
                     await self._pause_unless_stopping(room, delay, interruptible=False)
 
@@ -237,82 +235,54 @@ class Deliverer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
-    async def _finalize(self, delivery: Delivery) -> dict[str, object] | None:
-        """Resolve the entry's image once, and store the content that will be sent, so a
-        resend after a crash sends the very same event. None: nothing to send now (no
-        image to show, or a correction replaced the row meanwhile: it is read again)."""
-        content = dict(delivery.content)
-        final = await self._media.finalize(content) if self._media is not None else {
-            k: v for k, v in content.items() if k != IMAGE_FIELD}
-        if final is None or (self._media is None and content.get("msgtype") == "m.image"):
-            self._store.mark_rejected(delivery.key, "no image to show", self._clock.now())
-            log.info("room %s: the image of item %s of feed %s cannot be shown; skipped",
+    async def _payload(self, delivery: Delivery) -> dict[str, Any] | None:
+        """The row's payload: the one fixed before its first attempt, or its message
+        encoded now by the transport. None: nothing to send (recorded why)."""
+        if delivery.payload is not None and delivery.message is not None:
+            return delivery.payload
+        related = None
+        if delivery.kind == "edit":
+            # The message it corrects, found now: a target's rows go out in order, so
+            # that message was sent (or refused) before this row is reached.
+            related = await self._store.event_of(delivery.feed, delivery.subject or "",
+                                           delivery.room)
+            if related is None and not (delivery.payload or {}).get("m.new_content"):
+                await self._store.mark_rejected(delivery.key, "the message it corrects was never "
+                                          "delivered", self._clock.now())
+                log.info("room %s: a correction of item %s of feed %s is dropped: the item "
+                         "was not delivered there", delivery.room, delivery.subject,
+                         delivery.feed)
+                return None
+        elif delivery.kind == "reply":
+            related = delivery.subject
+        payload = await self._transport.prepare(
+            Outgoing(delivery.key, delivery.kind, delivery.message, delivery.payload, related),
+            self._media)
+        if payload is None:
+            await self._store.mark_rejected(delivery.key, "nothing to show", self._clock.now())
+            log.info("room %s: the picture of item %s of feed %s cannot be shown; skipped",
                      delivery.room, delivery.subject, delivery.feed)
-            return None
-        if not self._store.update_pending_content(delivery.key, final,
-                                                  expected=delivery.content):
-            return None
-        return final
-
-    def _as_edit(self, delivery: Delivery) -> dict[str, object] | None:
-        """An edit row carries the corrected version; it is sent as an m.replace of the
-        message it corrects, found now: the room's rows go out in order, so that message
-        was sent (or refused) before this row is reached."""
-        if "m.new_content" in delivery.content:
-            return delivery.content     # queued whole by an older newsbot: already an edit
-        target = self._store.event_of(delivery.feed, delivery.subject or "", delivery.room)
-        if target is None:
-            self._store.mark_rejected(delivery.key, "the message it corrects was never "
-                                      "delivered", self._clock.now())
-            log.info("room %s: a correction of item %s of feed %s is dropped: the item was "
-                     "not delivered there", delivery.room, delivery.subject, delivery.feed)
-            return None
-        return edit_content(delivery.content, original_event_id=target, key=delivery.key)
-
-    def _txn_may_be_forgotten(self, delivery: Delivery, now: float) -> bool:
-        if delivery.first_attempt_at is None:
-            return False           # never tried: nothing to find
-        if now - delivery.first_attempt_at > TXN_MEMORY_SECONDS:
-            return True
-        # Attempts by an earlier process ran under login generation 0.
-        return self._attempt_generation.get(delivery.key, 0) != self._transport.login_generation
+        return payload
 
     async def _deliver(self, room_id: str, delivery: Delivery) -> None:
-        if IMAGE_FIELD in delivery.content and delivery.first_attempt_at is None:
-            final = await self._finalize(delivery)
-            if final is None:
-                return
-            delivery = replace(delivery, content=final)
-        content: dict[str, object] = delivery.content
-        if delivery.kind == "edit":
-            edit = self._as_edit(delivery)
-            if edit is None:
-                return
-            content = edit
+        payload = await self._payload(delivery)
+        if payload is None:
+            return
         now = self._clock.now()
-        if self._txn_may_be_forgotten(delivery, now):
-            # The homeserver may not recognise our transaction id any more: a resend could
-            # duplicate. Look for the event first.
-            found = await self._transport.find_delivery(room_id, delivery.key)
-            if found is not None:
-                self._store.mark_sent(delivery.key, found, now)
-                log.info("room %s: item %s of feed %s was already delivered (%s)",
-                         delivery.room, delivery.entry_id, delivery.feed, found)
-                return
-        if not self._store.mark_attempt(delivery.key, now, delivery.content):
-            return      # a correction replaced it while its image was resolved: read again
-        self._attempt_generation[delivery.key] = self._transport.login_generation
+        if not await self._store.mark_attempt(delivery.key, now, payload,
+                                              expected=delivery.message):
+            return      # a correction replaced it while it was encoded: read again
         try:
-            event_id = await self._transport.send_message(room_id, content,
-                                                          txn_id_for(delivery.key))
+            event_id = await self._transport.send(room_id, payload, delivery.key,
+                                                  attempted_at=delivery.first_attempt_at,
+                                                  now=now)
         except MessageRejectedError as exc:
             # Retrying cannot help and would hold back every later item of the room.
-            self._store.mark_rejected(delivery.key, str(exc), self._clock.now())
+            await self._store.mark_rejected(delivery.key, str(exc), self._clock.now())
             log.error("room %s: item %s of feed %s was refused by the homeserver and is "
                       "skipped: %s", delivery.room, delivery.entry_id, delivery.feed, exc)
             return
-        self._attempt_generation.pop(delivery.key, None)
-        self._store.mark_sent(delivery.key, event_id, self._clock.now())
+        await self._store.mark_sent(delivery.key, event_id, self._clock.now())
         self.delivered += 1
         log.info("room %s: posted item %s of feed %s (%s)", delivery.room, delivery.entry_id,
                  delivery.feed, event_id)
@@ -322,3 +292,27 @@ class Deliverer:
             except Exception:
                 log.warning("room %s: after posting %s:", delivery.room, event_id,
                             exc_info=True)
+
+
+class Outbox:
+    """How features say something (a command's answer, a welcome): rows queued in the
+    store, where they get what feed items get (retries, order, exactly once), and the
+    target's worker woken. Features queue; they never send."""
+
+    def __init__(self, store: Store, clock: Clock, deliverer: Deliverer,
+                 on_enqueued: Callable[[list[str]], None]) -> None:
+        self._store = store
+        self._clock = clock
+        self._deliverer = deliverer
+        self._on_enqueued = on_enqueued
+
+    async def queue(self, feed: str, rows: Sequence[NewDelivery]) -> list[str]:
+        """Queue rows (a row whose key is already queued is not queued twice)."""
+        rooms = await self._store.enqueue(feed, rows, self._clock.now())
+        if rooms:
+            self._on_enqueued(rooms)
+        return rooms
+
+    async def wait_sent(self, feed: str, row: NewDelivery) -> None:
+        """Wait until a queued row was sent (or refused, or parked)."""
+        await self._deliverer.wait_settled(delivery_key(feed, row.entry_id, row.room))

@@ -3,18 +3,17 @@ pixels dropped, uploaded to the homeserver's media repository once per URL.
 
 An image is resolved when its delivery is first sent, not when the entry is found: the
 homeserver may be down at poll time, and the outbox must keep the item either way. The
-poller leaves a placeholder in the event content; ``MediaResolver.finalize`` replaces it
-and the final content is stored before the first attempt, so a resend is identical.
+message names the picture; the transport asks ``MediaResolver.image`` for it while
+encoding the message, and the encoding is stored before the first attempt, so a resend is
+identical.
 """
 
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
-import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from bot.clock import Clock
@@ -25,9 +24,13 @@ from bot.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
-IMAGE_FIELD = "org.interhop.newsbot.image"      # placeholder, removed before sending
 MIN_SIDE = 16            # smaller than this on either side: a tracking pixel or a spacer
-DISPLAY_WIDTH = 640
+
+
+class ImageSource(Protocol):
+    """Where a transport gets an entry's picture when it first sends it."""
+
+    async def image(self, url: str) -> MediaRow | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,7 @@ class MediaResolver:
                 self._locks.pop(url, None)
 
     async def _image(self, url: str) -> MediaRow | None:
-        cached = self._store.media(url)
+        cached = await self._store.media(url)
         if cached is not None:
             return cached if cached.mxc else None
         try:
@@ -127,7 +130,7 @@ class MediaResolver:
             why = "not a PNG, JPEG, GIF or WebP image" if info is None else \
                 f"{info.width}x{info.height}, a tracking pixel or a spacer"
             log.info("image %s not shown: %s", url, why)
-            self._store.put_media(MediaRow(url, None, None, len(data), None, None),
+            await self._store.put_media(MediaRow(url, None, None, len(data), None, None),
                                   self._clock.now())
             return None
         name = urlsplit(url).path.rsplit("/", 1)[-1][:100] or "image"
@@ -139,50 +142,9 @@ class MediaResolver:
             # Refused for good (too large for this homeserver, forbidden): the item goes
             # out without its picture rather than never.
             log.warning("image %s not shown: the homeserver refused it (%s)", url, exc)
-            self._store.put_media(MediaRow(url, None, info.mimetype, len(data), info.width,
+            await self._store.put_media(MediaRow(url, None, info.mimetype, len(data), info.width,
                                            info.height), self._clock.now())
             return None
         row = MediaRow(url, mxc, info.mimetype, len(data), info.width, info.height)
-        self._store.put_media(row, self._clock.now())
+        await self._store.put_media(row, self._clock.now())
         return row
-
-    async def finalize(self, content: dict[str, Any]) -> dict[str, Any] | None:
-        """The content to send, with its image resolved. None: nothing left to send (a
-        separate image message whose image cannot be shown)."""
-        wanted = content.get(IMAGE_FIELD)
-        if not isinstance(wanted, dict):
-            return content
-        final = {k: v for k, v in content.items() if k != IMAGE_FIELD}
-        url, mode, alt = str(wanted.get("url")), wanted.get("mode"), str(wanted.get("alt", ""))
-        media = await self.image(url)
-        if mode == "separate":
-            if media is None:
-                return None
-            final["url"] = media.mxc
-            final["info"] = {"mimetype": media.mimetype, "size": media.size,
-                             "w": media.width, "h": media.height}
-            return final
-        if media is not None:
-            targets = [final]
-            new_content = final.get("m.new_content")
-            if isinstance(new_content, dict):          # an edit shows the image too
-                targets.append(new_content)
-            for target in targets:
-                if isinstance(target.get("formatted_body"), str):
-                    target["formatted_body"] = _insert_image(
-                        str(target["formatted_body"]), media, alt)
-        return final
-
-
-def _insert_image(formatted: str, media: MediaRow, alt: str) -> str:
-    width, height = media.width or 0, media.height or 0
-    if width > DISPLAY_WIDTH:
-        height = round(height * DISPLAY_WIDTH / width)
-        width = DISPLAY_WIDTH
-    tag = (f'<p><img src="{html.escape(media.mxc or "")}" alt="{html.escape(alt)}" '
-           f'width="{width}" height="{height}"></p>')
-    # After the title paragraph: the picture illustrates the item, it does not lead it.
-    match = re.search(r"</p>", formatted)
-    if match is None:
-        return tag + formatted
-    return formatted[:match.end()] + tag + formatted[match.end():]

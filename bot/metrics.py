@@ -55,7 +55,7 @@ async def count_readers(transport: Messaging, store: Store, feed: FeedConfig,
             room_members = seen[ref]
         members.update(room_members)
     members.discard(bot_user)
-    return Readers(len(members), store.subscriber_count(feed.name))
+    return Readers(len(members), await store.subscriber_count(feed.name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +151,13 @@ class Metrics:
         await self.refresh()
         feeds: dict[str, FeedHealth] = {}
         for feed in self._feeds():
-            state = self._store.feed_state(feed.name)
+            state = await self._store.feed_state(feed.name)
             if state is not None:
                 feeds[feed.name] = FeedHealth(state.failures, state.last_success)
         self._snapshot = Snapshot(readers=dict(self.readers), feeds=feeds,
-                                  pending=self._store.pending_count(),
+                                  pending=await self._store.pending_count(),
                                   delivered=self._delivered(),
-                                  failed=self._store.failed_count())
+                                  failed=await self._store.failed_count())
         return generate_latest(self.registry)
 
     async def serve(self, host: str, port: int) -> None:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 # What an outbox row is, stored with it (never guessed from its key): a feed item's own
-# message, its separate picture, a correction of it, a subscriber's digest, a notice.
-DeliveryKind = Literal["item", "image", "edit", "digest", "notice"]
+# message, its separate picture, a correction of it, a subscriber's digest, a notice, a
+# command's reply, a newcomer's welcome.
+DeliveryKind = Literal["item", "image", "edit", "digest", "notice", "reply", "welcome"]
+DELIVERY_KINDS: tuple[DeliveryKind, ...] = (
+    "item", "image", "edit", "digest", "notice", "reply", "welcome")
+ImageMode = Literal["inline", "separate"]
+# The networks a target can be on. A room reference without a network is a Matrix one.
+Network = Literal["matrix"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,28 +46,89 @@ class ParsedFeed:
 
 
 @dataclass(frozen=True, slots=True)
+class Image:
+    """A picture to show with a message: at its place in the text (inline) or as a message
+    of its own right after it (separate). Checked and hosted when it is first sent."""
+
+    url: str
+    mode: ImageMode
+    alt: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """What a room receives: a plain-text body and sanitised HTML."""
+    """What a room receives, in no network's format: a plain-text body and sanitised HTML,
+    with what a transport may want besides (the picture, who is addressed). Each transport
+    turns it into its network's payload when it sends it."""
 
     body: str
     html: str
+    image: Image | None = None
+    # A notice from a bot (clients may show it quieter) rather than a plain message.
+    notice: bool = True
+    # People addressed by it (a command's answer names who asked); nobody else is pinged.
+    mentions: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mentions"] = list(self.mentions)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Message:
+        image = data.get("image")
+        return cls(body=str(data["body"]), html=str(data["html"]),
+                   image=Image(str(image["url"]), image["mode"], str(image.get("alt", "")))
+                   if isinstance(image, dict) else None,
+                   notice=bool(data.get("notice", True)),
+                   mentions=tuple(str(m) for m in data.get("mentions", ())))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a delivery goes: a network and an address on it (a room id or alias)."""
+
+    network: Network
+    address: str
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One (entry, room) pair waiting in the outbox."""
+    """One outbox row: a message for one target, claimed by that target's worker."""
 
-    key: str                    # stable id of this delivery, also the basis of the txn id
+    key: str                    # stable id of this delivery, also its transport's idempotency key
     feed: str
     entry_id: str
-    room: str                   # room reference as configured (alias or id)
-    content: dict[str, object] = field(hash=False, compare=False)
+    room: str                   # the target's address: room reference as configured
+    message: Message | None     # None only for rows queued by an older newsbot
+    # The transport's own encoding, fixed before the first attempt so that a resend is
+    # the very same message (older newsbots stored theirs here from the start).
+    payload: dict[str, Any] | None = None
     created_at: float = 0.0
     first_attempt_at: float | None = None
     attempts: int = 0
     kind: DeliveryKind = "item"
-    subject: str | None = None  # the feed entry this row shows or corrects
+    # What it relates to: the feed entry it shows or corrects, the command it answers.
+    subject: str | None = None
     failures: int = 0           # unforeseen errors while delivering it
+    network: Network = "matrix"
+
+    @property
+    def target(self) -> Target:
+        return Target(self.network, self.room)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What a transport is asked to encode: a row's message, what kind it is, and the
+    message it relates to on that network (the event an edit replaces, the command a
+    reply answers)."""
+
+    key: str
+    kind: DeliveryKind
+    message: Message | None
+    payload: dict[str, Any] | None = None       # a row's earlier encoding, if any
+    relates_to: str | None = None
 
 
 def delivery_key(feed: str, entry_id: str, room: str) -> str:

@@ -14,20 +14,19 @@ planned by the next poll.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from bot.config import FeedConfig
-from bot.delivery import event_content
-from bot.feeds.decide import Decision, fingerprint
+from bot.feeds.decide import Decision
 from bot.filters import entry_text, wanted
-from bot.media import IMAGE_FIELD
-from bot.model import Entry, Message, delivery_key
-from bot.render import render_entry
+from bot.model import Entry, Image, Message
+from bot.render import html_to_text, render_entry
 from bot.store import Correction, DigestItem, NewDelivery, RoomFeedSettings
-from bot.transport.base import DELIVERY_KEY_FIELD
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +74,22 @@ class Plan:
         return not self.unplanned and not self.corrections_cut
 
 
+# Query parameters that only track readers: a link that gains or loses one is the same link.
+_TRACKING = re.compile(
+    r"(?<=[?&])(?:utm_[a-z_]+|fbclid|gclid|dclid|msclkid|mc_cid|mc_eid|_hsenc|_hsmi|"
+    r"mkt_tok|yclid|igshid)=[^&\s\"'<>)]*&?", re.IGNORECASE)
+
+
+def fingerprint(entry: Entry) -> str:
+    """What an entry says, for noticing corrections: its title, text and link, with
+    whitespace and tracking parameters ignored (those changes are not corrections)."""
+    text = html_to_text(entry.content_html or entry.summary_html)
+    parts = [entry.title, text, entry.link or ""]
+    normalized = "\n".join(" ".join(_TRACKING.sub("", p).replace("?&", "?").split())
+                           .rstrip("?&") for p in parts)
+    return hashlib.sha256(normalized.encode()).hexdigest()
+
+
 def bounded(entry: Entry) -> Entry:
     """The entry with its HTML cut to what a message can ever show."""
     if len(entry.content_html) <= MAX_ENTRY_HTML and len(entry.summary_html) <= MAX_ENTRY_HTML:
@@ -103,30 +118,26 @@ class _Renderer:
         return found
 
 
-def _content(feed: FeedConfig, entry: Entry, message: Message, row_id: str,
-             room: str) -> dict[str, object]:
-    content = event_content(message, msgtype=feed.msgtype,
-                            key=delivery_key(feed.name, row_id, room))
-    if entry.image_url and feed.images == "inline":
-        content[IMAGE_FIELD] = {"url": entry.image_url, "mode": "inline",
-                                "alt": entry.title[:200]}
-    return content
+def _shown(feed: FeedConfig, entry: Entry, message: Message) -> Message:
+    """An entry's message as a room shows it: a notice or a plain message as configured,
+    with its picture in the text when so configured."""
+    image = (Image(entry.image_url, "inline", entry.title[:200])
+             if entry.image_url and feed.images == "inline" else None)
+    return replace(message, notice=feed.notice, image=image)
 
 
 def _rows_for(feed: FeedConfig, entry: Entry, message: Message, room: str,
               subscriber: str | None) -> list[NewDelivery]:
     """An entry's message in one room, and its separate picture when so configured."""
-    rows = [NewDelivery(entry.entry_id, room, _content(feed, entry, message, entry.entry_id,
-                                                       room), subscriber=subscriber)]
+    rows = [NewDelivery(entry.entry_id, room, _shown(feed, entry, message),
+                        subscriber=subscriber)]
     if entry.image_url and feed.images == "separate":
-        # Its own m.image event, right after the text (the outbox keeps the order);
+        # Its own picture message, right after the text (the outbox keeps the order);
         # resolved when it is first sent.
-        image_id = f"{entry.entry_id}#image"
-        rows.append(NewDelivery(image_id, room, {
-            "msgtype": "m.image", "body": entry.title[:200] or "image", "m.mentions": {},
-            IMAGE_FIELD: {"url": entry.image_url, "mode": "separate",
-                          "alt": entry.title[:200]},
-            DELIVERY_KEY_FIELD: delivery_key(feed.name, image_id, room)},
+        alt = entry.title[:200]
+        rows.append(NewDelivery(
+            f"{entry.entry_id}#image", room,
+            Message(alt or "image", "", image=Image(entry.image_url, "separate", alt)),
             kind="image", subject=entry.entry_id, subscriber=subscriber))
     return rows
 
@@ -221,13 +232,11 @@ def _corrections(entries: Sequence[Entry], unseen: set[str], snapshot: Snapshot,
                 message = renderer.message(entry, recipient.language)
                 # Past the cap a message not sent yet still goes out corrected; only
                 # posted ones are left as they are.
+                shown = _shown(feed, entry, message)
                 result.corrections.append(Correction(
-                    entry.entry_id, recipient.room,
-                    _content(feed, entry, message, entry.entry_id, recipient.room),
+                    entry.entry_id, recipient.room, shown,
                     None if capped else NewDelivery(
-                        edit_id, recipient.room,
-                        _content(feed, entry, message, edit_id, recipient.room),
-                        kind="edit", subject=entry.entry_id,
+                        edit_id, recipient.room, shown, kind="edit", subject=entry.entry_id,
                         subscriber=recipient.subscriber)))
         except Exception as exc:
             log.warning("feed %s: the new version of entry %s cannot be shown (%s: %s)",

@@ -9,7 +9,7 @@ The pipeline, the same for the poller and ``newsbot preview``:
    "read more" link (``fit_message``).
 
 Feed HTML is untrusted. Everything that reaches a room goes through ``sanitize_html``
-(an allow-list taken from the Matrix spec's suggestion for ``formatted_body``); nothing
+(an allow-list taken from the Matrix spec's suggestion for a message's HTML); nothing
 here performs I/O.
 """
 
@@ -48,12 +48,12 @@ __all__ = [
     "MAX_DEPTH", "MAX_MESSAGE_BYTES", "MIN_MESSAGE_BYTES", "TITLE_CHARS", "bounded_title",
     "check_template", "clean_link", "compile_template", "entry_fields", "entry_line", "fit_message",
     "format_date", "html_to_text", "link_markup", "message_size", "message_text",
-    "render_entry", "safe_event_content", "safe_state_content", "sanitize_html",
+    "render_entry", "safe_state_content", "sanitize_html",
 ]
 
 log = logging.getLogger(__name__)
 
-# The Matrix client-server spec's suggested subset for m.room.message formatted_body.
+# The Matrix client-server spec's suggested subset of HTML for a room message.
 ALLOWED_TAGS: frozenset[str] = frozenset({
     "font", "del", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "p", "a", "ul", "ol",
     "sup", "sub", "li", "b", "i", "u", "strong", "em", "s", "strike", "code", "hr", "br",
@@ -631,8 +631,8 @@ _MAX_CATEGORY_CHARS = 100
 _MAX_SUMMARY_HTML_CHARS = 2000  # richer than this (long attributes...): plain text instead
 
 DEFAULT_SUMMARY_LENGTH = 400
-# Counted as the JSON-encoded body + formatted_body (ASCII-escaped, as client libraries
-# send them): 40 KiB leaves ample room under 64 KiB for the rest of the event (msgtype,
+# Counted as the JSON-encoded plain and HTML bodies (ASCII-escaped, as client libraries
+# send them): 40 KiB leaves ample room under 64 KiB for the rest of the event (its type,
 # mentions, delivery key, and what the homeserver adds: ids, hashes, signatures).
 # In an encrypted room the same content grows by about a third (base64): 44 KiB at most
 # keeps even an encrypted message under the limit.
@@ -879,31 +879,6 @@ def check_template(template: str) -> TemplateProblem | None:
 
 # --- messages -------------------------------------------------------------------------
 
-def safe_event_content(content: dict[str, object]) -> dict[str, object]:
-    """``content`` as it may leave the bot: its HTML (and an edit's) through the one
-    sanitiser, its plain text with hostile addresses broken (``defang_text``).
-
-    Called by the transport on every message it sends, whichever feature wrote it, so
-    no code path (a hand-built reply, a digest, a future one) can send an unsafe link.
-    Idempotent; a message rendered here already comes out unchanged.
-    """
-    safe = _safe_text_fields(content)
-    replacement = safe.get("m.new_content")
-    if isinstance(replacement, dict):
-        safe["m.new_content"] = _safe_text_fields(replacement)
-    return safe
-
-
-def _safe_text_fields(content: dict[str, object]) -> dict[str, object]:
-    safe = dict(content)
-    body, formatted = safe.get("body"), safe.get("formatted_body")
-    if isinstance(body, str):
-        safe["body"] = defang_text(body)
-    if isinstance(formatted, str):
-        safe["formatted_body"] = defang_text(sanitize_html(formatted, images=True))
-    return safe
-
-
 def safe_state_content(event_type: str, content: dict[str, object]) -> dict[str, object]:
     """A state event's content as it may leave the bot: a room topic is plain text
     (``defang_text``), its rich form (``m.topic``) sanitised or defanged per part."""
@@ -928,8 +903,8 @@ def safe_state_content(event_type: str, content: dict[str, object]) -> dict[str,
 
 
 def message_size(message: Message) -> int:
-    """Bytes that body + formatted_body take in the event's JSON (ASCII-escaped), as
-    they are sent: after ``safe_event_content`` broke hostile addresses (a word joiner
+    """Bytes that the plain and HTML bodies take in the event's JSON (ASCII-escaped), as
+    they are sent: after the transport broke hostile addresses (a word joiner
     costs 6 bytes), so a budget checked here holds for what leaves the bot."""
     return len(json.dumps(defang_text(message.body))) + \
         len(json.dumps(defang_text(message.html)))

@@ -33,7 +33,7 @@ from bot.i18n import MESSAGES, text
 from bot.model import Delivery
 from bot.render import bounded_title
 from bot.store import Store
-from bot.store.sqlite import RECENT_PER_FEED
+from bot.store.types import RECENT_PER_FEED
 from bot.transport.base import RoomAdmin
 
 log = logging.getLogger(__name__)
@@ -551,7 +551,7 @@ class RoomManager:
         self._by_id.setdefault(room_id, room)
         if not _is_feed_item(delivery):
             return
-        following = self._store.next_pending(delivery.room)
+        following = await self._store.next_pending(delivery.room)
         if following is not None and _is_feed_item(following):
             return      # a newer item is about to be posted: that one will be pinned
         if room.pin_latest:
@@ -600,8 +600,8 @@ class RoomManager:
 
     async def _show_in_topic(self, room: RoomConfig, room_id: str,
                              delivery: Delivery) -> None:
-        language = self._store.room_language(room_id) or self._config.language
-        title, link = self._title_and_link(delivery, language)
+        language = await self._store.room_language(room_id) or self._config.language
+        title, link = await self._title_and_link(delivery, language)
         latest = text("topic_latest", language, item=f"{title} {link or ''}".strip())
         current = await self._retry(
             lambda: self._transport.state_event(room_id, "m.room.topic")) or {}
@@ -614,14 +614,13 @@ class RoomManager:
                                                             {"topic": topic}))
         log.info("room %s: the topic now shows the latest issue", room.alias)
 
-    def _title_and_link(self, delivery: Delivery, language: str) -> tuple[str, str | None]:
+    async def _title_and_link(self, delivery: Delivery, language: str) -> tuple[str, str | None]:
         title, link = "", None
-        for recent in self._store.latest([delivery.feed], RECENT_PER_FEED):
+        for recent in await self._store.latest([delivery.feed], RECENT_PER_FEED):
             if recent.entry_id == delivery.entry_id:
                 title, link = recent.title, recent.link
                 break
         else:
-            body = delivery.content.get("body")
-            title = str(body).strip().splitlines()[0] if isinstance(body, str) and \
-                body.strip() else ""
+            body = delivery.message.body if delivery.message is not None else ""
+            title = body.strip().splitlines()[0] if body.strip() else ""
         return bounded_title(title, MAX_TITLE_CHARS) or text("untitled", language), link

@@ -23,10 +23,9 @@ from datetime import UTC, datetime
 
 from bot.clock import Clock
 from bot.config import Config
-from bot.delivery import event_content
 from bot.errors import TransportError
 from bot.i18n import LANGUAGES, text
-from bot.model import Message, delivery_key
+from bot.model import Message
 from bot.render import (
     DEFAULT_MAX_MESSAGE_BYTES,
     bounded_title,
@@ -129,8 +128,8 @@ class PersonalSubscriptions:
             return False
         return member is not None and member.get("membership") == "join"
 
-    def language(self, user_id: str) -> str:
-        subscriber = self._store.subscriber(user_id)
+    async def language(self, user_id: str) -> str:
+        subscriber = await self._store.subscriber(user_id)
         return (subscriber.language if subscriber and subscriber.language
                 else self._config.language)
 
@@ -140,28 +139,28 @@ class PersonalSubscriptions:
         """Answer one direct message (the text of the answer). Each command is the whole
         message: "please never forget me" is not "forget me"."""
         words = personal_words(body, self._config.commands.prefix)
-        lang = self.language(user_id)
+        lang = await self.language(user_id)
         public = self.public_feeds()
         name = words[0].casefold() if words else "help"
         args = words[1:]
         if name == "help" and not args:
             return text("dm_help", lang)
         if is_forget_me(body, self._config.commands.prefix):
-            self._store.forget_user(user_id)
+            await self._store.forget_user(user_id)
             log.info("forgot everything about a subscriber, as they asked")
             return text("dm_forgotten", lang)
         if name == "lang" and len(args) == 1 and args[0].casefold() in LANGUAGES:
-            self._store.save_subscriber(user_id, room_id, language=args[0].casefold())
+            await self._store.save_subscriber(user_id, room_id, language=args[0].casefold())
             return text("lang_set", args[0].casefold())
         if name == "archive" and (not args or len(args) == 1
                                   and small_number(args[0]) is not None):
             count = small_number(args[0]) if args else None
-            return self._archive(await self.archive_feeds(user_id),
+            return await self._archive(await self.archive_feeds(user_id),
                                  min(max(count or ARCHIVE_DEFAULT, 1), ARCHIVE_MAX), lang)
         if name in ("subscribe", "unsubscribe", "list", "digest") and not public:
             return text("dm_no_public", lang)
         if name == "list" and not args:
-            subscriber = self._store.subscriber(user_id)
+            subscriber = await self._store.subscriber(user_id)
             mine = subscriber.feeds if subscriber else ()
             digest = subscriber.digest if subscriber else "off"
             return text("dm_list", lang, feeds=", ".join(public),
@@ -174,25 +173,25 @@ class PersonalSubscriptions:
                 return text("dm_unknown_feed", lang, name=unknown[0][:64],
                             feeds=", ".join(public))
             if name == "subscribe":
-                self._store.save_subscriber(user_id, room_id)
-                self._store.subscribe(user_id, chosen)
+                await self._store.save_subscriber(user_id, room_id)
+                await self._store.subscribe(user_id, chosen)
                 log.info("a personal subscription to %s", ", ".join(chosen))
                 return text("dm_subscribed", lang, feeds=", ".join(chosen))
-            if self._store.subscriber(user_id) is None:
+            if await self._store.subscriber(user_id) is None:
                 return text("dm_not_subscribed", lang)
-            self._store.unsubscribe(user_id, chosen)
+            await self._store.unsubscribe(user_id, chosen)
             return text("dm_unsubscribed", lang, feeds=", ".join(chosen))
         if name == "digest" and len(args) == 1 and args[0] in ("daily", "weekly", "off"):
             period = args[0]
-            previous = self._store.subscriber(user_id)
+            previous = await self._store.subscriber(user_id)
             if previous is not None and previous.digest != "off" and period != previous.digest:
-                self._flush(previous.user_id, previous.dm_room, previous.digest, lang)
+                await self._flush(previous.user_id, previous.dm_room, previous.digest, lang)
             due = self._clock.now() + DIGEST_PERIODS[period] if period != "off" else None
-            self._store.save_subscriber(user_id, room_id, digest=period, digest_due=due)
+            await self._store.save_subscriber(user_id, room_id, digest=period, digest_due=due)
             return text("dm_digest_set", lang, digest=text(f"digest_{period}", lang))
         return text("dm_unknown", lang, command=" ".join(words)[:40])
 
-    def answer_invitation(self, room_id: str, inviter: str) -> bool | JoinToPoint:
+    async def answer_invitation(self, room_id: str, inviter: str) -> bool | JoinToPoint:
         """A direct-message invitation: one conversation per person (a second one gets a
         pointer to the first), and at most ``commands.max_conversations`` of them."""
         if not self.accepts_conversations or self._transport is None:
@@ -200,7 +199,7 @@ class PersonalSubscriptions:
         conversations = self._transport.direct_rooms()
         first = next((room for room, person in conversations.items()
                       if person == inviter and room != room_id), None)
-        subscriber = self._store.subscriber(inviter)
+        subscriber = await self._store.subscriber(inviter)
         if first is None and subscriber is not None and subscriber.dm_room != room_id:
             first = subscriber.dm_room
         if first is not None:
@@ -214,7 +213,7 @@ class PersonalSubscriptions:
                 self._pointed.pop(next(iter(self._pointed)))
             log.info("a person opened a second private conversation: pointing them to "
                      "the first")
-            return JoinToPoint(text("dm_already_open", self.language(inviter),
+            return JoinToPoint(text("dm_already_open", await self.language(inviter),
                                     link=f"https://matrix.to/#/{first}"))
         cap = self._config.commands.max_conversations
         if len(conversations) >= cap:
@@ -225,28 +224,28 @@ class PersonalSubscriptions:
         log.info("accepting a direct-message invitation")
         return True
 
-    def conversation_closed(self, room_id: str, user_id: str) -> None:
+    async def conversation_closed(self, room_id: str, user_id: str) -> None:
         """The person left their conversation (the bot left it too): nothing can reach
         them there any more, so what was stored for it goes, as with ``forget me``."""
-        subscriber = self._store.subscriber(user_id)
+        subscriber = await self._store.subscriber(user_id)
         if subscriber is not None and subscriber.dm_room == room_id:
-            self._store.forget_user(user_id)
+            await self._store.forget_user(user_id)
             log.info("a subscriber left their private conversation: forgot them")
 
-    def _flush(self, user_id: str, dm_room: str, period: str, lang: str) -> None:
+    async def _flush(self, user_id: str, dm_room: str, period: str, lang: str) -> None:
         """Leaving a digest period: what waited for it goes out now, never lost."""
-        items = self._store.digest_items(user_id)
+        items = await self._store.digest_items(user_id)
         if not items:
             return
         deliveries = digest_deliveries(items, period, lang, dm_room,
                                        f"newsbot:digest:{int(self._clock.now())}")
-        rooms = self._store.send_digest(user_id, items, deliveries, DIGEST_FEED, 0.0,
+        rooms = await self._store.send_digest(user_id, items, deliveries, DIGEST_FEED, 0.0,
                                         self._clock.now())
         if rooms:
             self._on_enqueued(rooms)
 
-    def _archive(self, feeds: list[str], count: int, lang: str) -> str:
-        entries = self._store.latest(feeds, count)
+    async def _archive(self, feeds: list[str], count: int, lang: str) -> str:
+        entries = await self._store.latest(feeds, count)
         if not entries:
             return text("latest_empty", lang)
         lines = [text("archive_header", lang)]
@@ -257,18 +256,18 @@ class PersonalSubscriptions:
 
     async def run(self) -> None:
         while True:
-            self.tick()
+            await self.tick()
             await asyncio.sleep(self.check_every)
 
-    def tick(self) -> list[str]:
+    async def tick(self) -> list[str]:
         """Queue every digest that is due. Returns the rooms given something."""
         now = self._clock.now()
         rooms: list[str] = []
-        for subscriber in self._store.due_digests(now):
+        for subscriber in await self._store.due_digests(now):
             period = DIGEST_PERIODS.get(subscriber.digest)
             if period is None or subscriber.digest_due is None:
                 continue
-            items = self._store.digest_items(subscriber.user_id)
+            items = await self._store.digest_items(subscriber.user_id)
             next_due = subscriber.digest_due + period
             while next_due <= now:          # the bot was down: one digest, not a backlog
                 next_due += period
@@ -277,7 +276,7 @@ class PersonalSubscriptions:
             deliveries = digest_deliveries(
                 items, subscriber.digest, lang, subscriber.dm_room,
                 f"newsbot:digest:{int(subscriber.digest_due)}") if items else []
-            rooms += self._store.send_digest(subscriber.user_id, items, deliveries,
+            rooms += await self._store.send_digest(subscriber.user_id, items, deliveries,
                                              DIGEST_FEED, next_due, now)
         if rooms:
             self._on_enqueued(rooms)
@@ -292,9 +291,7 @@ def digest_deliveries(items: Sequence[DigestItem], period: str, lang: str, room:
     deliveries = []
     for number, message in enumerate(messages, start=1):
         entry_id = digest_id if number == 1 else f"{digest_id}:{number}"
-        deliveries.append(NewDelivery(entry_id, room, event_content(
-            message, msgtype="m.notice", key=delivery_key(DIGEST_FEED, entry_id, room)),
-            kind="digest"))
+        deliveries.append(NewDelivery(entry_id, room, message, kind="digest"))
     return deliveries
 
 
@@ -306,7 +303,7 @@ def _digest_line(item: DigestItem, lang: str) -> tuple[str, str]:
     link = clean_link(item.link)
     plain = " — ".join(p for p in (title, when, link or "") if p)
     markup = link_markup(title, link)
-    # As sent (safe_event_content breaks hostile addresses), so its size counts right.
+    # As sent (the transport breaks hostile addresses), so its size counts right.
     return (defang_text(f"• {plain}"),
             defang_text(f"<li>{markup}{' — ' + html.escape(when) if when else ''}</li>"))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import html
 import json
 import logging
@@ -22,12 +21,12 @@ from collections.abc import Callable
 
 from bot.clock import Clock, SystemClock
 from bot.config import Config, RoomConfig
-from bot.delivery import event_content
+from bot.delivery import Outbox
 from bot.errors import TransportError
 from bot.i18n import text
 from bot.model import Message
 from bot.render import entry_line
-from bot.store import Store
+from bot.store import NewDelivery, Store
 from bot.transport.base import Transport
 
 log = logging.getLogger(__name__)
@@ -37,16 +36,18 @@ UNANSWERED_KEY = "welcome.unanswered"
 UNANSWERED_FOR = 7 * 24 * 3600.0    # then left, their place under the cap freed
 SWEEP_EVERY = 3600.0                # how often unanswered conversations are looked at
 CAP_LOG_EVERY = 3600.0              # one line about welcomes skipped at the cap, at most
+WELCOMES = "newsbot:welcomes"       # the outbox's name for welcomes (their rows' "feed")
 
 
 class Welcomer:
-    def __init__(self, config: Config, store: Store, transport: Transport,
+    def __init__(self, config: Config, store: Store, transport: Transport, outbox: Outbox,
                  managed_room: Callable[[str], RoomConfig | None],
                  room_feeds: Callable[[str], list[str]], personal: bool,
                  clock: Clock | None = None) -> None:
         self._config = config
         self._store = store
         self._transport = transport
+        self._outbox = outbox
         self._clock: Clock = clock or SystemClock()
         self._skipped = 0                   # welcomes skipped at the cap since the last line
         self._cap_logged_at: float | None = None
@@ -93,10 +94,10 @@ class Welcomer:
         room = self._managed_room(room_id)
         if room is None:
             return
-        subscriber = self._store.subscriber(user_id)
+        subscriber = await self._store.subscriber(user_id)
         lang = (subscriber.language if subscriber and subscriber.language
-                else self._store.room_language(room_id) or self._config.language)
-        latest = self._store.latest(self._room_feeds(room_id), 1)
+                else await self._store.room_language(room_id) or self._config.language)
+        latest = await self._store.latest(self._room_feeds(room_id), 1)
         if latest:
             entry = latest[0]
             shown = entry_line(entry.title, entry.published, entry.link, lang, bullet="")
@@ -111,13 +112,12 @@ class Welcomer:
              if person == user_id), None) or await self._open_conversation(user_id, room.alias)
         if dm is None:
             return
-        html_body = html.escape(body, quote=False).replace("\n", "<br>")
-        key = hashlib.sha256(f"welcome\0{event_id}".encode()).hexdigest()[:32]
-        # The join event names the welcome: a retried send is the same message.
-        await self._transport.send_message(
-            dm, event_content(Message(body, html_body), msgtype="m.notice", key=key),
-            f"newsbot.welcome.{key}")
-        log.info("room %s: a newcomer was welcomed privately", room.alias)
+        # Through the outbox, named by the join event: sent once, retried like any message.
+        await self._outbox.queue(WELCOMES, [NewDelivery(
+            f"welcome:{event_id}", dm,
+            Message(body, html.escape(body, quote=False).replace("\n", "<br>")),
+            kind="welcome")])
+        log.info("room %s: a newcomer is welcomed privately", room.alias)
 
     async def _open_conversation(self, user_id: str, alias: str) -> str | None:
         """A new conversation for a welcome, only under the cap (None: skipped)."""
@@ -137,16 +137,16 @@ class Welcomer:
                 self._cap_logged_at, self._skipped = now, 0
             return None
         dm = await self._transport.create_direct_room(user_id)
-        unanswered = self._unanswered()
+        unanswered = await self._unanswered()
         unanswered[dm] = (user_id, self._clock.now())
-        self._save_unanswered(unanswered)
+        await self._save_unanswered(unanswered)
         return dm
 
     async def sweep(self) -> None:
         """Let go of the conversations opened for a welcome that nobody joined in a week,
         and forget those already left or joined. (Their invitation cannot be withdrawn:
         in a trusted private chat the invitee's power level equals the bot's.)"""
-        unanswered = self._unanswered()
+        unanswered = await self._unanswered()
         if not unanswered:
             return
         direct = self._transport.direct_rooms()
@@ -166,13 +166,13 @@ class Welcomer:
             del unanswered[dm]
             changed = True
         if changed:
-            self._save_unanswered(unanswered)
+            await self._save_unanswered(unanswered)
 
-    def _unanswered(self) -> dict[str, tuple[str, float]]:
-        raw = self._store.get(UNANSWERED_KEY)
+    async def _unanswered(self) -> dict[str, tuple[str, float]]:
+        raw = await self._store.get(UNANSWERED_KEY)
         loaded = json.loads(raw) if raw else {}
         return {str(dm): (str(user), float(at)) for dm, (user, at) in loaded.items()}
 
-    def _save_unanswered(self, unanswered: dict[str, tuple[str, float]]) -> None:
-        self._store.put(UNANSWERED_KEY, json.dumps(
+    async def _save_unanswered(self, unanswered: dict[str, tuple[str, float]]) -> None:
+        await self._store.put(UNANSWERED_KEY, json.dumps(
             {dm: [user, at] for dm, (user, at) in unanswered.items()}, sort_keys=True))

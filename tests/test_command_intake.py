@@ -12,8 +12,9 @@ from typing import Any, cast
 from bot.clock import SystemClock
 from bot.commands import ROOM_QUEUE, CommandRunner, FeedView, Reply
 from bot.config import load_config
+from bot.delivery import Deliverer, DeliveryTransport, Outbox
 from bot.feeds.fetch import Fetcher
-from bot.store import RoomFeed, Store
+from bot.store import RoomFeed, SqliteStore
 from bot.subscriptions import PersonalSubscriptions
 from bot.transport.base import IncomingMessage, Transport
 
@@ -24,16 +25,16 @@ class Book:
     def feeds_in_room(self, room_id: str) -> list[FeedView]:
         return []
 
-    def name_taken(self, name: str) -> bool:
+    async def name_taken(self, name: str) -> bool:
         return False
 
-    def may_add_feeds(self, room_id: str) -> bool:
+    async def may_add_feeds(self, room_id: str) -> bool:
         return False
 
-    def add_room_feed(self, feed: RoomFeed) -> None:
+    async def add_room_feed(self, feed: RoomFeed) -> None:
         pass
 
-    def remove_room_feed(self, name: str) -> None:
+    async def remove_room_feed(self, name: str) -> None:
         pass
 
 
@@ -56,11 +57,13 @@ def runner(tmp_path: Path) -> CommandRunner:
         "feeds: [{name: actus, url: 'http://127.0.0.1:1/feed', rooms: ['!room:test'],"
         " public: true}]\n")
     config, _ = load_config(path, environ={})
-    store = Store.open(tmp_path / "state")
+    store = SqliteStore.open(tmp_path / "state")
     clock = SystemClock()
     subscriptions = PersonalSubscriptions(config, store, clock, lambda rooms: None)
+    outbox = Outbox(store, clock, Deliverer(store, cast(DeliveryTransport, None), clock),
+                    lambda rooms: None)
     return CommandRunner(config, store, cast(Transport, Directs()), cast(Fetcher, None),
-                         Book(), clock, subscriptions=subscriptions)
+                         Book(), clock, outbox, subscriptions=subscriptions)
 
 
 def message(room: str, sender: str, n: int, body: str) -> IncomingMessage:

@@ -20,9 +20,12 @@ from bot.errors import (
     TemporaryTransportError,
     TransportError,
 )
-from bot.store import NewDelivery, PollOutcome, Store
+from bot.media import ImageSource
+from bot.model import Image, Message, Outgoing
+from bot.store import NewDelivery, PollOutcome, SqliteStore, Store
 from bot.transport.base import EventHandlers
 from bot.transport.matrix.errors import error_for
+from bot.transport.matrix.events import MatrixMessages
 
 
 class ScriptedTransport:
@@ -36,6 +39,17 @@ class ScriptedTransport:
         self.fail_send: Callable[[dict[str, object]], Exception | None] = lambda _: None
         self.fail_join: Exception | None = None
         self.join_delay = 0.0
+        # Encoding and idempotency as the Matrix transport has them.
+        self._messages = MatrixMessages(self)
+
+    async def prepare(self, outgoing: Outgoing, images: ImageSource | None,
+                      ) -> dict[str, Any] | None:
+        return await self._messages.prepare(outgoing, images)
+
+    async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
+                   attempted_at: float | None, now: float) -> str:
+        return await self._messages.send(room_id, payload, key, attempted_at=attempted_at,
+                                         now=now)
 
     async def connect(self) -> None:
         pass
@@ -50,7 +64,7 @@ class ScriptedTransport:
             raise self.fail_join
         return room
 
-    async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
+    async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str) -> str:
         error = self.fail_send(content)
         if error is not None:
             raise error
@@ -112,12 +126,12 @@ class ScriptedTransport:
         pass
 
 
-def enqueue(store: Store, bodies: list[str], room: str = "!r:x") -> None:
-    store.ensure_feed("news", "http://x/feed")
-    store.record_poll(PollOutcome(
+async def enqueue(store: Store, bodies: list[str], room: str = "!r:x") -> None:
+    await store.ensure_feed("news", "http://x/feed")
+    await store.record_poll(PollOutcome(
         feed="news", now=1.0, next_fetch=2.0, etag=None, last_modified=None, body_hash=None,
         title=None, new_url=None, seen_entry_ids=bodies,
-        deliveries=[NewDelivery(b, room, {"body": b}) for b in bodies]))
+        deliveries=[NewDelivery(b, room, Message(b, b)) for b in bodies]))
 
 
 async def run_until(deliverer: Deliverer, room: str, done: Callable[[], bool],
@@ -134,23 +148,23 @@ async def run_until(deliverer: Deliverer, room: str, done: Callable[[], bool],
 
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
-    return Store.open(tmp_path)
+    return SqliteStore.open(tmp_path)
 
 
 async def test_a_refused_message_is_skipped_and_the_next_goes_out(store: Store) -> None:
-    enqueue(store, ["huge", "next"])
+    await enqueue(store, ["huge", "next"])
     transport = ScriptedTransport()
     transport.fail_send = lambda c: MessageRejectedError("M_TOO_LARGE") \
         if c["body"] == "huge" else None
     deliverer = Deliverer(store, transport, SystemClock())
     await run_until(deliverer, "!r:x", lambda: transport.sent == ["next"])
-    assert store.pending_count() == 0
+    assert await store.pending_count() == 0
     row = store._conn.execute("SELECT state, error FROM outbox WHERE entry_id = 'huge'").fetchone()
     assert row == ("rejected", "M_TOO_LARGE")
 
 
 async def test_rate_limit_and_temporary_errors_keep_the_order(store: Store) -> None:
-    enqueue(store, ["a", "b", "c"])
+    await enqueue(store, ["a", "b", "c"])
     transport = ScriptedTransport()
     failures = iter([RateLimitedError("slow down", retry_after=0.05),
                      TemporaryTransportError("502"), None, None, None])
@@ -162,7 +176,7 @@ async def test_rate_limit_and_temporary_errors_keep_the_order(store: Store) -> N
 
 async def test_an_unavailable_room_does_not_spin_when_woken(store: Store) -> None:
     """A stale wake-up must not turn the unavailable-room wait into a busy loop."""
-    enqueue(store, ["a"])
+    await enqueue(store, ["a"])
     transport = ScriptedTransport()
     transport.fail_join = RoomUnavailableError("kicked")
     deliverer = Deliverer(store, transport, SystemClock(), unavailable_retry=60)
@@ -172,12 +186,12 @@ async def test_an_unavailable_room_does_not_spin_when_woken(store: Store) -> Non
     deliverer.stop()
     await asyncio.wait_for(worker, 5)
     assert transport.joins <= 2
-    assert store.pending_count() == 1
+    assert await store.pending_count() == 1
 
 
 async def test_after_a_relogin_an_unacknowledged_send_is_looked_for_first(
         store: Store) -> None:
-    enqueue(store, ["a"])
+    await enqueue(store, ["a"])
     transport = ScriptedTransport()
     answers = iter([TemporaryTransportError("answer lost"), None])
     transport.fail_send = lambda _: next(answers)
@@ -194,7 +208,7 @@ async def test_after_a_relogin_an_unacknowledged_send_is_looked_for_first(
 
 
 async def test_stop_during_a_slow_join_returns_promptly(store: Store) -> None:
-    enqueue(store, ["a"])
+    await enqueue(store, ["a"])
     transport = ScriptedTransport()
     transport.join_delay = 0.3
     deliverer = Deliverer(store, transport, SystemClock())
@@ -238,7 +252,7 @@ async def test_an_image_the_homeserver_refuses_does_not_stop_the_item(store: Sto
     import zlib
     from types import SimpleNamespace
 
-    from bot.media import IMAGE_FIELD, MediaResolver
+    from bot.media import MediaResolver
 
     def png(width: int, height: int) -> bytes:
         def chunk(kind: bytes, data: bytes) -> bytes:
@@ -257,10 +271,9 @@ async def test_an_image_the_homeserver_refuses_does_not_stop_the_item(store: Sto
         async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
             raise MessageRejectedError("M_TOO_LARGE")
 
-    store.ensure_feed("news", "http://x/feed")
-    content = {"body": "a", "formatted_body": "<p>a</p>",
-               IMAGE_FIELD: {"url": "http://x/a.png", "mode": "inline", "alt": "a"}}
-    store.record_poll(PollOutcome(
+    await store.ensure_feed("news", "http://x/feed")
+    content = Message("a", "<p>a</p>", image=Image("http://x/a.png", "inline", "a"))
+    await store.record_poll(PollOutcome(
         feed="news", now=1.0, next_fetch=2.0, etag=None, last_modified=None, body_hash=None,
         title=None, new_url=None, seen_entry_ids=["a"],
         deliveries=[NewDelivery("a", "!r:x", content)]))
@@ -268,6 +281,5 @@ async def test_an_image_the_homeserver_refuses_does_not_stop_the_item(store: Sto
     media = MediaResolver(Fetcher(), transport, store, SystemClock())  # type: ignore[arg-type]
     deliverer = Deliverer(store, transport, SystemClock(), media=media)
     await run_until(deliverer, "!r:x", lambda: transport.sent == ["a"])
-    row = store._conn.execute("SELECT content FROM outbox WHERE entry_id = 'a'").fetchone()
-    assert "<img" not in row[0]
-    assert IMAGE_FIELD not in row[0]
+    row = store._conn.execute("SELECT payload FROM outbox WHERE entry_id = 'a'").fetchone()
+    assert "<img" not in row[0] and "http://x/a.png" not in row[0]

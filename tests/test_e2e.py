@@ -10,11 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from bot.delivery import TXN_MEMORY_SECONDS, Deliverer, event_content, txn_id_for
+from bot.delivery import Deliverer
 from bot.model import Message, delivery_key
-from bot.store import NewDelivery, PollOutcome, Store
-from bot.transport.base import DELIVERY_KEY_FIELD
+from bot.store import NewDelivery, PollOutcome, SqliteStore
 from bot.transport.matrix import MatrixTransport
+from bot.transport.matrix.events import (
+    DELIVERY_KEY_FIELD,
+    TXN_MEMORY_SECONDS,
+    message_content,
+    txn_id_for,
+)
 from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
 from tests.support import (
     FeedServer,
@@ -128,7 +133,7 @@ async def test_broken_feed_is_isolated(
         feed_server.set_feed(good, make_items(2))
         await alice.wait_for_messages(rooms[0], 2, sender=bot.user_id)
         assert running.app is not None
-        state = running.app.store.feed_state("broken")
+        state = await running.app.store.feed_state("broken")
         assert state is not None and state.failures >= 1 and state.last_error
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(w.startswith("feed broken: ") for w in warnings)
@@ -196,21 +201,21 @@ async def test_lost_acknowledgement_is_found_in_history_not_resent(
     """A send whose answer was lost, retried after the homeserver forgot the txn id."""
     bot, alice, rooms = await setup_rooms(new_user, member, count=1)
     room = rooms[0]
-    store = Store.open(tmp_path / "state")
+    store = SqliteStore.open(tmp_path / "state")
     cfg = load(write_config(tmp_path / "c.yaml", bot_config(
         homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
         feeds=[{"name": "news", "url": "http://127.0.0.1:9/feed", "rooms": [room]}])), bot)
     transport = MatrixTransport(cfg.matrix, store, tmp_path / "state")
     await transport.connect()
     room_id = await transport.join_room(room)
-    store.ensure_feed("news", "http://127.0.0.1:9/feed")
+    await store.ensure_feed("news", "http://127.0.0.1:9/feed")
     key = delivery_key("news", "entry-1", room)
-    content = event_content(Message("Titre\nhttp://x", "<p>Titre</p>"), msgtype="m.notice",
-                            key=key)
-    store.record_poll(PollOutcome("news", 0.0, 60.0, None, None, None, None, None,
-                                  ["entry-1"], [NewDelivery("entry-1", room, content)]))
+    message = Message("Titre\nhttp://x", "<p>Titre</p>")
+    content = message_content(message, key=key)
+    await store.record_poll(PollOutcome("news", 0.0, 60.0, None, None, None, None, None,
+                                  ["entry-1"], [NewDelivery("entry-1", room, message)]))
     # The crash: the event reached the room, the bot died before recording it.
-    store.mark_attempt(key, 1000.0)
+    await store.mark_attempt(key, 1000.0)
     sent_id = await transport.send_message(room_id, content, txn_id_for(key))
 
     class LaterClock:
@@ -221,13 +226,13 @@ async def test_lost_acknowledgement_is_found_in_history_not_resent(
     worker = asyncio.create_task(deliverer.run_room(room))
     try:
         deadline = time.monotonic() + 10
-        while store.pending_count(room) and time.monotonic() < deadline:
+        while await store.pending_count(room) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
     finally:
         deliverer.stop()
         await asyncio.wait_for(worker, 10)
         await transport.close()
-    assert store.pending_count(room) == 0
+    assert await store.pending_count(room) == 0
     assert deliverer.delivered == 0           # found, not sent again
     row = store._conn.execute("SELECT event_id FROM outbox WHERE key = ?", (key,)).fetchone()
     assert row[0] == sent_id
@@ -342,14 +347,14 @@ async def test_rooms_by_alias_unjoinable_rooms_named_display_name_and_sync_token
         seen = await alice.wait_for_messages(by_alias, 1, sender=bot.user_id)
         await asyncio.sleep(1)
         assert running.app is not None
-        assert running.app.store.pending_count() == 2   # kept for the rooms it cannot join
+        assert await running.app.store.pending_count() == 2   # kept for the rooms it cannot join
     assert bodies(seen) == [make_items(1)[0].title]
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("#nowhere-to-be-found:localhost" in e for e in errors)
     assert any(private in e for e in errors)
     assert await alice.display_name(bot.user_id) == "Actualités InterHop"
-    store = Store.open(tmp_path / "state")
-    assert store.get("matrix.sync_token")
+    store = SqliteStore.open(tmp_path / "state")
+    assert await store.get("matrix.sync_token")
 
 
 async def test_one_room_named_by_alias_and_by_id_gets_each_item_once(

@@ -199,13 +199,14 @@ async def test_homeserver_restarted_mid_delivery(
             assert running.app is not None
             store = running.app.store
             deadline = time.monotonic() + 20
-            def polled() -> bool:
-                state = store.feed_state("news")
+            async def polled() -> bool:
+                state = await store.feed_state("news")
                 return state is not None and state.initialized
 
-            while (not polled() or store.pending_count() > 7) and time.monotonic() < deadline:
+            while (not await polled() or await store.pending_count() > 7) \
+                    and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert 0 < store.pending_count() <= 7, "the restart must land mid-delivery"
+            assert 0 < await store.pending_count() <= 7, "the restart must land mid-delivery"
             await hs.restart()
             async with MemberClient(hs.base_url, alice_user) as alice:
                 await alice.wait_for_messages(room, 10, sender=bot.user_id, timeout=60)

@@ -38,10 +38,9 @@ from aiohttp import web
 from bot.clock import SystemClock
 from bot.config import FeedConfig, FetchConfig
 from bot.feeds.fetch import Fetcher
-from bot.feeds.poller import FeedPoller
-from bot.media import IMAGE_FIELD
 from bot.model import Delivery
-from bot.store import Store
+from bot.poller import FeedPoller
+from bot.store import SqliteStore, Store
 from bot.transport.matrix import MatrixTransport
 from tests.botkit import InProcessBot, bot_config, load, write_config
 from tests.support import (
@@ -52,6 +51,7 @@ from tests.support import (
     SynapseServer,
     make_items,
 )
+from tests.support.rows import content_of
 
 CORPUS = Path(__file__).parent / "data" / "hostile"
 ROOMS = ("!alpha:hostile.test", "!beta:hostile.test")
@@ -115,7 +115,7 @@ class Bench:
                             rng=random.Random(0))
         return await poller.poll_once()
 
-    def deliver(self) -> list[Delivery]:
+    async def deliver(self) -> list[Delivery]:
         """Everything pending, as the rooms would receive it (oldest first), marked sent.
 
         Every room must receive the same items in the same order; the first room's
@@ -124,9 +124,9 @@ class Bench:
         per_room: dict[str, list[Delivery]] = {}
         for room in ROOMS:
             got = per_room.setdefault(room, [])
-            while (delivery := self.store.next_pending(room)) is not None:
+            while (delivery := await self.store.next_pending(room)) is not None:
                 got.append(delivery)
-                self.store.mark_sent(delivery.key, f"$event-{len(got)}", time.time())
+                await self.store.mark_sent(delivery.key, f"$event-{len(got)}", time.time())
         first = per_room[ROOMS[0]]
         for room in ROOMS[1:]:
             assert [d.entry_id for d in per_room[room]] == [d.entry_id for d in first], room
@@ -135,7 +135,7 @@ class Bench:
 
 async def _open_bench(tmp_path: Path, server: FeedServer, feed_path: str,
                       cap: int) -> AsyncIterator[Bench]:
-    store = Store.open(tmp_path / "state")
+    store = SqliteStore.open(tmp_path / "state")
     try:
         async with Fetcher(allow_private_networks=True, max_body_bytes=cap) as fetcher:
             yield Bench(store, fetcher, server, feed_path.removesuffix("/feed"))
@@ -187,12 +187,12 @@ def bot_infos(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
 
 def titles(deliveries: list[Delivery]) -> list[str]:
     """The first line of each message's plain body: the entry's title."""
-    return [str(d.content["body"]).split("\n", 1)[0] for d in deliveries]
+    return [str(content_of(d)["body"]).split("\n", 1)[0] for d in deliveries]
 
 
 def content_size(delivery: Delivery) -> int:
     """Bytes of the event content as a client library sends it (ASCII-escaped JSON)."""
-    return len(json.dumps(delivery.content).encode())
+    return len(json.dumps(content_of(delivery)).encode())
 
 
 class _MarkupAudit(HTMLParser):
@@ -250,7 +250,7 @@ def test_markup_audit_catches_what_it_must(dirty: str) -> None:
         assert_safe_markup(f"<p>ok</p>{dirty}")
 
 
-def assert_refused(bench: Bench, caplog: pytest.LogCaptureFixture, name: str,
+async def assert_refused(bench: Bench, caplog: pytest.LogCaptureFixture, name: str,
                    reason: str) -> None:
     """One WARNING naming the feed with a human reason; nothing queued; error stored."""
     records = bot_records(caplog, logging.WARNING)
@@ -264,11 +264,11 @@ def assert_refused(bench: Bench, caplog: pytest.LogCaptureFixture, name: str,
     assert re.fullmatch(reason, match["reason"]), match["reason"]
     assert not PYTHON_LEAK.search(match["reason"]), match["reason"]
     assert "\n" not in record.getMessage()
-    state = bench.store.feed_state(name)
+    state = await bench.store.feed_state(name)
     assert state is not None
     assert state.last_error == match["reason"]
     assert state.failures == 1 and not state.initialized
-    assert bench.store.pending_count() == 0
+    assert await bench.store.pending_count() == 0
     assert bench.enqueued == []
 
 
@@ -279,9 +279,9 @@ async def assert_other_feeds_unaffected(bench: Bench, caplog: pytest.LogCaptureF
     bench.enqueued.clear()
     await bench.poll("healthy", "healthy", backfill=1)
     assert bot_warnings(caplog) == []
-    state = bench.store.feed_state("healthy")
+    state = await bench.store.feed_state("healthy")
     assert state is not None and state.initialized and state.last_error is None
-    delivered = bench.deliver()
+    delivered = await bench.deliver()
     assert [(d.feed, d.entry_id) for d in delivered] == [("healthy", "urn:newsbot-test:healthy-3")]
     assert sorted(bench.enqueued) == sorted(ROOMS)
 
@@ -427,7 +427,7 @@ async def test_refused_with_one_clear_line(bench: Bench, caplog: pytest.LogCaptu
         tracemalloc.stop()
     elapsed = time.perf_counter() - started
     print(f"\n{case}: refused in {elapsed:.3f} s, peak traced memory {peak / MiB:.1f} MiB")
-    assert_refused(bench, caplog, name, reason)
+    await assert_refused(bench, caplog, name, reason)
     assert delay == 600.0  # retried after one interval: a failed fetch, not a dead feed
     # Bounded whatever the server sends: the gzip bomb is 1 GiB once inflated.
     assert peak < 32 * MiB, f"{case}: peak {peak / MiB:.1f} MiB"
@@ -449,7 +449,7 @@ async def test_truncated_newest_entry_is_retried_not_half_posted(
     older = rss_item("art-2", "Deux", day=2) + rss_item("art-1", "Un", day=1)
     bench.serve("feed", rss_document(older))
     await bench.poll(name)  # first sight: both seen, nothing posted
-    assert bench.store.pending_count() == 0
+    assert await bench.store.pending_count() == 0
 
     whole = rss_document(rss_item("art-3", "Trois, le plus récent", day=3) + older)
     text = whole.decode()
@@ -457,12 +457,12 @@ async def test_truncated_newest_entry_is_retried_not_half_posted(
     bench.serve("feed", text[:cut].encode())
     caplog.clear()
     await bench.poll(name)
-    assert bench.store.pending_count() == 0  # no half entry, not even a whole older one
-    assert bench.store.unseen(name, ["art-3"]) == {"art-3"}  # nor marked as seen
+    assert await bench.store.pending_count() == 0  # no half entry, not even a whole older one
+    assert await bench.store.unseen(name, ["art-3"]) == {"art-3"}  # nor marked as seen
     [warning] = bot_warnings(caplog)
     assert re.fullmatch(rf"feed {name}: {TRUNCATED_RSS} \(failure 1 in a row; next try in "
                         r"\d+ s\)", warning), warning
-    state = bench.store.feed_state(name)
+    state = await bench.store.feed_state(name)
     assert state is not None and state.last_error is not None
     assert state.last_error.startswith("truncated document")
 
@@ -470,10 +470,10 @@ async def test_truncated_newest_entry_is_retried_not_half_posted(
     caplog.clear()
     await bench.poll(name)
     assert bot_warnings(caplog) == []
-    [delivery] = bench.deliver()
+    [delivery] = await bench.deliver()
     assert delivery.entry_id == "art-3"
-    assert "Résumé de Trois, le plus récent" in str(delivery.content["body"])
-    state = bench.store.feed_state(name)
+    assert "Résumé de Trois, le plus récent" in str(content_of(delivery)["body"])
+    state = await bench.store.feed_state(name)
     assert state is not None and state.last_error is None and state.failures == 0
 
 
@@ -489,19 +489,19 @@ async def test_minor_well_formedness_problem_keeps_entries(
     await bench.poll(name, backfill=3)
     assert bot_warnings(caplog) == []  # worth a note, not an alarm
     assert any(problem in line and "lenient parser" in line for line in bot_infos(caplog, name))
-    delivered = bench.deliver()
+    delivered = await bench.deliver()
     assert [d.entry_id for d in delivered] == ["art-1", "art-2", "art-3"]
-    second = delivered[1].content
+    second = content_of(delivered[1])
     if "ampersand" in file:
         assert "Fish & chips" in str(second["body"])
         assert "Fish &amp; chips" in str(second["formatted_body"])
     elif "junk" in file:
         assert "Fish & chips, après des avertissements PHP" in str(second["body"])
-        assert all("Warning" not in str(d.content["body"]) for d in delivered)
+        assert all("Warning" not in str(content_of(d)["body"]) for d in delivered)
     else:
         assert titles(delivered)[1] == "Café\u00a0: l’entité non déclarée"
         assert "Texte avec © et …" in str(second["body"])
-    state = bench.store.feed_state(name)
+    state = await bench.store.feed_state(name)
     assert state is not None and state.last_error is None
 
 
@@ -532,14 +532,15 @@ async def test_encodings_decode_right(bench: Bench, caplog: pytest.LogCaptureFix
     bench.serve("feed", corpus(file), content_type)
     await bench.poll(name, backfill=2)
     assert bot_warnings(caplog) == []
-    delivered = bench.deliver()
+    delivered = await bench.deliver()
     assert titles(delivered) == expected
     for delivery in delivered:
-        body, formatted = str(delivery.content["body"]), str(delivery.content["formatted_body"])
+        content = content_of(delivery)
+        body, formatted = str(content["body"]), str(content["formatted_body"])
         assert f"{feed_title} · " in body
         for text in (body, formatted):
             assert not re.search("[ÃÂ\ufffd]|Å\u201c|â€", text), text  # no mojibake
-    state = bench.store.feed_state(name)
+    state = await bench.store.feed_state(name)
     assert state is not None and state.title == feed_title
 
 
@@ -563,9 +564,9 @@ async def test_billion_laughs_is_not_expanded(bench: Bench,
     assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
     assert bot_warnings(caplog) == []
     assert any("entity amplification" in line for line in bot_infos(caplog, name))
-    [delivery] = bench.deliver()
+    [delivery] = await bench.deliver()
     assert titles([delivery]) == ["Un milliard de rires &lol9;"]  # left as written
-    assert "lollol" not in json.dumps(delivery.content)
+    assert "lollol" not in json.dumps(content_of(delivery))
     assert content_size(delivery) < 2 * KiB
 
 
@@ -594,9 +595,9 @@ async def test_quadratic_blowup_is_not_expanded(bench: Bench,
     assert elapsed < 1.5, f"{elapsed:.2f} s"
     assert peak < 16 * MiB, f"peak {peak / MiB:.1f} MiB"
     assert bot_warnings(caplog) == []
-    [delivery] = bench.deliver()
+    [delivery] = await bench.deliver()
     assert titles([delivery]) == ["Explosion quadratique"]
-    assert "AAAAAAAAAA" not in json.dumps(delivery.content)
+    assert "AAAAAAAAAA" not in json.dumps(content_of(delivery))
     assert content_size(delivery) < 4 * KiB
 
 
@@ -623,12 +624,12 @@ async def test_external_entities_are_never_resolved(
     await bench.poll(name, backfill=1)
     assert bot_warnings(caplog) == []
     assert bench.server.requests(canary) == []
-    delivered = bench.deliver()
+    delivered = await bench.deliver()
     assert titles(delivered) == [title]  # references are left as written, unresolved
     for delivery in delivered:
-        assert marker not in json.dumps(delivery.content, ensure_ascii=False)
-        assert "file:" not in str(delivery.content["formatted_body"])
-    state = bench.store.feed_state(name)
+        assert marker not in json.dumps(content_of(delivery), ensure_ascii=False)
+        assert "file:" not in str(content_of(delivery)["formatted_body"])
+    state = await bench.store.feed_state(name)
     assert state is not None and marker not in repr(state)
     assert marker not in caplog.text
     bench.store.close()  # checkpoint the WAL so the whole database is in one file
@@ -654,12 +655,12 @@ async def test_unsafe_html_never_reaches_a_room(bench: Bench, caplog: pytest.Log
     bench.serve("feed", corpus(file), content_type)
     await bench.poll(name, backfill=10)
     assert bot_warnings(caplog) == []
-    delivered = bench.deliver()
+    delivered = await bench.deliver()
     assert len(delivered) == count
-    by_id = {d.entry_id: d.content for d in delivered}
+    by_id = {d.entry_id: content_of(d) for d in delivered}
     for delivery in delivered:
-        formatted = str(delivery.content["formatted_body"])
-        body = str(delivery.content["body"])
+        formatted = str(content_of(delivery)["formatted_body"])
+        body = str(content_of(delivery)["body"])
         assert_safe_markup(formatted)
         for marker in UNSAFE_MARKERS:
             assert marker not in formatted.lower() and marker not in body.lower(), \
@@ -714,16 +715,16 @@ async def test_huge_fields_stay_within_a_matrix_event(big_bench: Bench,
     big_bench.serve("feed", rss_document(items, title="Énorme " * 10_000))
     await big_bench.poll(name, backfill=3)
     assert bot_warnings(caplog) == []
-    delivered = big_bench.deliver()
+    delivered = await big_bench.deliver()
     assert sorted(d.entry_id for d in delivered) == [
         "huge-attributes", "huge-title", "worst-case"]
     sizes = {d.entry_id: content_size(d) for d in delivered}
     print(f"\nevent content sizes (bytes): {sizes}")
     for delivery in delivered:
         assert content_size(delivery) < 48 * KiB, (delivery.entry_id, content_size(delivery))
-        assert_safe_markup(str(delivery.content["formatted_body"]))
+        assert_safe_markup(str(content_of(delivery)["formatted_body"]))
     worst = next(d for d in delivered if d.entry_id == "worst-case")
-    assert str(worst.content["formatted_body"]).count('href="https://hostile.example/') == 2
+    assert str(content_of(worst)["formatted_body"]).count('href="https://hostile.example/') == 2
     huge = next(d for d in delivered if d.entry_id == "huge-title")
     assert titles([huge])[0].startswith("Titre interminable é& Titre")
     assert titles([huge])[0].endswith("…")
@@ -741,11 +742,11 @@ async def test_entries_missing_id_link_or_title(bench: Bench,
     assert bot_warnings(caplog) == []
     skipped = [line for line in bot_infos(caplog, name) if "no title, link or text" in line]
     assert len(skipped) == 2  # the empty item and the one with nothing but a guid
-    first = bench.deliver()
+    first = await bench.deliver()
     # Undated entries go out in reverse document order (feeds list newest first).
     assert titles(first) == ["Guid qui n'est pas une adresse", "(sans titre)", "(sans titre)",
                              "Ni guid ni lien", "Sans guid"]
-    by_title = {d.entry_id: d.content for d in first}
+    by_title = {d.entry_id: content_of(d) for d in first}
     assert by_title["https://missing.example/sans-guid"]["body"] == (
         "Sans guid\nChamps manquants\n\nIdentifiée par son lien.\n\n"
         "https://missing.example/sans-guid")
@@ -753,7 +754,7 @@ async def test_entries_missing_id_link_or_title(bench: Bench,
     assert '<a href="https://missing.example/sans-titre">(sans titre)</a>' in no_title
     # A guid that is no address is not taken for the entry's link.
     assert "<a " not in str(by_title["missing-link-from-guid"]["formatted_body"])
-    assert all("Lire la suite" not in str(d.content["formatted_body"]) for d in first
+    assert all("Lire la suite" not in str(content_of(d)["formatted_body"]) for d in first
                if d.entry_id != "https://missing.example/sans-guid"
                and d.entry_id != "missing-title")
 
@@ -765,7 +766,7 @@ async def test_entries_missing_id_link_or_title(bench: Bench,
     caplog.clear()
     await bench.poll(name, backfill=10)
     assert bot_warnings(caplog) == []
-    assert titles(bench.deliver()) == ["Nouvelle"]
+    assert titles(await bench.deliver()) == ["Nouvelle"]
 
 
 async def test_duplicate_ids_in_one_feed_post_once(bench: Bench,
@@ -776,21 +777,21 @@ async def test_duplicate_ids_in_one_feed_post_once(bench: Bench,
     await bench.poll(name, backfill=10)
     assert bot_warnings(caplog) == []
     assert sum("repeats id" in line for line in bot_infos(caplog, name)) == 2
-    assert titles(bench.deliver()) == ["Autre", "Premier"]
+    assert titles(await bench.deliver()) == ["Autre", "Premier"]
 
     bench.serve("feed", with_new_items(body, (
         '<item><title>Nouveau</title><guid isPermaLink="false">dup-3</guid></item>'
         '<item><title>Nouveau, encore</title><guid isPermaLink="false">dup-3</guid></item>'
         '<item><title>Premier, revu</title><guid isPermaLink="false">dup-1</guid></item>')))
     await bench.poll(name, backfill=10)
-    second = bench.deliver()
+    second = await bench.deliver()
     # dup-3 is posted once; dup-1's first occurrence now reads differently: that is a
     # correction, shown as an edit of the message already posted, never a second post.
     # The edit row holds the corrected version; it is sent as an m.replace of dup-1's
     # message, found when it is sent.
     assert titles(second) == ["Nouveau", "Premier, revu"]
     assert [(d.kind, d.subject) for d in second] == [("item", "dup-3"), ("edit", "dup-1")]
-    assert bench.store.pending_count() == 0
+    assert await bench.store.pending_count() == 0
 
 
 @pytest.mark.parametrize(("file", "first_titles"), [
@@ -804,14 +805,14 @@ async def test_garbage_and_far_future_dates(bench: Bench, caplog: pytest.LogCapt
     bench.serve("feed", body)
     await bench.poll(name, backfill=10)
     assert bot_warnings(caplog) == []
-    first = bench.deliver()
+    first = await bench.deliver()
     if first_titles is not None:
         assert titles(first) == first_titles  # dated: oldest first, 2999 last
-        assert "31 décembre 2999" in str(first[-1].content["body"])
+        assert "31 décembre 2999" in str(content_of(first[-1])["body"])
     else:
         assert len(first) == 7
         garbage = next(d for d in first if d.entry_id == "date-garbage")
-        assert str(garbage.content["body"]).split("\n")[1] == "Dates impossibles"  # no date
+        assert str(content_of(garbage)["body"]).split("\n")[1] == "Dates impossibles"  # no date
 
     # A far-future entry is not a high-water mark: a later, normally dated entry still
     # goes out on the next poll, and alone.
@@ -819,7 +820,7 @@ async def test_garbage_and_far_future_dates(bench: Bench, caplog: pytest.LogCapt
     caplog.clear()
     await bench.poll(name, backfill=10)
     assert bot_warnings(caplog) == []
-    assert titles(bench.deliver()) == ["Arrivée après"]
+    assert titles(await bench.deliver()) == ["Arrivée après"]
 
 
 # --- volume: 10,000 entries, and a feed that rewrites all its ids -----------------------
@@ -844,9 +845,10 @@ async def test_ten_thousand_entries(big_bench: Bench, caplog: pytest.LogCaptureF
           f"under tracemalloc, peak traced memory {peak / MiB:.1f} MiB")
     assert peak < 200 * MiB, f"peak {peak / MiB:.0f} MiB"
     assert bot_warnings(caplog) == []
-    assert titles(big_bench.deliver()) == [f"Article {i} & co" for i in (9_998, 9_999, 10_000)]
+    assert titles(await big_bench.deliver()) == [
+        f"Article {i} & co" for i in (9_998, 9_999, 10_000)]
     every_id = [f"bulk-{i}" for i in range(1, 10_001)]
-    assert big_bench.store.unseen(name, every_id) == set()  # all 10,000 remembered
+    assert await big_bench.store.unseen(name, every_id) == set()  # all 10,000 remembered
 
     big_bench.serve("feed", rss_document(rss_item("bulk-10001", "La suite", day=500) + items))
     started = time.perf_counter()
@@ -854,7 +856,7 @@ async def test_ten_thousand_entries(big_bench: Bench, caplog: pytest.LogCaptureF
     elapsed = time.perf_counter() - started
     print(f"10,001 entries: second poll {elapsed:.2f} s")
     # Its speed is the machine's (tests/test_parse.py checks that parsing is linear).
-    assert titles(big_bench.deliver()) == ["La suite"]
+    assert titles(await big_bench.deliver()) == ["La suite"]
 
 
 async def test_all_ids_change_at_once_is_a_capped_flood(bench: Bench,
@@ -862,7 +864,7 @@ async def test_all_ids_change_at_once_is_a_capped_flood(bench: Bench,
     name = "hostile-flood"
     bench.server.set_feed(bench.path(), make_items(30, prefix="old"))
     await bench.poll(name, max_per_poll=5)
-    assert bench.store.pending_count() == 0
+    assert await bench.store.pending_count() == 0
 
     bench.server.set_feed(bench.path(), make_items(30, prefix="rewritten"))
     caplog.clear()
@@ -870,7 +872,7 @@ async def test_all_ids_change_at_once_is_a_capped_flood(bench: Bench,
     [warning] = bot_warnings(caplog)
     assert warning == (f"feed {name}: 30 entries appeared at once (did the feed rewrite its "
                        "ids?); posting the newest 5 and marking the rest as seen")
-    delivered = bench.deliver()
+    delivered = await bench.deliver()
     assert [d.entry_id for d in delivered] == [
         f"urn:newsbot-test:rewritten-{i}" for i in range(26, 31)]
 
@@ -879,7 +881,7 @@ async def test_all_ids_change_at_once_is_a_capped_flood(bench: Bench,
     caplog.clear()
     await bench.poll(name, max_per_poll=5)
     assert bot_warnings(caplog) == []
-    assert [d.entry_id for d in bench.deliver()] == ["urn:newsbot-test:rewritten-31"]
+    assert [d.entry_id for d in await bench.deliver()] == ["urn:newsbot-test:rewritten-31"]
 
 
 # --- issue 10: hostile links, deep nesting ------------------------------------------------
@@ -921,13 +923,13 @@ async def test_hostile_links_reach_neither_a_room_nor_the_store(
     # image or in its HTML: the item is posted, without any of them.
     bench.serve("feed", corpus(file), content_type)
     await bench.poll("hostile-links", backfill=20, max_per_poll=20)
-    delivered = bench.deliver()
+    delivered = await bench.deliver()
     assert len(delivered) == count
     for delivery in delivered:
-        assert_no_hostile_link(delivery.content)
-        assert IMAGE_FIELD not in delivery.content       # no hostile image to fetch
+        assert_no_hostile_link(content_of(delivery))
+        assert delivery.message is not None and delivery.message.image is None  # none to fetch
     # What archive, latest, welcome and digests read from: no hostile link stored either.
-    stored = bench.store.latest(["hostile-links"], 50)
+    stored = await bench.store.latest(["hostile-links"], 50)
     assert len(stored) == count
     assert all(e.link is None or e.link.startswith(("https://", "http://")) for e in stored)
     assert sum(1 for e in stored if e.link) == 2
@@ -944,9 +946,9 @@ async def test_deeply_nested_entry_is_posted_with_its_neighbour(
     big_bench.serve("feed", body)
     await big_bench.poll("hostile-deep", backfill=10)
     assert bot_warnings(caplog) == []
-    delivered = big_bench.deliver()
+    delivered = await big_bench.deliver()
     assert sorted(d.entry_id for d in delivered) == ["deep-divs", "deep-neighbour"]
-    deep = next(d.content for d in delivered if d.entry_id == "deep-divs")
+    deep = next(content_of(d) for d in delivered if d.entry_id == "deep-divs")
     assert "En surface." in str(deep["body"])
     assert_safe_markup(str(deep["formatted_body"]))
     assert str(deep["formatted_body"]).count("<div>") <= 100
@@ -1005,7 +1007,7 @@ async def test_a_hand_built_message_is_cleaned_before_it_leaves(
     cfg = load(write_config(tmp_path / "c.yaml", bot_config(
         homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
         feeds=[{"name": "news", "url": "http://127.0.0.1:9/feed", "rooms": [room]}])), bot)
-    store = Store.open(tmp_path / "state")
+    store = SqliteStore.open(tmp_path / "state")
     transport = MatrixTransport(cfg.matrix, store, tmp_path / "state")
     await transport.connect()
     try:

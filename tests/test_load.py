@@ -55,7 +55,7 @@ import pytest
 from aiohttp import web
 
 from bot.model import delivery_key
-from bot.transport.base import DELIVERY_KEY_FIELD
+from bot.transport.matrix.events import DELIVERY_KEY_FIELD
 from tests.botkit import InProcessBot, bot_config, load, write_config
 from tests.support import (
     FeedServer,
@@ -433,7 +433,7 @@ async def run_load(*, synapse: SynapseServer, feed_server: FeedServer, bot: Regi
             # room joined.
             deadline = time.monotonic() + WARMUP_LIMIT
             while True:
-                states = [app.store.feed_state(f.name) for f in healthy]
+                states = [await app.store.feed_state(f.name) for f in healthy]
                 ready = sum(1 for s in states if s is not None and s.initialized)
                 if ready == len(healthy):
                     break
@@ -539,7 +539,7 @@ async def run_load(*, synapse: SynapseServer, feed_server: FeedServer, bot: Regi
 
             # The failing feeds: never read, still failing, each retried.
             for f in failing:
-                state = app.store.feed_state(f.name)
+                state = await app.store.feed_state(f.name)
                 if state is None or state.initialized or state.failures < 2:
                     result.problems.append(f"failing feed {f.name}: {state}")
 

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.config import FeedConfig
 from bot.errors import TransportError
 from bot.metrics import COUNT_EVERY, Metrics
-from bot.store import Store
+from bot.store import SqliteStore
 from tests.support.clock import FakeClock
 
 
@@ -43,8 +43,8 @@ async def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path: Path) ->
     clock = FakeClock()
     apps = []
     for n, members in ((1, ["@bot:x", "@a:x"]), (2, ["@bot:x", "@a:x", "@b:x", "@c:x"])):
-        store = Store.open(tmp_path / str(n))
-        store.ensure_feed("actus", "https://example.org/actus")
+        store = SqliteStore.open(tmp_path / str(n))
+        await store.ensure_feed("actus", "https://example.org/actus")
         apps.append(Metrics(store, Rooms({"!r:x": members}), clock,
                             lambda: [feed("actus", "!r:x")], "@bot:x", lambda n=n: 10 * n))
     first, second = [samples(await m.scrape()) for m in apps]
@@ -66,7 +66,7 @@ async def test_readers_are_counted_at_most_once_a_minute_and_kept_through_a_fail
     clock = FakeClock()
     rooms = Rooms({"!r:x": ["@bot:x", "@a:x"], "!s:x": ["@a:x", "@b:x"]})
     feeds = [feed("actus", "!r:x"), feed("lettre", "!s:x")]
-    metrics = Metrics(Store.open(tmp_path), rooms, clock,
+    metrics = Metrics(SqliteStore.open(tmp_path), rooms, clock,
                       lambda: feeds, "@bot:x", lambda: 0)
     got = samples(await metrics.scrape())
     assert got[("newsbot_feed_readers", (("feed", "lettre"),))] == 2

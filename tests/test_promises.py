@@ -21,19 +21,19 @@ from typing import Any
 
 import pytest
 
-from bot.app import App
 from bot.clock import SystemClock
 from bot.config import FeedConfig, FetchConfig, load_config_text
-from bot.delivery import Deliverer, event_content
+from bot.delivery import Deliverer
 from bot.feeds.fetch import Fetcher
-from bot.feeds.poller import FeedPoller
 from bot.model import delivery_key
-from bot.render import message_size, safe_event_content
-from bot.store import DigestItem, PollOutcome, Store
+from bot.poller import FeedPoller
+from bot.render import message_size
+from bot.store import DigestItem, PollOutcome, SqliteStore, Store
 from bot.store.schema import MIGRATIONS
 from bot.store.sqlite import DB_FILENAME
 from bot.subscriptions import PersonalSubscriptions, digest_messages
-from tests.botkit import InProcessBot, bot_config, load, write_config
+from bot.transport.matrix.events import message_content, safe_event_content
+from tests.botkit import BotRunner, InProcessBot, bot_config, load, write_config
 from tests.support import (
     FeedItem,
     FeedServer,
@@ -43,8 +43,9 @@ from tests.support import (
     RegisteredUser,
     SynapseServer,
 )
+from tests.support.clock import OffsetClock
 from tests.test_images_edits import png, serve_bytes
-from tests.test_subscriptions import OffsetClock, open_dm, say, start, stop
+from tests.test_subscriptions import open_dm, say
 
 
 def item(n: int, *, guid: str | None = None, title: str | None = None, summary: str = "",
@@ -107,10 +108,10 @@ async def test_correction_of_an_attempted_item_is_sent_though_the_feed_stays_the
                     "rooms": [room]}])), bot)
         async with InProcessBot(cfg):          # not invited yet: the item waits
             await asyncio.sleep(2)
-        store = Store.open(tmp_path / "state")
+        store = SqliteStore.open(tmp_path / "state")
         key = delivery_key("lettre", "urn:promise:1", room)
-        assert store.pending_count(room) == 1
-        store.mark_attempt(key, time.time())   # died right after attempting the send
+        assert await store.pending_count(room) == 1
+        await store.mark_attempt(key, time.time())   # died right after attempting the send
         store.close()
         feed_server.set_feed(feed_path, [item(1, title="Numéro 1 (corrigé)",
                                               summary="<p>Version corrigée.</p>")])
@@ -202,7 +203,8 @@ def test_a_long_digest_is_split_under_the_size_budget_and_keeps_every_item() -> 
 
 async def test_a_digest_of_150_items_and_a_huge_title_reaches_the_subscriber_once(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot = await new_user("newsbot")
     reader = await member(await new_user("lectrice"))
     owner = await member(await new_user("owner"))
@@ -213,7 +215,8 @@ async def test_a_digest_of_150_items_and_a_huge_title_reaches_the_subscriber_onc
         feeds=[{"name": "lettre", "url": feed_server.url(feed_path), "rooms": [room],
                 "public": True, "max_per_poll": 200}])), bot)
     clock = OffsetClock()
-    app, task = await start(config, clock)
+    running = await run_bot(config, clock=clock)
+    app = running.app
     try:
         dm = await subscribed(reader, bot)
         assert await say(reader, dm, bot, "digest daily") == "Résumé : quotidien."
@@ -223,10 +226,10 @@ async def test_a_digest_of_150_items_and_a_huge_title_reaches_the_subscriber_onc
         feed_server.set_feed(feed_path, many)
 
         async def queued() -> bool:
-            return len(app.store.digest_items(reader.user_id)) == 151
+            return len(await app.store.digest_items(reader.user_id)) == 151
         await wait_until(queued, timeout=60)
         clock.offset = 86400 + 60
-        assert app.subscriptions.tick() == [dm]
+        assert await app.subscriptions.tick() == [dm]
 
         async def all_parts() -> bool:
             parts = [e for e in await reader.messages(dm, sender=bot.user_id)
@@ -241,7 +244,7 @@ async def test_a_digest_of_150_items_and_a_huge_title_reaches_the_subscriber_onc
         parts = [e["content"] for e in await reader.messages(dm, sender=bot.user_id)
                  if e["content"]["body"].startswith("Votre résumé quotidien")]
     finally:
-        await stop(app, task)
+        await running.stop()
     text = "\n".join(p["body"] for p in parts)
     for n in range(150):
         assert text.count(f"http://127.0.0.1/2025/{n}/article-{n}") == 1, n
@@ -255,7 +258,8 @@ async def test_a_digest_of_150_items_and_a_huge_title_reaches_the_subscriber_onc
 
 async def test_personal_subscribers_get_the_items_image(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot = await new_user("newsbot")
     reader = await member(await new_user("lectrice"))
     owner = await member(await new_user("owner"))
@@ -266,7 +270,7 @@ async def test_personal_subscribers_get_the_items_image(
         homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state", language="fr",
         feeds=[{"name": "lettre", "url": feed_server.url(feed_path), "rooms": [room],
                 "public": True}])), bot)
-    app, task = await start(config)
+    running = await run_bot(config)
     try:
         dm = await subscribed(reader, bot)
         feed_server.set_feed(feed_path, [item(1, summary=f'<p><img src="{image_url}"> '
@@ -280,7 +284,7 @@ async def test_personal_subscribers_get_the_items_image(
         in_dm = [e for e in await reader.messages(dm, sender=bot.user_id)
                  if "Numéro 1" in e["content"]["body"]][0]
     finally:
-        await stop(app, task)
+        await running.stop()
     assert '<img src="mxc://' in in_room["content"]["formatted_body"]
     assert '<img src="mxc://' in in_dm["content"]["formatted_body"]
 
@@ -290,7 +294,8 @@ async def test_personal_subscribers_get_the_items_image(
 
 async def test_an_item_published_right_after_add_is_posted(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot = await new_user("newsbot")
     admin_user = await new_user("admin")
     admin = await member(admin_user)
@@ -303,7 +308,7 @@ async def test_an_item_published_right_after_add_is_posted(
         feeds=[{"name": "autre", "url": feed_server.url(feed_path + "-other"),
                 "rooms": [room]}])), bot)
     feed_server.set_feed(feed_path + "-other", [])
-    app, task = await start(config)
+    running = await run_bot(config)
     try:
         async def joined() -> bool:
             return bot.user_id in await admin.joined_members(room)
@@ -322,7 +327,7 @@ async def test_an_item_published_right_after_add_is_posted(
         posted = [e for e in await admin.messages(room, sender=bot.user_id)
                   if e["content"]["body"].startswith("Numéro")]
     finally:
-        await stop(app, task)
+        await running.stop()
     assert [e["content"]["body"].splitlines()[0] for e in posted] == ["Numéro 3"]
 
 
@@ -366,7 +371,7 @@ async def test_heavy_entries_do_not_stall_commands_and_a_deep_entry_does_not_sto
         posted = await alice.wait_for_messages(news_room, 7, sender=bot.user_id, timeout=120)
         probe.cancel()
         assert running.app is not None
-        state = running.app.store.feed_state("lourd")
+        state = await running.app.store.feed_state("lourd")
     titles = [e["content"]["body"].splitlines()[0] for e in posted]
     assert "Ordinaire" in titles and "Profond" in titles
     assert state is not None and state.failures == 0
@@ -400,7 +405,8 @@ async def test_a_row_that_keeps_failing_is_parked_and_the_room_goes_on(
         homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
         feeds=[{"name": "lettre", "url": feed_server.url(feed_path), "rooms": [room]}])),
         bot)
-    app = App(cfg)
+    running = InProcessBot(cfg)
+    app = running.build()
     app.deliverer._retry_base = 0.05
     real_send = app.transport.send_message
     attempts = 0
@@ -413,15 +419,14 @@ async def test_a_row_that_keeps_failing_is_parked_and_the_room_goes_on(
         return await real_send(room_id, content, txn_id)
 
     app.transport.send_message = send     # type: ignore[method-assign]
-    task = asyncio.create_task(app.run())
+    await running.start()
     try:
         await asyncio.sleep(2)
         feed_server.set_feed(feed_path, [item(1), item(2), item(3)])
         posted = await alice.wait_for_messages(room, 2, sender=bot.user_id, timeout=30)
-        assert not task.done()
+        assert running.is_running()
     finally:
-        app.request_stop()
-        await asyncio.wait_for(task, 30)
+        await running.stop()
     assert [e["content"]["body"].splitlines()[0] for e in posted] == ["Numéro 1", "Numéro 3"]
     assert attempts == 5
     conn = sqlite3.connect(tmp_path / "state" / DB_FILENAME)
@@ -434,7 +439,7 @@ async def test_a_row_that_keeps_failing_is_parked_and_the_room_goes_on(
 async def test_a_failure_after_the_poll_committed_is_not_a_fetch_failure(
         feed_server: FeedServer, feed_path: str, tmp_path: Path) -> None:
     feed_server.set_feed(feed_path, [item(1)])
-    store = Store.open(tmp_path / "state")
+    store = SqliteStore.open(tmp_path / "state")
 
     def explode(rooms: list[str]) -> None:
         raise RuntimeError("waking failed")
@@ -444,9 +449,9 @@ async def test_a_failure_after_the_poll_committed_is_not_a_fetch_failure(
     async with Fetcher(allow_private_networks=True) as fetcher:
         poller = poller_of(feed, store, fetcher, on_enqueued=explode)
         await poller.poll_once()
-    state = store.feed_state("lettre")
+    state = await store.feed_state("lettre")
     assert state is not None and state.failures == 0 and state.last_error is None
-    assert store.pending_count("!r:x") == 1
+    assert await store.pending_count("!r:x") == 1
     store.close()
 
 
@@ -455,7 +460,7 @@ async def test_a_failure_after_the_poll_committed_is_not_a_fetch_failure(
 
 async def test_huge_ids_titles_and_links_are_stored_bounded(
         feed_server: FeedServer, feed_path: str, tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "state")
+    store = SqliteStore.open(tmp_path / "state")
     feed = FeedConfig(name="geant", url=feed_server.url(feed_path), rooms=("!r:x",),
                       interval=60, backfill=5, max_per_poll=50)
     db = tmp_path / "state" / DB_FILENAME
@@ -468,7 +473,7 @@ async def test_huge_ids_titles_and_links_are_stored_bounded(
                        for n in range(poll * 2, poll * 2 + 2)]
             feed_server.set_feed(feed_path, entries)
             await poller.poll_once()
-            state = store.feed_state("geant")
+            state = await store.feed_state("geant")
             assert state is not None and state.failures == 0, state
         store.close()
     conn = sqlite3.connect(db)
@@ -490,24 +495,24 @@ async def test_an_entry_seen_under_its_whole_long_id_stays_seen(
     """Before ids were bounded, a long id was stored whole: upgrading must not post its
     entry again."""
     long_id = "urn:ancien:" + "y" * 400
-    store = Store.open(tmp_path / "state")
+    store = SqliteStore.open(tmp_path / "state")
     feed = FeedConfig(name="ancien", url=feed_server.url(feed_path), rooms=("!r:x",),
                       interval=60, backfill=5)
     feed_server.set_feed(feed_path, [item(1, guid=long_id)])
     async with Fetcher(allow_private_networks=True) as fetcher:
         poller = poller_of(feed, store, fetcher)
-        store.ensure_feed("ancien", feed.url)
-        store.record_poll(PollOutcome(feed="ancien", now=time.time(), next_fetch=0,
+        await store.ensure_feed("ancien", feed.url)
+        await store.record_poll(PollOutcome(feed="ancien", now=time.time(), next_fetch=0,
                                       etag=None, last_modified=None, body_hash=None,
                                       title=None, new_url=None, seen_entry_ids=[long_id],
                                       deliveries=()))
         feed_server.set_feed(feed_path, [item(1, guid=long_id), item(2)])
         await poller.poll_once()
-    assert store.pending_count("!r:x") == 1          # item 2 only
-    delivery = store.next_pending("!r:x")
+    assert await store.pending_count("!r:x") == 1          # item 2 only
+    delivery = await store.next_pending("!r:x")
     assert delivery is not None and delivery.subject == "urn:promise:2"
-    assert store.unseen("ancien", ["sha256:" + hashlib.sha256(long_id.encode()).hexdigest()]) \
-        == set()
+    hashed = "sha256:" + hashlib.sha256(long_id.encode()).hexdigest()
+    assert await store.unseen("ancien", [hashed]) == set()
     store.close()
 
 
@@ -519,7 +524,7 @@ async def test_entries_left_over_by_the_time_budget_are_all_posted_in_order(
     """A budget that lets each poll render one entry: the others are owed to the next
     polls — not lost behind a 304 (the server sends an ETag), nor to the flood rule once
     they are older than the last poll."""
-    store = Store.open(tmp_path / "state")
+    store = SqliteStore.open(tmp_path / "state")
     feed = FeedConfig(name="lent", url=feed_server.url(feed_path), rooms=("!r:x",),
                       interval=60, max_per_poll=5)
     feed_server.set_feed(feed_path, [])
@@ -537,11 +542,11 @@ async def test_entries_left_over_by_the_time_budget_are_all_posted_in_order(
         for _ in range(10):
             await poller.poll_once()
     posted = []
-    while (delivery := store.next_pending("!r:x")) is not None:
+    while (delivery := await store.next_pending("!r:x")) is not None:
         posted.append(delivery.subject)
-        store.mark_sent(delivery.key, f"$e{len(posted)}", time.time())
+        await store.mark_sent(delivery.key, f"$e{len(posted)}", time.time())
     assert posted == [f"urn:lent:{n}" for n in range(8)]
-    assert store.carried("lent") == []
+    assert await store.carried("lent") == []
     store.close()
 
 
@@ -549,7 +554,7 @@ def test_a_digest_of_hostile_titles_stays_under_the_budget_as_sent() -> None:
     items = [DigestItem("@a:x", "lettre", f"urn:{n}", "data:(" * 50,
                         f"https://asso.example/{n}", 1.7e9 + n) for n in range(300)]
     for message in digest_messages(items, "daily", "en", max_bytes=40 * 1024):
-        sent = safe_event_content(event_content(message, msgtype="m.notice", key="k"))
+        sent = safe_event_content(message_content(message, key="k"))
         size = len(json.dumps(sent["body"])) + len(json.dumps(sent["formatted_body"]))
         assert size <= 40 * 1024, size
         assert "data:(" not in str(sent["body"])           # broken for linkifiers
@@ -557,9 +562,9 @@ def test_a_digest_of_hostile_titles_stays_under_the_budget_as_sent() -> None:
 
 async def test_no_digest_without_items_only_the_next_date_moves(tmp_path: Path) -> None:
     clock = OffsetClock()
-    store = Store.open(tmp_path / "state")
-    store.save_subscriber("@a:x", "!dm:x", digest="daily", digest_due=clock.now() - 1)
-    store.subscribe("@a:x", ["lettre"])
+    store = SqliteStore.open(tmp_path / "state")
+    await store.save_subscriber("@a:x", "!dm:x", digest="daily", digest_due=clock.now() - 1)
+    await store.subscribe("@a:x", ["lettre"])
     config = load_config_text(
         "matrix: {homeserver: http://127.0.0.1:1, user_id: '@bot:x', access_token: t, "
         "device_id: D}\nstorage: {path: " + str(tmp_path / "state") + "}\n"
@@ -567,15 +572,15 @@ async def test_no_digest_without_items_only_the_next_date_moves(tmp_path: Path) 
         "public: true}]\n")[0]
     subscriptions = PersonalSubscriptions(config, store, clock, on_enqueued=lambda rooms: None,
                                           transport=None)
-    assert subscriptions.tick() == []
-    assert store.pending_count("!dm:x") == 0
-    subscriber = store.subscriber("@a:x")
+    assert await subscriptions.tick() == []
+    assert await store.pending_count("!dm:x") == 0
+    subscriber = await store.subscriber("@a:x")
     assert subscriber is not None and subscriber.digest_due is not None
     assert subscriber.digest_due > clock.now()
     store.close()
 
 
-def test_rows_queued_by_an_older_version_are_read_by_kind(tmp_path: Path) -> None:
+async def test_rows_queued_by_an_older_version_are_read_by_kind(tmp_path: Path) -> None:
     """Migration 6: an edit queued whole by an older version is sent as it is; an item
     whose id holds '#' (never linked to its event before) can be edited."""
     directory = tmp_path / "state"
@@ -600,13 +605,13 @@ def test_rows_queued_by_an_older_version_are_read_by_kind(tmp_path: Path) -> Non
                      "state, event_id, sent_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, 0)",
                      (key, feed, entry_id, room, json.dumps(content), state, event_id))
     conn.close()
-    store = Store.open(directory)
+    store = SqliteStore.open(directory)
     kinds = {r[0]: r[1:] for r in sqlite3.connect(directory / DB_FILENAME).execute(
         "SELECT key, kind, subject FROM outbox")}
     assert kinds == {"k1": ("item", "https://a.example/p#1"), "k2": ("edit", "urn:2"),
                      "k3": ("image", "urn:2"), "k4": ("digest", None)}
-    assert store.event_of("lettre", "https://a.example/p#1", "!r:x") == "$hash"
-    edit = store.next_pending("!r:x")
+    assert await store.event_of("lettre", "https://a.example/p#1", "!r:x") == "$hash"
+    edit = await store.next_pending("!r:x")
     assert edit is not None and edit.kind == "edit"
     deliverer = Deliverer(store, None, SystemClock())  # type: ignore[arg-type]
     assert deliverer._as_edit(edit) == old_edit          # not wrapped a second time
@@ -615,11 +620,11 @@ def test_rows_queued_by_an_older_version_are_read_by_kind(tmp_path: Path) -> Non
 
 async def test_a_subscriber_forgotten_while_a_poll_is_planned_gets_nothing(
         feed_server: FeedServer, feed_path: str, tmp_path: Path) -> None:
-    store = Store.open(tmp_path / "state")
-    store.save_subscriber("@a:x", "!dm-a:x")
-    store.subscribe("@a:x", ["lettre"])
-    store.save_subscriber("@b:x", "!dm-b:x", digest="daily", digest_due=time.time() + 3600)
-    store.subscribe("@b:x", ["lettre"])
+    store = SqliteStore.open(tmp_path / "state")
+    await store.save_subscriber("@a:x", "!dm-a:x")
+    await store.subscribe("@a:x", ["lettre"])
+    await store.save_subscriber("@b:x", "!dm-b:x", digest="daily", digest_due=time.time() + 3600)
+    await store.subscribe("@b:x", ["lettre"])
     feed = FeedConfig(name="lettre", url=feed_server.url(feed_path), rooms=("!r:x",),
                       interval=60, public=True)
     feed_server.set_feed(feed_path, [])
@@ -629,18 +634,18 @@ async def test_a_subscriber_forgotten_while_a_poll_is_planned_gets_nothing(
         feed_server.set_feed(feed_path, [item(1)])
         real_snapshot = poller._snapshot
 
-        def snapshot_then_forget(*args: Any) -> Any:
-            taken = real_snapshot(*args)
+        async def snapshot_then_forget(*args: Any) -> Any:
+            taken = await real_snapshot(*args)
             # While the plan runs, both ask to be forgotten.
-            store.forget_user("@a:x")
-            store.forget_user("@b:x")
+            await store.forget_user("@a:x")
+            await store.forget_user("@b:x")
             return taken
 
         poller._snapshot = snapshot_then_forget  # type: ignore[method-assign]
         await poller.poll_once()
-    assert store.pending_count("!r:x") == 1
-    assert store.pending_count("!dm-a:x") == 0
-    assert store.digest_items("@b:x") == []
+    assert await store.pending_count("!r:x") == 1
+    assert await store.pending_count("!dm-a:x") == 0
+    assert await store.digest_items("@b:x") == []
     store.close()
 
 
@@ -650,13 +655,13 @@ async def test_an_entry_with_a_lone_surrogate_does_not_stop_its_feed(
             b'{"id": "a\\ud800", "title": "x\\udc00y", "url": "http://127.0.0.1/a"},'
             b'{"id": "b", "title": "Ordinaire", "url": "http://127.0.0.1/b"}]}')
     feed_server.set_raw(feed_path, body, content_type="application/feed+json")
-    store = Store.open(tmp_path / "state")
+    store = SqliteStore.open(tmp_path / "state")
     feed = FeedConfig(name="json", url=feed_server.url(feed_path), rooms=("!r:x",),
                       interval=60, backfill=5)
     async with Fetcher(allow_private_networks=True) as fetcher:
         poller = poller_of(feed, store, fetcher)
         await poller.poll_once()
-    state = store.feed_state("json")
+    state = await store.feed_state("json")
     assert state is not None and state.failures == 0, state
-    assert store.pending_count("!r:x") == 2
+    assert await store.pending_count("!r:x") == 2
     store.close()

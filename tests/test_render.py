@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.feeds.decide import fingerprint
 from bot.model import Entry, Message
+from bot.plan import fingerprint
 from bot.render import (
     ALLOWED_TAGS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -25,10 +25,10 @@ from bot.render import (
     link_markup,
     message_size,
     render_entry,
-    safe_event_content,
     safe_state_content,
     sanitize_html,
 )
+from bot.transport.matrix.events import safe_event_content
 
 NBSP = "\u00a0"
 NNBSP = "\u202f"

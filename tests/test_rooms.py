@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from bot.config import Config, RoomConfig, load_config_text
 from bot.errors import ConfigError
-from bot.model import Delivery, DeliveryKind
+from bot.model import Delivery, DeliveryKind, Message
 from bot.rooms import (
     RoomManager,
     RoomReport,
@@ -31,7 +31,7 @@ from bot.rooms import (
     plan,
     split_topic,
 )
-from bot.store import NewDelivery, PollOutcome, Store
+from bot.store import NewDelivery, PollOutcome, SqliteStore, Store
 from bot.transport.base import Transport
 from tests.botkit import InProcessBot, bot_config, load, write_config
 from tests.support import (
@@ -571,7 +571,7 @@ class _PinRecorder(_NoRooms):
 async def test_only_the_newest_feed_item_is_pinned(tmp_path: Path) -> None:
     config, _ = rooms_config("  - alias: actus\n")
     transport = _PinRecorder()
-    store = Store.open(tmp_path)
+    store = SqliteStore.open(tmp_path)
     manager = RoomManager(config, cast(Transport, transport), store)
     room = "#actus:example.org"
 
@@ -584,16 +584,16 @@ async def test_only_the_newest_feed_item_is_pinned(tmp_path: Path) -> None:
     await manager.on_delivered(delivery("e1", "edit"), "!r", "$2")
     await manager.on_delivered(delivery("e1", "image", msgtype="m.image"), "!r", "$3")
     # A newer item is about to be posted: it will be the one pinned.
-    store.ensure_feed("news", "https://x/feed")
-    store.record_poll(PollOutcome(
+    await store.ensure_feed("news", "https://x/feed")
+    await store.record_poll(PollOutcome(
         feed="news", now=1.0, next_fetch=2.0, etag=None, last_modified=None, body_hash=None,
         title=None, new_url=None, seen_entry_ids=["e2"],
-        deliveries=[NewDelivery("e2", room, {"msgtype": "m.notice", "body": "e2"})]))
+        deliveries=[NewDelivery("e2", room, Message("e2", "e2"))]))
     await manager.on_delivered(delivery("e1"), "!r", "$4")
     assert transport.pinned == []
-    pending = store.next_pending(room)
+    pending = await store.next_pending(room)
     assert pending is not None
-    store.mark_sent(pending.key, "$5", 3.0)
+    await store.mark_sent(pending.key, "$5", 3.0)
     await manager.on_delivered(delivery("e2"), "!r", "$5")
     assert transport.pinned == [["$human", "$5"]]
     store.close()

@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from bot.config import load_config_text
+from bot.model import Message
 from bot.statecheck import state_warnings
-from bot.store import NewDelivery, PollOutcome, RoomFeed, Store
+from bot.store import NewDelivery, PollOutcome, RoomFeed, SqliteStore
 from bot.store.sqlite import DB_FILENAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,17 +34,17 @@ feeds:
 """
 
 
-def test_disagreements_are_listed_and_the_database_is_not_touched(tmp_path: Path) -> None:
+async def test_disagreements_are_listed_and_the_database_is_not_touched(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(CONFIG)
-    store = Store.open(tmp_path / "state")
-    store.ensure_feed("actus", "http://127.0.0.1/old-actus.xml")
-    store.ensure_feed("old", "http://127.0.0.1/old.xml")
-    store.ensure_feed("blog", "http://127.0.0.1/blog.xml")
-    store.disable_feed("blog", "HTTP 410 Gone at http://127.0.0.1/blog.xml", now=1.0,
+    store = SqliteStore.open(tmp_path / "state")
+    await store.ensure_feed("actus", "http://127.0.0.1/old-actus.xml")
+    await store.ensure_feed("old", "http://127.0.0.1/old.xml")
+    await store.ensure_feed("blog", "http://127.0.0.1/blog.xml")
+    await store.disable_feed("blog", "HTTP 410 Gone at http://127.0.0.1/blog.xml", now=1.0,
                        notices=[])
-    store.add_room_feed(RoomFeed("actus", "http://x/y", "!other:localhost", 60, "@m:x", 1.0))
-    store.record_poll(PollOutcome("old", 1.0, 2.0, None, None, None, None, None, ["e"],
-                                  [NewDelivery("e", "!gone:localhost", {"body": "x"})]))
+    await store.add_room_feed(RoomFeed("actus", "http://x/y", "!other:localhost", 60, "@m:x", 1.0))
+    await store.record_poll(PollOutcome("old", 1.0, 2.0, None, None, None, None, None, ["e"],
+                                  [NewDelivery("e", "!gone:localhost", Message("x", "x"))]))
     store.close()
     before = hashlib.sha256((tmp_path / "state" / DB_FILENAME).read_bytes()).hexdigest()
     config, _ = load_config_text(CONFIG, base_dir=tmp_path, environ={"TOKEN": "t0ken-value"})
@@ -58,7 +59,7 @@ def test_disagreements_are_listed_and_the_database_is_not_touched(tmp_path: Path
     after = hashlib.sha256((tmp_path / "state" / DB_FILENAME).read_bytes()).hexdigest()
     assert before == after
 
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: ASYNC221 - a short command; nothing else runs here
         [sys.executable, "-m", "bot", "check-config", "-c", str(tmp_path / "c.yaml")],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
         env={**os.environ, "TOKEN": "t0ken-value", "PYTHONPATH": str(ROOT)})

@@ -14,7 +14,7 @@ import pytest
 from nio.crypto import InboundGroupSession, OlmAccount, OutboundGroupSession, OutboundSession
 
 from bot.errors import StorageError
-from bot.store import Store
+from bot.store import SqliteStore
 from bot.store.sqlite import DB_FILENAME
 from bot.transport.matrix import crypto as matrix_crypto
 from bot.transport.matrix.crypto import (
@@ -42,12 +42,12 @@ def loose_umask() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("loose_umask")
-def test_a_new_database_in_an_existing_0755_directory_is_private(tmp_path: Path) -> None:
+async def test_a_new_database_in_an_existing_0755_directory_is_private(tmp_path: Path) -> None:
     storage = tmp_path / "state"
     storage.mkdir(mode=0o755)
     storage.chmod(0o755)
-    store = Store.open(storage)
-    store.ensure_feed("news", "https://example.org/feed")   # the -wal and -shm appear
+    store = SqliteStore.open(storage)
+    await store.ensure_feed("news", "https://example.org/feed")   # the -wal and -shm appear
     db = storage / DB_FILENAME
     wal, shm = db.with_name(DB_FILENAME + "-wal"), db.with_name(DB_FILENAME + "-shm")
     assert wal.exists() and shm.exists()
@@ -57,16 +57,16 @@ def test_a_new_database_in_an_existing_0755_directory_is_private(tmp_path: Path)
 
 
 @pytest.mark.usefixtures("loose_umask")
-def test_an_older_database_readable_by_all_is_tightened(tmp_path: Path) -> None:
+async def test_an_older_database_readable_by_all_is_tightened(tmp_path: Path) -> None:
     storage = tmp_path / "state"
-    Store.open(storage).close()
+    SqliteStore.open(storage).close()
     storage.chmod(0o755)
     files = [storage / (DB_FILENAME + suffix) for suffix in ("", "-wal", "-shm")]
     for path in files:
         path.touch()
         path.chmod(0o644)
-    store = Store.open(storage)
-    store.ensure_feed("news", "https://example.org/feed")
+    store = SqliteStore.open(storage)
+    await store.ensure_feed("news", "https://example.org/feed")
     assert mode(storage) == 0o700
     assert [mode(p) for p in files] == [0o600] * 3
     store.close()
@@ -83,7 +83,7 @@ def test_a_storage_directory_that_cannot_be_made_private_is_a_clear_error(
 
     monkeypatch.setattr(Path, "chmod", refused)
     with pytest.raises(StorageError, match="make private"):
-        Store.open(storage)
+        SqliteStore.open(storage)
 
 
 # --- the pickle key -------------------------------------------------------------------

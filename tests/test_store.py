@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 
 from bot.errors import StorageError
-from bot.model import delivery_key
-from bot.store import NewDelivery, PollOutcome, Store
+from bot.model import Message, delivery_key
+from bot.store import NewDelivery, PollOutcome, SqliteStore
 from bot.store.schema import SCHEMA_VERSION
 from bot.store.sqlite import DB_FILENAME
 
@@ -15,114 +15,115 @@ def outcome(feed: str, entries: list[str], rooms: list[str], *, now: float = 100
     return PollOutcome(
         feed=feed, now=now, next_fetch=now + 60, etag=etag, last_modified=None,
         body_hash="h", title="T", new_url=None, seen_entry_ids=entries,
-        deliveries=[NewDelivery(e, r, {"body": e, "room": r}) for e in entries for r in rooms])
+        deliveries=[NewDelivery(e, r, Message(e, r)) for e in entries for r in rooms])
 
 
 def test_schema_version_and_wal(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
+    store = SqliteStore.open(tmp_path)
     conn = sqlite3.connect(tmp_path / DB_FILENAME)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
 
 
-def test_poll_is_recorded_atomically_and_survives_reopen(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
-    store.ensure_feed("news", "http://a/feed")
-    rooms = store.record_poll(outcome("news", ["a", "b"], ["!r1:x", "!r2:x"]))
+async def test_poll_is_recorded_atomically_and_survives_reopen(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.ensure_feed("news", "http://a/feed")
+    rooms = await store.record_poll(outcome("news", ["a", "b"], ["!r1:x", "!r2:x"]))
     assert rooms == ["!r1:x", "!r2:x"]
     store.close()
 
-    store = Store.open(tmp_path)
-    state = store.feed_state("news")
+    store = SqliteStore.open(tmp_path)
+    state = await store.feed_state("news")
     assert state is not None and state.initialized and state.etag == "e1"
-    assert store.unseen("news", ["a", "b", "c"]) == {"c"}
-    first = store.next_pending("!r1:x")
+    assert await store.unseen("news", ["a", "b", "c"]) == {"c"}
+    first = await store.next_pending("!r1:x")
     assert first is not None and first.entry_id == "a"
     assert first.key == delivery_key("news", "a", "!r1:x")
-    assert store.pending_count() == 4
+    assert await store.pending_count() == 4
 
 
-def test_outbox_is_ordered_and_sent_items_leave_it(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
-    store.ensure_feed("news", "http://a/feed")
-    store.record_poll(outcome("news", ["a", "b"], ["!r:x"]))
-    store.record_poll(outcome("news", ["c"], ["!r:x"], now=200))
+async def test_outbox_is_ordered_and_sent_items_leave_it(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.ensure_feed("news", "http://a/feed")
+    await store.record_poll(outcome("news", ["a", "b"], ["!r:x"]))
+    await store.record_poll(outcome("news", ["c"], ["!r:x"], now=200))
     order = []
-    while (d := store.next_pending("!r:x")) is not None:
-        store.mark_attempt(d.key, 300)
-        store.mark_sent(d.key, f"$ev{d.entry_id}", 301)
+    while (d := await store.next_pending("!r:x")) is not None:
+        await store.mark_attempt(d.key, 300)
+        await store.mark_sent(d.key, f"$ev{d.entry_id}", 301)
         order.append(d.entry_id)
     assert order == ["a", "b", "c"]
-    assert store.pending_count() == 0
+    assert await store.pending_count() == 0
 
 
-def test_same_delivery_enqueued_twice_is_one_row(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
-    store.ensure_feed("news", "http://a/feed")
-    store.record_poll(outcome("news", ["a"], ["!r:x"]))
-    assert store.record_poll(outcome("news", ["a"], ["!r:x"])) == []
-    assert store.pending_count() == 1
+async def test_same_delivery_enqueued_twice_is_one_row(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.ensure_feed("news", "http://a/feed")
+    await store.record_poll(outcome("news", ["a"], ["!r:x"]))
+    assert await store.record_poll(outcome("news", ["a"], ["!r:x"])) == []
+    assert await store.pending_count() == 1
 
 
-def test_attempt_is_remembered(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
-    store.ensure_feed("news", "http://a/feed")
-    store.record_poll(outcome("news", ["a"], ["!r:x"]))
-    d = store.next_pending("!r:x")
+async def test_attempt_is_remembered(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.ensure_feed("news", "http://a/feed")
+    await store.record_poll(outcome("news", ["a"], ["!r:x"]))
+    d = await store.next_pending("!r:x")
     assert d is not None
-    store.mark_attempt(d.key, 500.0)
-    store.mark_attempt(d.key, 900.0)
-    again = store.next_pending("!r:x")
+    await store.mark_attempt(d.key, 500.0)
+    await store.mark_attempt(d.key, 900.0)
+    again = await store.next_pending("!r:x")
     assert again is not None and again.first_attempt_at == 500.0 and again.attempts == 2
 
 
-def test_changed_url_keeps_seen_entries_and_drops_validators(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
-    store.ensure_feed("news", "http://old/feed")
-    store.record_poll(outcome("news", ["a"], []))
-    state = store.ensure_feed("news", "http://new/feed")
+async def test_changed_url_keeps_seen_entries_and_drops_validators(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.ensure_feed("news", "http://old/feed")
+    await store.record_poll(outcome("news", ["a"], []))
+    state = await store.ensure_feed("news", "http://new/feed")
     assert state.url == "http://new/feed" and state.etag is None
-    assert store.unseen("news", ["a"]) == set()
+    assert await store.unseen("news", ["a"]) == set()
 
 
-def test_failed_write_leaves_nothing_half_done(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
-    store.ensure_feed("news", "http://a/feed")
+async def test_failed_write_leaves_nothing_half_done(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.ensure_feed("news", "http://a/feed")
     bad = outcome("news", ["a", "b"], ["!r:x"])
-    object.__setattr__(bad, "deliveries", [*bad.deliveries, NewDelivery("z", "!r:x", {"x": {1}})])
+    unwritable = Message("z", "z", mentions=({1},))     # type: ignore[arg-type]
+    object.__setattr__(bad, "deliveries", [*bad.deliveries, NewDelivery("z", "!r:x", unwritable)])
     with pytest.raises(TypeError):
-        store.record_poll(bad)
-    assert store.unseen("news", ["a", "b"]) == {"a", "b"}
-    assert store.pending_count() == 0
+        await store.record_poll(bad)
+    assert await store.unseen("news", ["a", "b"]) == {"a", "b"}
+    assert await store.pending_count() == 0
 
 
 def test_corrupt_database_refuses_to_start_with_advice(tmp_path: Path) -> None:
     (tmp_path / DB_FILENAME).write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(StorageError, match="restore it from a backup"):
-        Store.open(tmp_path)
+        SqliteStore.open(tmp_path)
     # Nothing was reset behind the user's back.
     assert (tmp_path / DB_FILENAME).read_bytes().startswith(b"this is not sqlite")
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    Store.open(tmp_path).close()
+    SqliteStore.open(tmp_path).close()
     conn = sqlite3.connect(tmp_path / DB_FILENAME)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(StorageError, match="upgrade newsbot"):
-        Store.open(tmp_path)
+        SqliteStore.open(tmp_path)
 
 
-def test_kv_roundtrip(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
-    store.put("k", "1")
-    store.put("k", "2")
-    assert store.get("k") == "2"
-    assert store.get("missing") is None
+async def test_kv_roundtrip(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.put("k", "1")
+    await store.put("k", "2")
+    assert await store.get("k") == "2"
+    assert await store.get("missing") is None
 
 
-def test_a_version_1_database_is_migrated_keeping_its_data(tmp_path: Path) -> None:
+async def test_a_version_1_database_is_migrated_keeping_its_data(tmp_path: Path) -> None:
     from bot.store.schema import MIGRATIONS
     from bot.store.sqlite import _split_statements
     conn = sqlite3.connect(tmp_path / DB_FILENAME)
@@ -133,57 +134,58 @@ def test_a_version_1_database_is_migrated_keeping_its_data(tmp_path: Path) -> No
     conn.execute("PRAGMA user_version = 1")
     conn.commit()
     conn.close()
-    store = Store.open(tmp_path)
-    state = store.feed_state("n")
+    store = SqliteStore.open(tmp_path)
+    state = await store.feed_state("n")
     assert state is not None and state.disabled is None
-    assert store.unseen("n", ["e1", "e2"]) == {"e2"}
+    assert await store.unseen("n", ["e1", "e2"]) == {"e2"}
 
 
-def test_disabling_a_feed_queues_its_notices_once(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
-    store.ensure_feed("news", "http://a/feed")
-    notice = [NewDelivery("gone", "!r:x", {"body": "gone"})]
-    assert store.disable_feed("news", "410", now=1.0, notices=notice) == ["!r:x"]
-    assert store.disable_feed("news", "410", now=2.0, notices=notice) == []
-    state = store.feed_state("news")
+async def test_disabling_a_feed_queues_its_notices_once(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.ensure_feed("news", "http://a/feed")
+    notice = [NewDelivery("gone", "!r:x", Message("gone", "gone"))]
+    assert await store.disable_feed("news", "410", now=1.0, notices=notice) == ["!r:x"]
+    assert await store.disable_feed("news", "410", now=2.0, notices=notice) == []
+    state = await store.feed_state("news")
     assert state is not None and state.disabled == "410"
     # A new URL in the config brings the feed back with a clean record.
-    state = store.ensure_feed("news", "http://b/feed")
+    state = await store.ensure_feed("news", "http://b/feed")
     assert state.disabled is None and state.failures == 0
 
 
-def test_full_storage_is_a_clear_error_and_leaves_nothing_half_written(tmp_path: Path) -> None:
-    store = Store.open(tmp_path)
-    store.ensure_feed("news", "http://a/feed")
+async def test_full_storage_is_a_clear_error_and_leaves_nothing_half_written(
+        tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.ensure_feed("news", "http://a/feed")
     # A database that cannot grow any more behaves like a full disk.
     pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
     store._conn.execute(f"PRAGMA max_page_count = {pages}")
-    big = {"body": "x" * 200_000}
+    big = Message("x" * 200_000, "")
     with pytest.raises(StorageError, match="free some disk space"):
-        store.record_poll(PollOutcome(
+        await store.record_poll(PollOutcome(
             feed="news", now=1.0, next_fetch=2.0, etag="e", last_modified=None,
             body_hash=None, title=None, new_url=None, seen_entry_ids=["a"],
             deliveries=[NewDelivery("a", "!r:x", big)]))
-    assert store.unseen("news", ["a"]) == {"a"}
-    assert store.pending_count() == 0
-    state = store.feed_state("news")
+    assert await store.unseen("news", ["a"]) == {"a"}
+    assert await store.pending_count() == 0
+    state = await store.feed_state("news")
     assert state is not None and state.etag is None
 
 
-def test_read_only_storage_is_a_clear_error(tmp_path: Path) -> None:
-    Store.open(tmp_path).close()
+async def test_read_only_storage_is_a_clear_error(tmp_path: Path) -> None:
+    SqliteStore.open(tmp_path).close()
     conn = sqlite3.connect(f"file:{tmp_path / DB_FILENAME}?mode=ro", uri=True,
                            isolation_level=None)
-    store = Store(conn, tmp_path / DB_FILENAME)
+    store = SqliteStore(conn, tmp_path / DB_FILENAME)
     with pytest.raises(StorageError, match="must be writable"):
-        store.ensure_feed("news", "http://a/feed")
+        await store.ensure_feed("news", "http://a/feed")
 
 
-def test_old_media_rows_are_forgotten(tmp_path: Path) -> None:
+async def test_old_media_rows_are_forgotten(tmp_path: Path) -> None:
     from bot.store import MediaRow
-    store = Store.open(tmp_path)
-    store.put_media(MediaRow("http://a/old.png", "mxc://x/1", "image/png", 10, 20, 20), 100.0)
-    store.put_media(MediaRow("http://a/new.png", "mxc://x/2", "image/png", 10, 20, 20), 900.0)
-    assert store.prune_media(500.0) == 1
-    assert store.media("http://a/old.png") is None
-    assert store.media("http://a/new.png") is not None
+    store = SqliteStore.open(tmp_path)
+    await store.put_media(MediaRow("http://a/old.png", "mxc://x/1", "image/png", 10, 20, 20), 100.0)
+    await store.put_media(MediaRow("http://a/new.png", "mxc://x/2", "image/png", 10, 20, 20), 900.0)
+    assert await store.prune_media(500.0) == 1
+    assert await store.media("http://a/old.png") is None
+    assert await store.media("http://a/new.png") is not None

@@ -35,8 +35,8 @@ from bot.clock import SystemClock
 from bot.config import FeedConfig, FetchConfig
 from bot.feeds.fetch import Fetcher
 from bot.feeds.parse import parse_feed
-from bot.feeds.poller import FeedPoller
 from bot.model import Entry, Message
+from bot.poller import FeedPoller
 from bot.render import (
     ALLOWED_TAGS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -50,9 +50,10 @@ from bot.render import (
     render_entry,
     sanitize_html,
 )
-from bot.store import Store
+from bot.store import SqliteStore, Store
 from bot.templates import BUILTIN_TEMPLATES, TemplateLimitError
 from tests.support import FeedServer
+from tests.support.rows import content_of
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 UPDATE = os.environ.get("NEWSBOT_UPDATE_GOLDEN") == "1"
@@ -740,7 +741,7 @@ def test_a_message_under_the_budget_is_not_touched() -> None:
 
 @pytest_asyncio.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = Store.open(tmp_path / "state")
+    opened = SqliteStore.open(tmp_path / "state")
     try:
         yield opened
     finally:
@@ -760,13 +761,13 @@ async def test_the_poller_posts_the_golden_messages_with_the_feed_settings(
                             limiter=asyncio.Semaphore(1), on_enqueued=lambda _rooms: None,
                             rng=random.Random(0))
         await poller.poll_once()
-    delivery = store.next_pending(rooms[0])
+    delivery = await store.next_pending(rooms[0])
     assert delivery is not None
     expected_html = (GOLDEN / "newsletter.full.html").read_text(encoding="utf-8")
     expected_body = (GOLDEN / "newsletter.full.txt").read_text(encoding="utf-8")
     header = f"===== {LINK} =====\n"
-    assert expected_html == f"{header}{delivery.content['formatted_body']}\n"
-    assert expected_body == f"{header}{delivery.content['body']}\n"
+    assert expected_html == f"{header}{content_of(delivery)['formatted_body']}\n"
+    assert expected_body == f"{header}{content_of(delivery)['body']}\n"
 
 
 async def test_the_poller_uses_the_feed_template_and_budget(
@@ -784,9 +785,9 @@ async def test_the_poller_uses_the_feed_template_and_budget(
                             limiter=asyncio.Semaphore(1), on_enqueued=lambda _rooms: None,
                             rng=random.Random(0))
         await poller.poll_once()
-    delivery = store.next_pending(rooms[0])
+    delivery = await store.next_pending(rooms[0])
     assert delivery is not None
-    html = str(delivery.content["formatted_body"])
+    html = str(content_of(delivery)["formatted_body"])
     assert html.startswith("<h3>Lettre n°&nbsp;42 — décembre 2025</h3>")
     assert html.endswith(f'<p><a href="{LINK}">Lire la suite</a></p>')
-    assert message_size(Message(str(delivery.content["body"]), html)) <= MIN_MESSAGE_BYTES
+    assert message_size(Message(str(content_of(delivery)["body"]), html)) <= MIN_MESSAGE_BYTES

@@ -6,13 +6,10 @@ in which order. Kept pure so every rule (first sight, backfill, floods) is teste
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from bot.model import Entry
-from bot.render import html_to_text
 
 _NO_DATE = datetime.min.replace(tzinfo=UTC)
 
@@ -83,18 +80,3 @@ def decide(entries: tuple[Entry, ...] | list[Entry], unseen_ids: set[str], *,
     return Decision(tuple(chosen), mark, len(unseen) - len(chosen),
                     flood=len(chosen) < len(unseen))
 
-
-# Query parameters that only track readers: a link that gains or loses one is the same link.
-_TRACKING = re.compile(
-    r"(?<=[?&])(?:utm_[a-z_]+|fbclid|gclid|dclid|msclkid|mc_cid|mc_eid|_hsenc|_hsmi|"
-    r"mkt_tok|yclid|igshid)=[^&\s\"'<>)]*&?", re.IGNORECASE)
-
-
-def fingerprint(entry: Entry) -> str:
-    """What an entry says, for noticing corrections: its title, text and link, with
-    whitespace and tracking parameters ignored (those changes are not corrections)."""
-    text = html_to_text(entry.content_html or entry.summary_html)
-    parts = [entry.title, text, entry.link or ""]
-    normalized = "\n".join(" ".join(_TRACKING.sub("", p).replace("?&", "?").split())
-                           .rstrip("?&") for p in parts)
-    return hashlib.sha256(normalized.encode()).hexdigest()

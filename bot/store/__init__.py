@@ -1,4 +1,10 @@
-from bot.store.sqlite import (
+"""The bot's state: value types (types), the protocol the bot asks of a store (base), and
+its SQLite implementation (sqlite)."""
+
+from bot.store.base import FeedStore, KeyValueStore, OutboxStore, Store, SubscriptionStore
+from bot.store.sqlite import SqliteStore
+from bot.store.types import (
+    RECENT_PER_FEED,
     Correction,
     DigestItem,
     FeedState,
@@ -8,9 +14,10 @@ from bot.store.sqlite import (
     RecentEntry,
     RoomFeed,
     RoomFeedSettings,
-    Store,
     Subscriber,
 )
 
-__all__ = ["Correction", "DigestItem", "FeedState", "MediaRow", "NewDelivery", "PollOutcome",
-           "RecentEntry", "RoomFeed", "RoomFeedSettings", "Store", "Subscriber"]
+__all__ = ["RECENT_PER_FEED", "Correction", "DigestItem", "FeedState", "FeedStore",
+           "KeyValueStore", "MediaRow", "NewDelivery", "OutboxStore", "PollOutcome",
+           "RecentEntry", "RoomFeed", "RoomFeedSettings", "SqliteStore", "Store",
+           "Subscriber", "SubscriptionStore"]

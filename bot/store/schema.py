@@ -162,6 +162,45 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE kind = 'item' AND state = 'sent' AND event_id IS NOT NULL;
     ALTER TABLE posted_entry ADD COLUMN edits INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: the outbox names no network's format. A row has its target (network and address)
+    # and its message in no network's format (what planning made), and the transport's
+    # encoding of it (payload) is fixed before its first attempt. Rows queued by older
+    # versions keep their Matrix event content as their payload, with no message: the
+    # Matrix transport sends them as they are. A claim (by whom, until when) lets the
+    # worker of a target take its rows, and another instance take over a lapsed claim.
+    """
+    CREATE TABLE outbox_v7 (
+        seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+        key              TEXT NOT NULL UNIQUE,
+        feed             TEXT NOT NULL,
+        entry_id         TEXT NOT NULL,
+        kind             TEXT NOT NULL,     -- item, image, edit, digest, notice, reply, welcome
+        network          TEXT NOT NULL,     -- the target: its network (matrix)
+        room             TEXT NOT NULL,     -- and its address there, as configured
+        subject          TEXT,              -- the entry it shows or corrects, or a command
+        message          TEXT,              -- the Message, JSON (NULL: queued by newsbot before 7)
+        payload          TEXT,              -- the transport's encoding, fixed before sending
+        created_at       REAL NOT NULL,
+        first_attempt_at REAL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        state            TEXT NOT NULL DEFAULT 'pending',   -- pending, sent, rejected, failed
+        event_id         TEXT,
+        sent_at          REAL,
+        error            TEXT,
+        failures         INTEGER NOT NULL DEFAULT 0,
+        claimed_by       TEXT,
+        claimed_until    REAL
+    );
+    INSERT INTO outbox_v7 (seq, key, feed, entry_id, kind, network, room, subject, message,
+                           payload, created_at, first_attempt_at, attempts, state, event_id,
+                           sent_at, error, failures)
+        SELECT seq, key, feed, entry_id, kind, 'matrix', room, subject, NULL, content,
+               created_at, first_attempt_at, attempts, state, event_id, sent_at, error, failures
+        FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_v7 RENAME TO outbox;
+    CREATE INDEX outbox_pending ON outbox (network, room, seq) WHERE state = 'pending';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,92 +12,32 @@ import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bot.errors import StorageError
 from bot.filemodes import private_dir, private_file, tighten
-from bot.model import Delivery, DeliveryKind, delivery_key
+from bot.model import Delivery, Message, Target, delivery_key
 from bot.store.schema import MIGRATIONS, SCHEMA_VERSION
+from bot.store.types import (
+    RECENT_PER_FEED,
+    Correction,
+    DigestItem,
+    FeedState,
+    MediaRow,
+    NewDelivery,
+    PollOutcome,
+    RecentEntry,
+    RoomFeed,
+    RoomFeedSettings,
+    Subscriber,
+)
 
 log = logging.getLogger(__name__)
 
 DB_FILENAME = "newsbot.sqlite3"
 
 
-@dataclass(frozen=True, slots=True)
-class FeedState:
-    name: str
-    url: str
-    configured_url: str
-    etag: str | None
-    last_modified: str | None
-    body_hash: str | None
-    initialized: bool
-    disabled: str | None
-    title: str | None
-    last_fetch: float | None
-    last_success: float | None
-    last_error: str | None
-    failures: int
-    next_fetch: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    entry_id: str                 # the row's id in its feed: the entry id, "<id>#image"...
-    room: str
-    content: dict[str, object]
-    kind: DeliveryKind = "item"
-    subject: str | None = None    # the feed entry it shows or corrects (items: entry_id)
-    # For a personal subscriber's copy: who. Queued only if they still follow the feed
-    # in that conversation when the poll commits (not if they left or were forgotten).
-    subscriber: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Correction:
-    """A posted entry's new version for one room: replaces the pending message if no send
-    was attempted yet, else becomes an edit of it (``edit``, whose target event is looked
-    up when it is sent: the outbox sends a room's rows in order, so the original is sent
-    or refused by then)."""
-
-    entry_id: str
-    room: str
-    content: dict[str, object]    # the new version, as the original would carry it
-    edit: NewDelivery | None      # None: past max_edits, posted messages stay as they are
-
-
-@dataclass(frozen=True, slots=True)
-class RecentEntry:
-    feed: str
-    entry_id: str
-    title: str
-    link: str | None
-    published: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class RoomFeed:
-    """A feed a moderator added to a room by command."""
-
-    name: str
-    url: str
-    room: str
-    interval: float
-    added_by: str
-    added_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class RoomFeedSettings:
-    paused: bool = False
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-
-
-RECENT_PER_FEED = 20
 # What is stored of a feed's own words is bounded, whatever the feed sends: a longer
 # title is cut, a longer link is not kept (half a link is a broken link).
 MAX_STORED_TITLE = 1000
@@ -112,63 +52,6 @@ def _title(title: str) -> str:
 def _link(link: str | None) -> str | None:
     return link if link is None or len(link) <= MAX_STORED_LINK else None
 
-
-@dataclass(frozen=True, slots=True)
-class Subscriber:
-    user_id: str
-    dm_room: str
-    digest: str                  # off | daily | weekly
-    language: str | None
-    digest_due: float | None
-    feeds: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class DigestItem:
-    user_id: str
-    feed: str
-    entry_id: str
-    title: str
-    link: str | None
-    published: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class MediaRow:
-    """An image fetched once: its mxc URI, or None when it is not one to show."""
-
-    url: str
-    mxc: str | None
-    mimetype: str | None
-    size: int | None
-    width: int | None
-    height: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class PollOutcome:
-    """Everything a successful poll changes, written in one transaction."""
-
-    feed: str
-    now: float
-    next_fetch: float
-    etag: str | None
-    last_modified: str | None
-    body_hash: str | None
-    title: str | None
-    new_url: str | None              # set after a permanent redirect
-    seen_entry_ids: Sequence[str]
-    deliveries: Sequence[NewDelivery]
-    recent: Sequence[RecentEntry] = ()
-    fingerprints: Sequence[tuple[str, str]] = ()     # (entry id, fingerprint) of posted ones
-    digest: Sequence[DigestItem] = ()                 # for subscribers' next digests
-    # Posted entries that changed: their new fingerprints (recorded whether an edit is
-    # sent or not), and the corrections to apply.
-    changed: Sequence[tuple[str, str]] = ()
-    corrections: Sequence[Correction] = ()
-    # Entries chosen for posting that this poll could not render in time: owed to the
-    # next poll (None: leave what is stored).
-    carried: Sequence[str] | None = None
 
 
 def _storage_error(path: Path, exc: sqlite3.Error) -> StorageError:
@@ -185,8 +68,10 @@ def _storage_error(path: Path, exc: sqlite3.Error) -> StorageError:
     return StorageError(f"state database {path}: {text}; {hint}")
 
 
-class Store:
-    """Synchronous SQLite access. Calls are short; they run on the event loop thread."""
+class SqliteStore:
+    """The Store protocol (bot.store.base) on one SQLite file. Its calls are short and
+    run on the event loop's thread, each to its end without yielding: a call is one
+    transaction, and nothing else runs in the middle of it."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
@@ -195,7 +80,7 @@ class Store:
     # -- opening -----------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: Path) -> Store:
+    def open(cls, directory: Path) -> SqliteStore:
         try:
             private_dir(directory)
         except OSError as exc:
@@ -284,7 +169,7 @@ class Store:
 
     # -- feeds -------------------------------------------------------------------------
 
-    def ensure_feed(self, name: str, configured_url: str) -> FeedState:
+    async def ensure_feed(self, name: str, configured_url: str) -> FeedState:
         """The feed's state, created on first sight. A changed config URL replaces the
         stored one (and its validators) but keeps everything seen: identity is the name."""
         with self._guard(), self._transaction() as c:
@@ -299,11 +184,14 @@ class Store:
                           "last_modified = NULL, disabled = NULL, failures = 0, "
                           "last_error = NULL, next_fetch = NULL WHERE name = ?",
                           (configured_url, configured_url, name))
-        state = self.feed_state(name)
+        state = self._feed_state(name)
         assert state is not None
         return state
 
-    def feed_state(self, name: str) -> FeedState | None:
+    async def feed_state(self, name: str) -> FeedState | None:
+        return self._feed_state(name)
+
+    def _feed_state(self, name: str) -> FeedState | None:
         with self._guard():
             row = self._conn.execute(
                 "SELECT name, url, configured_url, etag, last_modified, body_hash, initialized, "
@@ -327,13 +215,13 @@ class Store:
                 yield from self._conn.execute(
                     f"{select} WHERE feed = ? AND entry_id IN ({marks})", (feed, *chunk))
 
-    def unseen(self, feed: str, entry_ids: Iterable[str]) -> set[str]:
+    async def unseen(self, feed: str, entry_ids: Iterable[str]) -> set[str]:
         """Those of ``entry_ids`` never seen in this feed."""
         ids = list(dict.fromkeys(entry_ids))
         seen = {r[0] for r in self._for_entries("SELECT entry_id FROM seen", feed, ids)}
         return {i for i in ids if i not in seen}
 
-    def record_poll(self, outcome: PollOutcome) -> list[str]:
+    async def record_poll(self, outcome: PollOutcome) -> list[str]:
         """Commit a successful poll atomically. Returns the rooms that got new deliveries."""
         with self._guard(), self._transaction() as c:
             c.executemany("INSERT OR IGNORE INTO seen (feed, entry_id, seen_at) VALUES (?, ?, ?)",
@@ -372,12 +260,12 @@ class Store:
                  outcome.new_url, outcome.now, outcome.now, outcome.next_fetch, outcome.feed))
         return rooms
 
-    def carried(self, feed: str) -> list[str]:
+    async def carried(self, feed: str) -> list[str]:
         """Entries an earlier poll chose to post but could not render in time."""
-        raw = self.get(_CARRIED_KEY + feed)
+        raw = self._get(_CARRIED_KEY + feed)
         return list(json.loads(raw)) if raw else []
 
-    def record_not_modified(self, feed: str, *, now: float, next_fetch: float,
+    async def record_not_modified(self, feed: str, *, now: float, next_fetch: float,
                             etag: str | None = None, last_modified: str | None = None) -> None:
         with self._guard(), self._transaction() as c:
             c.execute("UPDATE feed_state SET last_fetch = ?, last_success = ?, last_error = NULL, "
@@ -385,7 +273,7 @@ class Store:
                       "last_modified = COALESCE(?, last_modified) WHERE name = ?",
                       (now, now, next_fetch, etag, last_modified, feed))
 
-    def disable_feed(self, feed: str, reason: str, *, now: float,
+    async def disable_feed(self, feed: str, reason: str, *, now: float,
                      notices: Sequence[NewDelivery]) -> list[str]:
         """Stop polling a feed for good and queue the rooms' notices, in one transaction."""
         with self._guard(), self._transaction() as c:
@@ -394,6 +282,12 @@ class Store:
                       (reason, now, reason, feed))
             rooms = self._enqueue(c, feed, notices, now)
         return rooms
+
+    async def enqueue(self, feed: str, deliveries: Sequence[NewDelivery], now: float) -> list[str]:
+        """Queue rows that no poll made (a command's answer, a welcome), at once; returns
+        the rooms that got new rows (a row already queued under its key is not twice)."""
+        with self._guard(), self._transaction() as c:
+            return self._enqueue(c, feed, deliveries, now)
 
     def _enqueue(self, c: sqlite3.Connection, feed: str, deliveries: Sequence[NewDelivery],
                  now: float) -> list[str]:
@@ -408,10 +302,10 @@ class Store:
             subject = d.subject if d.subject is not None else (
                 d.entry_id if d.kind == "item" else None)
             cur = c.execute(
-                "INSERT OR IGNORE INTO outbox (key, feed, entry_id, room, content, created_at, "
-                "kind, subject) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, feed, d.entry_id, d.room, json.dumps(d.content, ensure_ascii=False), now,
-                 d.kind, subject))
+                "INSERT OR IGNORE INTO outbox (key, feed, entry_id, kind, network, room, "
+                "subject, message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, feed, d.entry_id, d.kind, d.network, d.room, subject,
+                 _message_json(d.message), now))
             if cur.rowcount and d.room not in rooms:
                 rooms.append(d.room)
         return rooms
@@ -423,9 +317,10 @@ class Store:
         edits: list[NewDelivery] = []
         for fix in corrections:
             key = delivery_key(feed, fix.entry_id, fix.room)
-            cur = c.execute("UPDATE outbox SET content = ? WHERE key = ? AND state = 'pending' "
-                            "AND first_attempt_at IS NULL",
-                            (json.dumps(fix.content, ensure_ascii=False), key))
+            # An encoding made for the old version goes with it.
+            cur = c.execute("UPDATE outbox SET message = ?, payload = NULL WHERE key = ? AND "
+                            "state = 'pending' AND first_attempt_at IS NULL",
+                            (_message_json(fix.message), key))
             if cur.rowcount:
                 continue            # not sent yet: the corrected version goes out instead
             shown = c.execute(
@@ -442,7 +337,7 @@ class Store:
                       "entry_id = ?", [(feed, entry_id) for entry_id in edited])
         return self._enqueue(c, feed, edits, now)
 
-    def record_failure(self, feed: str, error: str, *, now: float, next_fetch: float) -> int:
+    async def record_failure(self, feed: str, error: str, *, now: float, next_fetch: float) -> int:
         """Store a failed poll; returns the number of consecutive failures."""
         with self._guard(), self._transaction() as c:
             c.execute("UPDATE feed_state SET last_fetch = ?, last_error = ?, "
@@ -453,20 +348,44 @@ class Store:
 
     # -- outbox ------------------------------------------------------------------------
 
-    def next_pending(self, room: str) -> Delivery | None:
-        """The oldest undelivered item for ``room``: items go out in the order they were found."""
+    _ROW = ("SELECT key, feed, entry_id, room, message, payload, created_at, first_attempt_at, "
+            "attempts, kind, subject, failures, network FROM outbox")
+    # A target's rows go out in the order they were queued; a command's answer first.
+    _ORDER = "ORDER BY kind != 'reply', seq LIMIT 1"
+
+    async def next_pending(self, room: str, network: str = "matrix") -> Delivery | None:
+        """The row a target's worker sends next, without claiming it."""
         with self._guard():
             row = self._conn.execute(
-                "SELECT key, feed, entry_id, room, content, created_at, first_attempt_at, "
-                "attempts, kind, subject, failures FROM outbox WHERE room = ? AND "
-                "state = 'pending' ORDER BY seq LIMIT 1", (room,)).fetchone()
-        if row is None:
-            return None
-        return Delivery(key=row[0], feed=row[1], entry_id=row[2], room=row[3],
-                        content=json.loads(row[4]), created_at=row[5], first_attempt_at=row[6],
-                        attempts=row[7], kind=row[8], subject=row[9], failures=row[10])
+                f"{self._ROW} WHERE network = ? AND room = ? AND state = 'pending' "
+                f"{self._ORDER}", (network, room)).fetchone()
+        return None if row is None else _delivery(row)
 
-    def event_of(self, feed: str, entry_id: str, room: str) -> str | None:
+    async def claim_next(self, target: Target, *, owner: str, now: float,
+                   lease: float) -> Delivery | None:
+        """Claim the target's next row for ``lease`` seconds. None when it has none, or
+        when that row is claimed by another owner whose claim has not lapsed: a target's
+        rows are sent one at a time, in order, by one worker."""
+        with self._guard(), self._transaction() as c:
+            row = c.execute(
+                f"{self._ROW} WHERE network = ? AND room = ? AND state = 'pending' "
+                f"{self._ORDER}", (target.network, target.address)).fetchone()
+            if row is None:
+                return None
+            claim = c.execute("SELECT claimed_by, claimed_until FROM outbox WHERE key = ?",
+                              (row[0],)).fetchone()
+            if claim[0] not in (None, owner) and (claim[1] or 0) > now:
+                return None
+            c.execute("UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE key = ?",
+                      (owner, now + lease, row[0]))
+        return _delivery(row)
+
+    async def is_pending(self, key: str) -> bool:
+        with self._guard():
+            row = self._conn.execute("SELECT state FROM outbox WHERE key = ?", (key,)).fetchone()
+        return row is not None and row[0] == "pending"
+
+    async def event_of(self, feed: str, entry_id: str, room: str) -> str | None:
         """The event that shows this feed entry in this room, if it was posted there."""
         with self._guard():
             row = self._conn.execute(
@@ -476,7 +395,7 @@ class Store:
                 "LIMIT 1", (feed, entry_id, room, feed, entry_id, room)).fetchone()
         return None if row is None else str(row[0])
 
-    def record_failure_of(self, key: str, error: str, now: float, *, park_after: int) -> bool:
+    async def record_failure_of(self, key: str, error: str, now: float, *, park_after: int) -> bool:
         """An unforeseen error while delivering a row. After ``park_after`` of them the row
         is parked as 'failed' (True), so the room's later rows go on."""
         with self._guard(), self._transaction() as c:
@@ -487,18 +406,18 @@ class Store:
             row = c.execute("SELECT state FROM outbox WHERE key = ?", (key,)).fetchone()
         return row is not None and row[0] == "failed"
 
-    def failed_count(self) -> int:
+    async def failed_count(self) -> int:
         with self._guard():
             row = self._conn.execute(
                 "SELECT COUNT(*) FROM outbox WHERE state = 'failed'").fetchone()
         return int(row[0])
 
-    def pending_rooms(self) -> list[str]:
+    async def pending_rooms(self) -> list[str]:
         with self._guard():
             return [r[0] for r in self._conn.execute(
                 "SELECT DISTINCT room FROM outbox WHERE state = 'pending'")]
 
-    def pending_count(self, room: str | None = None) -> int:
+    async def pending_count(self, room: str | None = None) -> int:
         with self._guard():
             if room is None:
                 row = self._conn.execute(
@@ -509,54 +428,52 @@ class Store:
                     (room,)).fetchone()
         return int(row[0])
 
-    def mark_attempt(self, key: str, now: float,
-                     content: dict[str, object] | None = None) -> bool:
-        """Recorded *before* sending, so a crash mid-send is known on restart. With
-        ``content``, only if that is still what the row holds (a correction may have
-        replaced it meanwhile): False, and nothing recorded, when it is not."""
+    async def mark_attempt(self, key: str, now: float, payload: dict[str, Any] | None = None, *,
+                     expected: Message | None | Literal[False] = False) -> bool:
+        """Recorded *before* sending, so a crash mid-send is known on restart, with the
+        ``payload`` about to be sent (kept: a resend sends the very same). With
+        ``expected`` (the message the row held when read, None for a row of an older
+        newsbot), only if the row still holds that (a correction may have replaced it
+        meanwhile): False, and nothing recorded, when it does not."""
+        sets = "attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?)"
+        params: list[object] = [now]
+        if payload is not None:
+            sets += ", payload = ?"
+            params.append(json.dumps(payload, ensure_ascii=False))
+        where = "key = ?"
+        params.append(key)
+        if expected is not False:
+            where += " AND message IS ?"
+            params.append(None if expected is None else _message_json(expected))
         with self._guard(), self._transaction() as c:
-            if content is None:
-                cur = c.execute("UPDATE outbox SET attempts = attempts + 1, first_attempt_at = "
-                                "COALESCE(first_attempt_at, ?) WHERE key = ?", (now, key))
-            else:
-                cur = c.execute("UPDATE outbox SET attempts = attempts + 1, first_attempt_at = "
-                                "COALESCE(first_attempt_at, ?) WHERE key = ? AND content = ?",
-                                (now, key, json.dumps(content, ensure_ascii=False)))
+            cur = c.execute(f"UPDATE outbox SET {sets} WHERE {where}", params)
         return cur.rowcount > 0
 
-    def mark_sent(self, key: str, event_id: str, now: float) -> None:
+    async def mark_sent(self, key: str, event_id: str, now: float) -> None:
         with self._guard(), self._transaction() as c:
             c.execute("UPDATE outbox SET state = 'sent', event_id = ?, sent_at = ? WHERE key = ?",
                       (event_id, now, key))
+            # An answer or a welcome is kept only as the fact that it was sent (so it never
+            # goes twice), not with its words nor whom it named.
+            c.execute("UPDATE outbox SET message = NULL, payload = NULL WHERE key = ? AND "
+                      "kind IN ('reply', 'welcome')", (key,))
             # Remember which event shows a feed entry in a room, for edits in place (the
             # outbox row itself is forgotten after 30 days).
             c.execute("INSERT OR IGNORE INTO entry_event (feed, entry_id, room, event_id) "
                       "SELECT feed, subject, room, ? FROM outbox WHERE key = ? "
                       "AND kind = 'item' AND subject IS NOT NULL", (event_id, key))
 
-    def update_pending_content(self, key: str, content: dict[str, object], *,
-                               expected: dict[str, object] | None = None) -> bool:
-        """Replace what a delivery will send, while no attempt to send it was made (after
-        one, the homeserver may already hold the first version under its txn id). With
-        ``expected``, only if the row still holds that (else a correction is kept)."""
-        params: tuple[object, ...] = (json.dumps(content, ensure_ascii=False), key)
-        where = ""
-        if expected is not None:
-            where = " AND content = ?"
-            params += (json.dumps(expected, ensure_ascii=False),)
-        with self._guard(), self._transaction() as c:
-            cur = c.execute("UPDATE outbox SET content = ? WHERE key = ? AND state = 'pending' "
-                            "AND first_attempt_at IS NULL" + where, params)
-        return cur.rowcount > 0
-
-    def posted(self, feed: str, entry_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
+    async def posted(self, feed: str, entry_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
         """Of these entries, the posted ones: entry id -> (fingerprint of what was posted
         or last edited, how many times it was edited)."""
         return {entry_id: (fp, edits) for entry_id, fp, edits in self._for_entries(
             "SELECT entry_id, fingerprint, edits FROM posted_entry", feed,
             list(dict.fromkeys(entry_ids)))}
 
-    def subscriber(self, user_id: str) -> Subscriber | None:
+    async def subscriber(self, user_id: str) -> Subscriber | None:
+        return self._subscriber(user_id)
+
+    def _subscriber(self, user_id: str) -> Subscriber | None:
         with self._guard():
             row = self._conn.execute(
                 "SELECT user_id, dm_room, digest, language, digest_due FROM subscriber "
@@ -567,29 +484,29 @@ class Store:
                 "SELECT feed FROM subscription WHERE user_id = ? ORDER BY feed", (user_id,)))
         return Subscriber(row[0], row[1], row[2], row[3], row[4], feeds)
 
-    def subscriber_by_room(self, dm_room: str) -> Subscriber | None:
+    async def subscriber_by_room(self, dm_room: str) -> Subscriber | None:
         with self._guard():
             row = self._conn.execute("SELECT user_id FROM subscriber WHERE dm_room = ?",
                                      (dm_room,)).fetchone()
-        return None if row is None else self.subscriber(row[0])
+        return None if row is None else self._subscriber(row[0])
 
-    def subscribers_of(self, feed: str) -> list[Subscriber]:
+    async def subscribers_of(self, feed: str) -> list[Subscriber]:
         with self._guard():
             users = [r[0] for r in self._conn.execute(
                 "SELECT user_id FROM subscription WHERE feed = ? ORDER BY user_id", (feed,))]
-        return [s for s in (self.subscriber(u) for u in users) if s is not None]
+        return [s for s in (self._subscriber(u) for u in users) if s is not None]
 
-    def subscriber_count(self, feed: str) -> int:
+    async def subscriber_count(self, feed: str) -> int:
         with self._guard():
             row = self._conn.execute("SELECT COUNT(*) FROM subscription WHERE feed = ?",
                                      (feed,)).fetchone()
         return int(row[0])
 
-    def dm_rooms(self) -> list[str]:
+    async def dm_rooms(self) -> list[str]:
         with self._guard():
             return [r[0] for r in self._conn.execute("SELECT dm_room FROM subscriber")]
 
-    def save_subscriber(self, user_id: str, dm_room: str, *, digest: str | None = None,
+    async def save_subscriber(self, user_id: str, dm_room: str, *, digest: str | None = None,
                         language: str | None = None, digest_due: float | None = None) -> None:
         with self._guard(), self._transaction() as c:
             c.execute("INSERT INTO subscriber (user_id, dm_room) VALUES (?, ?) "
@@ -602,19 +519,19 @@ class Store:
                 c.execute("UPDATE subscriber SET language = ? WHERE user_id = ?",
                           (language, user_id))
 
-    def subscribe(self, user_id: str, feeds: Sequence[str]) -> None:
+    async def subscribe(self, user_id: str, feeds: Sequence[str]) -> None:
         with self._guard(), self._transaction() as c:
             c.executemany("INSERT OR IGNORE INTO subscription (user_id, feed) VALUES (?, ?)",
                           [(user_id, f) for f in feeds])
 
-    def unsubscribe(self, user_id: str, feeds: Sequence[str]) -> None:
+    async def unsubscribe(self, user_id: str, feeds: Sequence[str]) -> None:
         with self._guard(), self._transaction() as c:
             c.executemany("DELETE FROM subscription WHERE user_id = ? AND feed = ?",
                           [(user_id, f) for f in feeds])
             c.executemany("DELETE FROM digest_item WHERE user_id = ? AND feed = ?",
                           [(user_id, f) for f in feeds])
 
-    def forget_user(self, user_id: str) -> None:
+    async def forget_user(self, user_id: str) -> None:
         """Everything stored about a person, gone in one transaction."""
         with self._guard(), self._transaction() as c:
             row = c.execute("SELECT dm_room FROM subscriber WHERE user_id = ?",
@@ -626,18 +543,28 @@ class Store:
             # whose items go there keeps them.
             if row is not None and c.execute("SELECT 1 FROM subscriber WHERE dm_room = ?",
                                              (row[0],)).fetchone() is None:
-                room = row[0]
-                for table in ("outbox", "entry_event", "room_settings"):
-                    c.execute(f"DELETE FROM {table} WHERE room = ?", (room,))
+                self._forget_room(c, row[0])
 
-    def due_digests(self, now: float) -> list[Subscriber]:
+    async def forget_conversation(self, room: str) -> None:
+        """What is kept about a private conversation the bot left, unless it is still
+        someone's: its rows, its events, its settings."""
+        with self._guard(), self._transaction() as c:
+            if c.execute("SELECT 1 FROM subscriber WHERE dm_room = ?", (room,)).fetchone() is None:
+                self._forget_room(c, room)
+
+    @staticmethod
+    def _forget_room(c: sqlite3.Connection, room: str) -> None:
+        for table in ("outbox", "entry_event", "room_settings"):
+            c.execute(f"DELETE FROM {table} WHERE room = ?", (room,))
+
+    async def due_digests(self, now: float) -> list[Subscriber]:
         with self._guard():
             users = [r[0] for r in self._conn.execute(
                 "SELECT user_id FROM subscriber WHERE digest != 'off' AND digest_due <= ?",
                 (now,))]
-        return [s for s in (self.subscriber(u) for u in users) if s is not None]
+        return [s for s in (self._subscriber(u) for u in users) if s is not None]
 
-    def digest_items(self, user_id: str) -> list[DigestItem]:
+    async def digest_items(self, user_id: str) -> list[DigestItem]:
         with self._guard():
             rows = self._conn.execute(
                 "SELECT user_id, feed, entry_id, title, link, published FROM digest_item "
@@ -645,7 +572,7 @@ class Store:
                 (user_id,)).fetchall()
         return [DigestItem(*row) for row in rows]
 
-    def send_digest(self, user_id: str, items: Sequence[DigestItem],
+    async def send_digest(self, user_id: str, items: Sequence[DigestItem],
                     deliveries: Sequence[NewDelivery], feed: str, next_due: float,
                     now: float) -> list[str]:
         """Queue one digest (its messages) and forget its items, at once: never twice,
@@ -659,31 +586,31 @@ class Store:
 
     # -- media ---------------------------------------------------------------------------
 
-    def media(self, url: str) -> MediaRow | None:
+    async def media(self, url: str) -> MediaRow | None:
         with self._guard():
             row = self._conn.execute(
                 "SELECT url, mxc, mimetype, size, width, height FROM media_cache WHERE url = ?",
                 (url,)).fetchone()
         return None if row is None else MediaRow(*row)
 
-    def prune_media(self, older_than: float) -> int:
+    async def prune_media(self, older_than: float) -> int:
         with self._guard(), self._transaction() as c:
             cur = c.execute("DELETE FROM media_cache WHERE fetched_at < ?", (older_than,))
         return cur.rowcount
 
-    def put_media(self, media: MediaRow, now: float) -> None:
+    async def put_media(self, media: MediaRow, now: float) -> None:
         with self._guard(), self._transaction() as c:
             c.execute("INSERT OR REPLACE INTO media_cache (url, mxc, mimetype, size, width, "
                       "height, fetched_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                       (media.url, media.mxc, media.mimetype, media.size, media.width,
                        media.height, now))
 
-    def mark_rejected(self, key: str, error: str, now: float) -> None:
+    async def mark_rejected(self, key: str, error: str, now: float) -> None:
         with self._guard(), self._transaction() as c:
             c.execute("UPDATE outbox SET state = 'rejected', error = ?, sent_at = ? WHERE key = ?",
                       (error[:500], now, key))
 
-    def prune_sent(self, older_than: float) -> int:
+    async def prune_sent(self, older_than: float) -> int:
         """Forget delivered rows; ``seen`` alone keeps entries from being posted again."""
         with self._guard(), self._transaction() as c:
             cur = c.execute("DELETE FROM outbox WHERE state != 'pending' AND sent_at < ?",
@@ -705,7 +632,7 @@ class Store:
             "FROM recent_entry WHERE feed = ? ORDER BY COALESCE(published, seen_at) DESC "
             "LIMIT ?)", (feed, feed, RECENT_PER_FEED))
 
-    def latest(self, feeds: Sequence[str], count: int) -> list[RecentEntry]:
+    async def latest(self, feeds: Sequence[str], count: int) -> list[RecentEntry]:
         """The newest ``count`` entries of these feeds, newest first."""
         if not feeds:
             return []
@@ -719,20 +646,20 @@ class Store:
 
     # -- what moderators set -------------------------------------------------------------
 
-    def room_feeds(self) -> list[RoomFeed]:
+    async def room_feeds(self) -> list[RoomFeed]:
         with self._guard():
             rows = self._conn.execute(
                 "SELECT name, url, room, interval, added_by, added_at FROM room_feed "
                 "ORDER BY added_at").fetchall()
         return [RoomFeed(*row) for row in rows]
 
-    def add_room_feed(self, feed: RoomFeed) -> None:
+    async def add_room_feed(self, feed: RoomFeed) -> None:
         with self._guard(), self._transaction() as c:
             c.execute("INSERT INTO room_feed (name, url, room, interval, added_by, added_at) "
                       "VALUES (?, ?, ?, ?, ?, ?)", (feed.name, feed.url, feed.room,
                                                     feed.interval, feed.added_by, feed.added_at))
 
-    def remove_room_feed(self, name: str) -> None:
+    async def remove_room_feed(self, name: str) -> None:
         """Forget the subscription and its settings; ``seen`` stays, so adding the feed
         again later does not repost what the room already had."""
         with self._guard(), self._transaction() as c:
@@ -742,7 +669,7 @@ class Store:
             c.execute("DELETE FROM kv WHERE key = ?", (_CARRIED_KEY + name,))
             c.execute("DELETE FROM outbox WHERE feed = ? AND state = 'pending'", (name,))
 
-    def feed_room_settings(self, feed: str) -> dict[str, RoomFeedSettings]:
+    async def feed_room_settings(self, feed: str) -> dict[str, RoomFeedSettings]:
         with self._guard():
             rows = self._conn.execute(
                 "SELECT room, paused, include, exclude FROM feed_room_settings WHERE feed = ?",
@@ -751,7 +678,8 @@ class Store:
                                        tuple(json.loads(exc)))
                 for room, paused, inc, exc in rows}
 
-    def set_feed_room_settings(self, feed: str, room: str, settings: RoomFeedSettings) -> None:
+    async def set_feed_room_settings(self, feed: str, room: str,
+                                     settings: RoomFeedSettings) -> None:
         with self._guard(), self._transaction() as c:
             c.execute(
                 "INSERT INTO feed_room_settings (feed, room, paused, include, exclude) "
@@ -761,26 +689,26 @@ class Store:
                 (feed, room, int(settings.paused), json.dumps(list(settings.include)),
                  json.dumps(list(settings.exclude))))
 
-    def feed_interval(self, feed: str) -> float | None:
+    async def feed_interval(self, feed: str) -> float | None:
         with self._guard():
             row = self._conn.execute("SELECT interval FROM feed_settings WHERE feed = ?",
                                      (feed,)).fetchone()
         return None if row is None else row[0]
 
-    def set_feed_interval(self, feed: str, interval: float) -> None:
+    async def set_feed_interval(self, feed: str, interval: float) -> None:
         with self._guard(), self._transaction() as c:
             c.execute("INSERT INTO feed_settings (feed, interval) VALUES (?, ?) "
                       "ON CONFLICT (feed) DO UPDATE SET interval = excluded.interval",
                       (feed, interval))
             c.execute("UPDATE room_feed SET interval = ? WHERE name = ?", (interval, feed))
 
-    def room_language(self, room: str) -> str | None:
+    async def room_language(self, room: str) -> str | None:
         with self._guard():
             row = self._conn.execute("SELECT language FROM room_settings WHERE room = ?",
                                      (room,)).fetchone()
         return None if row is None else row[0]
 
-    def set_room_language(self, room: str, language: str) -> None:
+    async def set_room_language(self, room: str, language: str) -> None:
         with self._guard(), self._transaction() as c:
             c.execute("INSERT INTO room_settings (room, language) VALUES (?, ?) "
                       "ON CONFLICT (room) DO UPDATE SET language = excluded.language",
@@ -788,15 +716,30 @@ class Store:
 
     # -- small facts -------------------------------------------------------------------
 
-    def get(self, key: str) -> str | None:
+    async def get(self, key: str) -> str | None:
+        return self._get(key)
+
+    def _get(self, key: str) -> str | None:
         with self._guard():
             row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def put(self, key: str, value: str) -> None:
+    async def put(self, key: str, value: str) -> None:
         with self._guard(), self._transaction() as c:
             c.execute("INSERT INTO kv (key, value) VALUES (?, ?) "
                       "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+
+def _message_json(message: Message) -> str:
+    return json.dumps(message.to_json(), ensure_ascii=False, sort_keys=True)
+
+
+def _delivery(row: Any) -> Delivery:
+    return Delivery(key=row[0], feed=row[1], entry_id=row[2], room=row[3],
+                    message=Message.from_json(json.loads(row[4])) if row[4] else None,
+                    payload=json.loads(row[5]) if row[5] else None, created_at=row[6],
+                    first_attempt_at=row[7], attempts=row[8], kind=row[9], subject=row[10],
+                    failures=row[11], network=row[12])
 
 
 def _split_statements(script: str) -> list[str]:

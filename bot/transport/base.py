@@ -15,7 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from bot.media import ImageSource
+    from bot.model import Outgoing
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +33,6 @@ class JoinToPoint:
 # Called for an invitation: (room_id, inviter, is_direct) -> accept, refuse, or point.
 InviteHandler = Callable[[str, str, bool], Awaitable[bool | JoinToPoint]]
 
-# Every event we send carries its delivery key under this content key, so a delivery whose
-# acknowledgement was lost can be recognised in the room's history.
-DELIVERY_KEY_FIELD = "org.interhop.newsbot.delivery"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,24 +72,26 @@ class RoomLookup(Protocol):
 
 
 class Messaging(RoomLookup, Protocol):
-    # Bumped whenever the session was replaced (a new login): transaction ids sent under
-    # an earlier session may not be recognised any more.
-    login_generation: int
-
     async def connect(self) -> None:
         """Wait for the server (retrying with backoff) and authenticate."""
         ...
 
-    async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
-        """Send one message; the same ``txn_id`` sent twice yields one event. Returns its id."""
+    async def prepare(self, outgoing: Outgoing,
+                      images: ImageSource | None) -> dict[str, Any] | None:
+        """An outbox row's message in this network's format (its picture resolved), to be
+        stored before the first attempt so that a resend is the same; None when there is
+        nothing to show."""
+        ...
+
+    async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
+                   attempted_at: float | None, now: float) -> str:
+        """Send a prepared payload exactly once, whatever happened before: a row tried
+        before (``attempted_at``) may already be in the room, and is not sent twice.
+        Returns the message's id."""
         ...
 
     async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
         """Store bytes in the server's media repository; returns their mxc:// URI."""
-        ...
-
-    async def find_delivery(self, room_id: str, key: str, *, max_events: int = 500) -> str | None:
-        """The id of a recent event of ours carrying delivery ``key``, if any."""
         ...
 
     async def run_sync(self, handlers: EventHandlers) -> None:

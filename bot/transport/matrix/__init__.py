@@ -10,6 +10,7 @@ request passes and has its errors turned into the bot's own, errors.py):
 - membership.py   finding and joining rooms, members and power levels; kicks and bans
 - directs.py      private conversations remembered, opened, left
 - invites.py      invitations answered by the bot's policy
+- events.py       an outbox row made a Matrix event; sent once (txn id, delivery key)
 - messaging.py    sending, uploading, finding a delivery after a crash
 - sync.py         the event stream, dispatched to the bot's handlers
 - admin.py        the rooms bot.rooms manages: creation, state, directory
@@ -26,6 +27,8 @@ from typing import Any
 
 from bot.config import EncryptionConfig, MatrixConfig
 from bot.filemodes import private_dir, tighten_tree
+from bot.media import ImageSource
+from bot.model import Outgoing
 from bot.store import Store
 from bot.transport.base import EventHandlers
 from bot.transport.matrix.admin import RoomAdministration
@@ -33,6 +36,7 @@ from bot.transport.matrix.cross_signing import CrossSigningStatus
 from bot.transport.matrix.crypto import check_store_owner, prepare_pickle_key
 from bot.transport.matrix.directs import DIRECT_ROOMS_KEY, Directs
 from bot.transport.matrix.encryption import CRYPTO_DIRNAME, Encryption, can_encrypt
+from bot.transport.matrix.events import MatrixMessages
 from bot.transport.matrix.invites import Invites
 from bot.transport.matrix.membership import REMOVED_ROOMS_KEY, Membership
 from bot.transport.matrix.messaging import Messages
@@ -84,6 +88,8 @@ class MatrixTransport:
                           membership=self._membership, directs=self._directs,
                           invites=invites)
         self._admin = RoomAdministration(self._connection)
+        # Rows of the outbox made Matrix events, sent exactly once.
+        self._outgoing = MatrixMessages(self)
 
     @property
     def user_id(self) -> str:
@@ -108,6 +114,8 @@ class MatrixTransport:
         """Authenticate, waiting for an unreachable homeserver instead of crashing; then
         start encryption and set the display name."""
         self._connection.tighten_session_file()
+        await self._directs.load()
+        await self._membership.load()
         crypto_dir = self._encryption.crypto_dir
         if self._encryption.available:
             session = self._connection.load_session()
@@ -145,7 +153,17 @@ class MatrixTransport:
     async def power_level(self, room_id: str, user_id: str) -> float:
         return await self._membership.power_level(room_id, user_id)
 
-    async def send_message(self, room_id: str, content: dict[str, object], txn_id: str) -> str:
+    async def prepare(self, outgoing: Outgoing,
+                      images: ImageSource | None) -> dict[str, Any] | None:
+        return await self._outgoing.prepare(outgoing, images)
+
+    async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
+                   attempted_at: float | None, now: float) -> str:
+        return await self._outgoing.send(room_id, payload, key, attempted_at=attempted_at,
+                                         now=now)
+
+    async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str) -> str:
+        """One event as it is (the outbox's rows go through ``prepare`` and ``send``)."""
         return await self._messages.send_message(room_id, content, txn_id)
 
     async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:

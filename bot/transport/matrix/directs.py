@@ -42,13 +42,18 @@ class Directs:
     def direct_rooms(self) -> dict[str, str]:
         return dict(self._rooms())
 
+    async def load(self) -> None:
+        """Read the memory of private conversations (at start: the sync loop then asks
+        it without waiting for the store)."""
+        raw = await self._store.get(DIRECT_ROOMS_KEY)
+        loaded = json.loads(raw) if raw else {}
+        # Before people were recorded, a list of room ids: their person is unknown.
+        self._direct = dict.fromkeys(loaded, "") if isinstance(loaded, list) \
+            else {str(k): str(v) for k, v in loaded.items()}
+
     def _rooms(self) -> dict[str, str]:
         if self._direct is None:
-            raw = self._store.get(DIRECT_ROOMS_KEY)
-            loaded = json.loads(raw) if raw else {}
-            # Before people were recorded, a list of room ids: their person is unknown.
-            self._direct = dict.fromkeys(loaded, "") if isinstance(loaded, list) \
-                else {str(k): str(v) for k, v in loaded.items()}
+            self._direct = {}       # not loaded (never connected): none known
         return self._direct
 
     async def create(self, user_id: str) -> str:
@@ -61,14 +66,14 @@ class Directs:
         room_id = str(resp.room_id)
         if state:
             self._encryption.opened_direct(room_id, user_id)
-        self.mark(room_id, user_id)
+        await self.mark(room_id, user_id)
         return room_id
 
-    def mark(self, room_id: str, person: str) -> None:
+    async def mark(self, room_id: str, person: str) -> None:
         rooms = self._rooms()
         if rooms.get(room_id) != person:
             rooms[room_id] = person
-            self._store.put(DIRECT_ROOMS_KEY, json.dumps(rooms, sort_keys=True))
+            await self._store.put(DIRECT_ROOMS_KEY, json.dumps(rooms, sort_keys=True))
 
     async def leave(self, room_id: str, person: str = "") -> None:
         """Leave a private conversation and forget it was one (``forget me``, its person
@@ -79,16 +84,16 @@ class Directs:
         except RoomUnavailableError as exc:
             # Not in it any more (kicked meanwhile, or gone): forgotten all the same.
             log.info("leaving a private conversation: %s", exc)
-        self.forget(room_id, person)
+        await self.forget(room_id, person)
 
-    def forget(self, room_id: str, person: str = "") -> None:
+    async def forget(self, room_id: str, person: str = "") -> None:
         """The bot is no longer in this conversation: the memory follows its membership,
         and whoever needs to know is told (subscriptions, the room's delivery worker)."""
         rooms = self._rooms()
         known = rooms.pop(room_id, None)
         if known is None:
             return
-        self._store.put(DIRECT_ROOMS_KEY, json.dumps(rooms, sort_keys=True))
+        await self._store.put(DIRECT_ROOMS_KEY, json.dumps(rooms, sort_keys=True))
         if self.on_closed is not None:
             self.on_closed(room_id, known or person)
 
@@ -108,7 +113,7 @@ class Directs:
         joined = set(resp.rooms)
         lost = [room_id for room_id in self._rooms() if room_id not in joined]
         for room_id in lost:
-            self.forget(room_id)
+            await self.forget(room_id)
         if lost:
             log.info("forgot %d private conversation(s) newsbot is no longer in", len(lost))
 

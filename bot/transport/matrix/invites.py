@@ -44,7 +44,7 @@ class Invites:
                 await self._point_elsewhere(room_id, answer.notice)
                 return False
             if answer:
-                self._membership.invited_again(room_id)
+                await self._membership.invited_again(room_id)
                 await self._connection.call(f"joining {room_id}",
                                             lambda: self._client.join(room_id))
                 if is_direct:
@@ -56,7 +56,7 @@ class Invites:
                         await self._connection.call(f"leaving {room_id}",
                                                     lambda: self._client.room_leave(room_id))
                         return False
-                    self._directs.mark(room_id, inviter)
+                    await self._directs.mark(room_id, inviter)
                 return True
             await self._connection.call(f"rejecting the invite to {room_id}",
                                         lambda: self._client.room_leave(room_id))

@@ -100,7 +100,7 @@ class Membership:
         if removed:
             raise RoomUnavailableError(f"{removed}; invite newsbot again to resume")
 
-    def note_removal(self, room_id: str, events: list[Any]) -> None:
+    async def note_removal(self, room_id: str, events: list[Any]) -> None:
         """Remember a kick or ban (across restarts): the room's deliveries then wait."""
         for event in events:
             if not isinstance(event, nio.RoomMemberEvent) or event.state_key != self._user_id:
@@ -114,23 +114,27 @@ class Membership:
             why = event.content.get("reason") if isinstance(event.content, dict) else None
             if why:
                 reason += f" ({str(why)[:200]})"
-            self._set_removed(room_id, reason)
+            await self._set_removed(room_id, reason)
             log.error("%s; its deliveries wait until newsbot is invited again", reason)
 
-    def invited_again(self, room_id: str) -> None:
-        self._set_removed(room_id, None)
+    async def invited_again(self, room_id: str) -> None:
+        await self._set_removed(room_id, None)
+
+    async def load(self) -> None:
+        """Read the rooms the bot was removed from (at start)."""
+        raw = await self._store.get(REMOVED_ROOMS_KEY)
+        self._removed = json.loads(raw) if raw else {}
 
     def _removed_rooms(self) -> dict[str, str]:
         if self._removed is None:
-            raw = self._store.get(REMOVED_ROOMS_KEY)
-            self._removed = json.loads(raw) if raw else {}
+            self._removed = {}      # not loaded (never connected): none known
         return self._removed
 
-    def _set_removed(self, room_id: str, reason: str | None) -> None:
+    async def _set_removed(self, room_id: str, reason: str | None) -> None:
         rooms = self._removed_rooms()
         if reason is None:
             if rooms.pop(room_id, None) is None:
                 return
         else:
             rooms[room_id] = reason
-        self._store.put(REMOVED_ROOMS_KEY, json.dumps(rooms))
+        await self._store.put(REMOVED_ROOMS_KEY, json.dumps(rooms))

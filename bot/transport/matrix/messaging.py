@@ -8,9 +8,8 @@ import functools
 import io
 from typing import Any
 
-from bot.render import safe_event_content
-from bot.transport.base import DELIVERY_KEY_FIELD
 from bot.transport.matrix.encryption import Encryption
+from bot.transport.matrix.events import DELIVERY_KEY_FIELD, safe_event_content
 from bot.transport.matrix.membership import Membership
 from bot.transport.matrix.session import Connection
 

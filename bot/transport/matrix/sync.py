@@ -60,7 +60,7 @@ class Sync:
         self._started_ms = int(time.time() * 1000)
 
     async def run(self, handlers: EventHandlers) -> None:
-        since = self._store.get(SYNC_TOKEN_KEY)
+        since = await self._store.get(SYNC_TOKEN_KEY)
         started_ms = self._started_ms
         self._directs.on_closed = handlers.on_direct_closed
         await self._directs.reconcile()
@@ -84,12 +84,12 @@ class Sync:
                         handlers.on_joined:
                     handlers.on_joined(room_id)
             for room_id, left in resp.rooms.leave.items():
-                self._membership.note_removal(room_id, left.timeline.events)
+                await self._membership.note_removal(room_id, left.timeline.events)
                 if self._directs.is_direct(room_id):
                     # Kicked, banned, or left some other way: not a conversation any more
                     # (nobody is pointed to it, it no longer counts toward the cap).
                     log.info("lost the private conversation %s: forgot it", room_id)
-                    self._directs.forget(room_id)
+                    await self._directs.forget(room_id)
             await self._encryption.after_sync(resp)
             for room_id, joined in resp.rooms.join.items():
                 self._encryption.note_state(room_id, joined.state)
@@ -107,7 +107,7 @@ class Sync:
                             handlers.on_member_joined(room_id, str(event.source["state_key"]),
                                                       str(event.source.get("event_id")))
             since = resp.next_batch
-            self._store.put(SYNC_TOKEN_KEY, since)
+            await self._store.put(SYNC_TOKEN_KEY, since)
 
     def _incoming(self, room_id: str, source: dict[str, Any],
                   started_ms: int) -> IncomingMessage | None:

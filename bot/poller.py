@@ -1,7 +1,10 @@
-"""Polling one feed on its schedule: fetch, parse, decide, enqueue — then sleep.
+"""Polling one feed on its schedule: fetch, parse, decide (bot.feeds), plan (bot.plan),
+commit (bot.store) — then sleep.
 
-A poll's result (seen entries, outbox rows, validators) is committed in one transaction,
-so a crash at any point either redoes the whole poll or none of it.
+A poll's whole outcome (seen entries, outbox rows, corrections, validators) is committed
+in one transaction, so a crash at any point either redoes the whole poll or none of it.
+Deciding and planning run in one worker-thread call: a heavy feed costs that thread
+time, never the event loop's.
 """
 
 from __future__ import annotations
@@ -13,22 +16,22 @@ import html
 import logging
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from bot.clock import Clock
 from bot.config import FeedConfig, FetchConfig
-from bot.delivery import event_content
 from bot.errors import FeedError, FetchError, StorageError
 from bot.feeds.decide import Decision, chronological, decide
 from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.parse import parse_feed_async
 from bot.i18n import text
-from bot.model import Entry, Message, delivery_key
+from bot.model import Entry, Message
 from bot.plan import PLAN_BUDGET_SECONDS, Plan, Recipient, Snapshot, plan
 from bot.store import (
+    RECENT_PER_FEED,
     FeedState,
     NewDelivery,
     PollOutcome,
@@ -36,7 +39,6 @@ from bot.store import (
     RoomFeedSettings,
     Store,
 )
-from bot.store.sqlite import RECENT_PER_FEED
 from bot.urls import url_for_members
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,10 @@ def _decide_and_plan(entries: tuple[Entry, ...], unseen: set[str], snapshot: Sna
     return decision, plan(decision, entries, unseen, snapshot, budget=budget)
 
 
+async def _no_language(_room: str) -> str | None:
+    return None
+
+
 def jittered(interval: float, rng: random.Random) -> float:
     # Only ever earlier, never later: an item must arrive within `interval` of appearing.
     return interval * rng.uniform(0.9, 1.0)
@@ -104,7 +110,7 @@ class FeedPoller:
     def __init__(self, feed: FeedConfig, *, store: Store, fetcher: Fetcher, clock: Clock,
                  fetch_config: FetchConfig, language: str, limiter: asyncio.Semaphore,
                  on_enqueued: Callable[[list[str]], None],
-                 room_language: Callable[[str], str | None] | None = None,
+                 room_language: Callable[[str], Awaitable[str | None]] | None = None,
                  rng: random.Random | None = None,
                  plan_budget: float = PLAN_BUDGET_SECONDS) -> None:
         self.feed = feed
@@ -115,20 +121,19 @@ class FeedPoller:
         self._language = feed.language or language
         self._limiter = limiter
         self._on_enqueued = on_enqueued
-        self._room_language = room_language or (lambda _room: None)
+        self._room_language = room_language or _no_language
         self._rng = rng or random.Random()
         self._plan_budget = plan_budget
 
-    @property
-    def interval(self) -> float:
+    async def interval(self) -> float:
         """The config's interval, unless a moderator set another by command."""
-        return self._store.feed_interval(self.feed.name) or self.feed.interval
+        return await self._store.feed_interval(self.feed.name) or self.feed.interval
 
     async def run(self, first: FetchResult | None = None) -> None:
         """Poll on schedule until cancelled. ``first``: a body already fetched for this
         feed (by ``add``), handled as its first poll, so what was reported then is what
         the feed's first sight is."""
-        state = self._store.ensure_feed(self.feed.name, self.feed.url)
+        state = await self._store.ensure_feed(self.feed.name, self.feed.url)
         if state.disabled:
             log.warning("feed %s is not polled: %s; give it a new url in the config to "
                         "poll it again", self.feed.name, state.disabled)
@@ -138,9 +143,9 @@ class FeedPoller:
             first_delay = None
         elif state.next_fetch is None or state.next_fetch <= now:
             # Spread the first polls a little so a restart does not hit every server at once.
-            first_delay = self._rng.uniform(0, min(2.0, self.interval / 10))
+            first_delay = self._rng.uniform(0, min(2.0, await self.interval() / 10))
         else:
-            first_delay = min(state.next_fetch - now, self.interval)
+            first_delay = min(state.next_fetch - now, await self.interval())
         if first_delay is not None:
             await asyncio.sleep(first_delay)
         while True:
@@ -159,15 +164,16 @@ class FeedPoller:
         """Poll now (or handle ``fetched``); returns the seconds to wait before the next
         poll (inf: never again)."""
         feed = self.feed
-        state = self._store.feed_state(feed.name) or self._store.ensure_feed(feed.name, feed.url)
+        state = (await self._store.feed_state(feed.name)
+                 or await self._store.ensure_feed(feed.name, feed.url))
         now = self._clock.now()
         try:
             delay, rooms = await self._poll(state, now, fetched)
         except FeedError as exc:
             if isinstance(exc, FetchError) and exc.status == 410:
-                self._gone(state.url, now)
+                await self._gone(state.url, now)
                 return math.inf
-            return self._failed(exc, now, state.failures + 1)
+            return await self._failed(exc, now, state.failures + 1)
         except StorageError:
             raise       # the state cannot be written: the bot must stop, not skip
         except Exception as exc:
@@ -175,7 +181,7 @@ class FeedPoller:
             log.debug("feed %s: unexpected error", feed.name, exc_info=True)
             error = FeedError(f"unexpected error while reading the feed "
                               f"({type(exc).__name__}: {str(exc)[:200]})")
-            return self._failed(error, now, state.failures + 1)
+            return await self._failed(error, now, state.failures + 1)
         # The poll is committed: nothing after this point is a failure of the feed.
         if rooms:
             try:
@@ -190,20 +196,20 @@ class FeedPoller:
         feed = self.feed
         # Paused feeds are still fetched (one conditional request): what appears during
         # a pause is marked seen, so resuming does not dump a backlog into the room.
-        interval = self.interval
+        interval = await self.interval()
         result = fetched or await self._fetcher.fetch(state.url, etag=state.etag,
                                                       last_modified=state.last_modified)
         if result.status == 304 or result.body is None:
             delay = jittered(interval, self._rng)
-            if not self._moved_unchanged(state, result, now, delay, state.body_hash):
-                self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay)
+            if not await self._moved_unchanged(state, result, now, delay, state.body_hash):
+                await self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay)
             log.debug("feed %s: not modified", feed.name)
             return delay, []
         body_hash = hashlib.sha256(result.body).hexdigest()
         if body_hash == state.body_hash and state.initialized:
             delay = jittered(interval, self._rng)
-            if not self._moved_unchanged(state, result, now, delay, body_hash):
-                self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay,
+            if not await self._moved_unchanged(state, result, now, delay, body_hash):
+                await self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay,
                                                 etag=result.etag,
                                                 last_modified=result.last_modified)
             log.debug("feed %s: same body as last time", feed.name)
@@ -214,16 +220,16 @@ class FeedPoller:
         for warning in parsed.warnings:
             log.info("feed %s: %s", feed.name, warning)
         entries, legacy = stable_ids(parsed.entries)
-        unseen = self._store.unseen(feed.name, (e.entry_id for e in entries))
+        unseen = await self._store.unseen(feed.name, (e.entry_id for e in entries))
         # Entries first seen under their whole long id (before ids were bounded).
         already = set(legacy) & unseen
         if already:
-            already -= self._store.unseen(feed.name, (legacy[i] for i in already))
+            already -= await self._store.unseen(feed.name, (legacy[i] for i in already))
             unseen -= already
         known_until = (datetime.fromtimestamp(state.last_success, UTC)
                        if state.last_success else None)
-        snapshot = self._snapshot(entries, unseen, parsed.title or None)
-        carried = frozenset(self._store.carried(feed.name))
+        snapshot = await self._snapshot(entries, unseen, parsed.title or None)
+        carried = frozenset(await self._store.carried(feed.name))
         decision, planned = await asyncio.get_running_loop().run_in_executor(
             _PLANNER, functools.partial(
                 _decide_and_plan, entries, unseen, snapshot, first_sight=not state.initialized,
@@ -247,7 +253,7 @@ class FeedPoller:
         waiting = set(planned.unplanned)
         seen = [i for i in decision.to_mark_seen if i not in waiting] + sorted(already)
         complete = planned.complete
-        rooms = self._store.record_poll(PollOutcome(
+        rooms = await self._store.record_poll(PollOutcome(
             feed=feed.name, now=now, next_fetch=now + delay,
             etag=result.etag if complete else None,
             last_modified=result.last_modified if complete else None,
@@ -262,12 +268,12 @@ class FeedPoller:
             log.info("feed %s: %d new item(s) queued", feed.name, posted)
         return delay, rooms
 
-    def _snapshot(self, entries: tuple[Entry, ...], unseen: set[str],
+    async def _snapshot(self, entries: tuple[Entry, ...], unseen: set[str],
                   feed_title: str | None) -> Snapshot:
         """The settings planning needs, read from the store before it starts."""
         feed = self.feed
-        settings = self._store.feed_room_settings(feed.name)
-        recipients = [Recipient(room, self._room_language(room) or self._language,
+        settings = await self._store.feed_room_settings(feed.name)
+        recipients = [Recipient(room, await self._room_language(room) or self._language,
                                 settings.get(room, _DEFAULT_SETTINGS))
                       for room in feed.rooms]
         if feed.public:
@@ -275,43 +281,41 @@ class FeedPoller:
                 subscriber.dm_room, subscriber.language or self._language,
                 digest_user=subscriber.user_id if subscriber.digest != "off" else None,
                 subscriber=subscriber.user_id)
-                for subscriber in self._store.subscribers_of(feed.name)]
+                for subscriber in await self._store.subscribers_of(feed.name)]
         known = [e.entry_id for e in entries if e.entry_id not in unseen]
         return Snapshot(feed, feed_title, tuple(recipients),
-                        self._store.posted(feed.name, known))
+                        await self._store.posted(feed.name, known))
 
-    def _gone(self, url: str, now: float) -> None:
+    async def _gone(self, url: str, now: float) -> None:
         """410 Gone: the publisher says the feed will not come back. Stop, and tell the
         rooms once (through the outbox, so the notice too is sent exactly once)."""
         feed = self.feed
         notices = []
         for room in feed.rooms:
-            language = self._room_language(room) or self._language
+            language = await self._room_language(room) or self._language
             # Every member reads it: the address without credentials or query string.
             body = text("feed_gone", language, name=feed.name, url=url_for_members(url))
-            html_body = html.escape(body, quote=False)
-            entry_id = f"newsbot:gone:{url}"
-            key = delivery_key(feed.name, entry_id, room)
-            notices.append(NewDelivery(entry_id, room, event_content(
-                Message(body, html_body), msgtype="m.notice", key=key), kind="notice"))
-        rooms = self._store.disable_feed(feed.name, f"HTTP 410 Gone at {url}", now=now,
+            notices.append(NewDelivery(f"newsbot:gone:{url}", room,
+                                       Message(body, html.escape(body, quote=False)),
+                                       kind="notice"))
+        rooms = await self._store.disable_feed(feed.name, f"HTTP 410 Gone at {url}", now=now,
                                          notices=notices)
         log.error("feed %s: HTTP 410 Gone at %s; polling stopped and %d room(s) told",
                   feed.name, url, len(rooms))
         if rooms:
             self._on_enqueued(rooms)
 
-    def _failed(self, exc: FeedError, now: float, failures: int) -> float:
+    async def _failed(self, exc: FeedError, now: float, failures: int) -> float:
         retry_after = exc.retry_after if isinstance(exc, FetchError) else None
-        delay = failure_delay(self.interval, failures, self._fetch_config.max_backoff,
+        delay = failure_delay(await self.interval(), failures, self._fetch_config.max_backoff,
                               retry_after)
-        self._store.record_failure(self.feed.name, str(exc), now=now, next_fetch=now + delay)
+        await self._store.record_failure(self.feed.name, str(exc), now=now, next_fetch=now + delay)
         log.warning("feed %s: %s (failure %d in a row; next try in %.0f s)",
                     self.feed.name, exc, failures, delay)
         return delay
 
-    def _moved_unchanged(self, state: FeedState, result: FetchResult, now: float, delay: float,
-                         body_hash: str | None) -> bool:
+    async def _moved_unchanged(self, state: FeedState, result: FetchResult, now: float,
+                               delay: float, body_hash: str | None) -> bool:
         """A permanent redirect to the same content (a 304 or the same body) still moves
         the feed: record the new URL with the not-modified poll. False if it did not move."""
         new_url = result.permanent_url
@@ -319,7 +323,7 @@ class FeedPoller:
             return False
         log.warning("feed %s moved permanently to %s; fetching from there from now on",
                     self.feed.name, new_url)
-        self._store.record_poll(PollOutcome(
+        await self._store.record_poll(PollOutcome(
             feed=self.feed.name, now=now, next_fetch=now + delay, etag=result.etag,
             last_modified=result.last_modified, body_hash=body_hash, title=None,
             new_url=new_url, seen_entry_ids=(), deliveries=()))
