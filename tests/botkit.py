@@ -6,13 +6,14 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from bot.app import App
+from bot.clock import Clock
 from bot.config import Config, load_config
 from tests.support import RegisteredUser
 
@@ -53,32 +54,56 @@ def load(path: Path, bot: RegisteredUser) -> Config:
 
 
 class InProcessBot:
-    """The real App on the test's event loop."""
+    """The real App on the test's event loop: the one place tests start and stop a bot.
 
-    def __init__(self, config: Config) -> None:
+    ``async with InProcessBot(config):`` for a bot living inside a block (a restart is a
+    second block), the ``run_bot`` fixture for one living until the test ends. Each start
+    builds a fresh App, as a restarted process would; ``build()`` first when the test must
+    reach into the App before it runs.
+    """
+
+    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
         self.config = config
-        self.app: App | None = None
+        self.clock = clock
+        self._app: App | None = None
         self.task: asyncio.Task[None] | None = None
 
+    @property
+    def app(self) -> App:
+        if self._app is None:
+            raise AssertionError("the bot is not running")
+        return self._app
+
+    def build(self) -> App:
+        assert self.task is None, "the bot is already running"
+        self._app = App(self.config, clock=self.clock)
+        return self._app
+
     async def start(self) -> App:
-        self.app = App(self.config)
-        self.task = asyncio.create_task(self.app.run())
-        return self.app
+        app = self._app if self._app is not None and self.task is None else self.build()
+        self.task = asyncio.create_task(app.run())
+        return app
+
+    def is_running(self) -> bool:
+        return self.task is not None and not self.task.done()
 
     async def stop(self, timeout: float = 30) -> None:
-        if self.app is not None and self.task is not None:
-            self.app.request_stop()
-            await asyncio.wait_for(self.task, timeout)
-            self.app = self.task = None
+        """Stop as SIGTERM would; a crash of the bot is raised here, as the test's error."""
+        app, task, self._app, self.task = self._app, self.task, None, None
+        if app is not None and task is not None:
+            app.request_stop()
+            await asyncio.wait_for(task, timeout)
 
     async def __aenter__(self) -> InProcessBot:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self.task is not None and self.task.done():
-            self.task.result()  # surface a crash of the bot as the test's error
         await self.stop()
+
+
+# The type of the conftest's ``run_bot`` fixture: ``await run_bot(config, clock=None)``.
+BotRunner = Callable[..., Awaitable[InProcessBot]]
 
 
 class BotProcess:

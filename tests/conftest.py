@@ -2,6 +2,8 @@
 
 Session-scoped servers keep the suite fast (Synapse takes ~2 s to start); tests stay
 independent by registering their own users and creating their own rooms and feed paths.
+A test makes a member with ``member`` and runs the bot with ``run_bot`` (or ``async with
+InProcessBot(config)`` when the bot lives only inside a block).
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-# `tests.support` imports as a package because pyproject's `pythonpath = ["."]` puts the
-# checkout's root on sys.path.
+from bot.clock import Clock
+from bot.config import Config
+
+# `tests.*` import as packages because pyproject's `pythonpath = ["."]` puts the checkout's
+# root on sys.path.
+from tests.botkit import BotRunner, InProcessBot
 from tests.support import (
     FeedServer,
     MemberClient,
@@ -79,3 +85,21 @@ async def member(synapse: SynapseServer) -> AsyncIterator[MemberFactory]:
     yield make
     for client in clients:
         await client.close()
+
+
+@pytest_asyncio.fixture
+async def run_bot() -> AsyncIterator[BotRunner]:
+    """``await run_bot(config, clock=None)``: an InProcessBot, running until the test ends
+    (``await bot.stop()`` stops it sooner, ``bot.start()`` restarts it); a crash of the bot
+    is the test's error."""
+    bots: list[InProcessBot] = []
+
+    async def start(config: Config, *, clock: Clock | None = None) -> InProcessBot:
+        bot = InProcessBot(config, clock=clock)
+        bots.append(bot)
+        await bot.start()
+        return bot
+
+    yield start
+    for bot in bots:
+        await bot.stop()

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.botkit import BotRunner, InProcessBot, bot_config, load, write_config
 from tests.support import (
     FeedServer,
     MemberClient,
@@ -47,38 +48,45 @@ async def no_reply(client: MemberClient, room: str, bot: RegisteredUser, event_i
 
 
 class Rig:
+    """A room with a moderator and a member, and the bot running for it (a backfilled item)."""
+
     def __init__(self, bot: RegisteredUser, moderator: MemberClient, member: MemberClient,
-                 room: str, config_path: Path) -> None:
+                 room: str, config_path: Path, running: InProcessBot) -> None:
         self.bot, self.moderator, self.member = bot, moderator, member
-        self.room, self.config_path = room, config_path
+        self.room, self.config_path, self.running = room, config_path, running
 
 
-async def make_rig(synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-                   new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
-                   **extra: Any) -> tuple[Rig, InProcessBot]:
-    bot = await new_user("newsbot")
-    moderator = await member(await new_user("moderator"))
-    reader = await member(await new_user("reader"))
-    room = await moderator.create_room(name="actus")
-    await reader.join(room)
-    feed_server.set_feed(feed_path, make_items(2))
-    commands = {"default_interval": "1s", "rate_limit": 50, **extra.pop("commands", {})}
-    config_path = write_config(tmp_path / "c.yaml", bot_config(
-        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
-        feeds=[{"name": "officiel", "url": feed_server.url(feed_path), "rooms": [room],
-                "backfill": 1, "max_per_poll": 20}], commands=commands, **extra))
-    running = InProcessBot(load(config_path, bot))
-    await running.start()
-    await moderator.wait_for_messages(room, 1, sender=bot.user_id)   # the backfill
-    return Rig(bot, moderator, reader, room, config_path), running
+RigFactory = Callable[..., Awaitable[Rig]]
 
 
 @pytest.fixture
-async def rig(synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-              new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> Any:
-    made, running = await make_rig(synapse, feed_server, feed_path, new_user, member, tmp_path)
-    yield made
-    await running.stop()
+def make_rig(synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
+             new_user: NewUserFactory, member: MemberFactory, run_bot: BotRunner,
+             tmp_path: Path) -> RigFactory:
+    """``await make_rig(**config)``: a Rig whose bot has these extra config sections."""
+
+    async def make(**extra: Any) -> Rig:
+        bot = await new_user("newsbot")
+        moderator = await member(await new_user("moderator"))
+        reader = await member(await new_user("reader"))
+        room = await moderator.create_room(name="actus")
+        await reader.join(room)
+        feed_server.set_feed(feed_path, make_items(2))
+        commands = {"default_interval": "1s", "rate_limit": 50, **extra.pop("commands", {})}
+        config_path = write_config(tmp_path / "c.yaml", bot_config(
+            homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+            feeds=[{"name": "officiel", "url": feed_server.url(feed_path), "rooms": [room],
+                    "backfill": 1, "max_per_poll": 20}], commands=commands, **extra))
+        running = await run_bot(load(config_path, bot))
+        await moderator.wait_for_messages(room, 1, sender=bot.user_id)   # the backfill
+        return Rig(bot, moderator, reader, room, config_path, running)
+
+    return make
+
+
+@pytest.fixture
+async def rig(make_rig: RigFactory) -> Rig:
+    return await make_rig()
 
 
 async def test_moderator_adds_a_feed_and_its_next_item_arrives(
@@ -196,52 +204,42 @@ async def test_pause_resume_and_filters(
 
 
 async def test_rate_limit_and_feed_cap_are_answered(
-        synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
-    rig, running = await make_rig(
-        synapse, feed_server, feed_path, new_user, member, tmp_path,
+        make_rig: RigFactory, feed_server: FeedServer, feed_path: str) -> None:
+    rig = await make_rig(
         commands={"rate_limit": 3, "rate_window": "30s", "max_feeds_per_room": 1})
-    try:
-        assert await ask(rig.moderator, rig.room, rig.bot,
-                         f"!news add {feed_server.url(feed_path + '-x')}") == \
-            "This room already follows 1 feeds, the most allowed. Remove one first."
-        await ask(rig.member, rig.room, rig.bot, "!news help")
-        await ask(rig.member, rig.room, rig.bot, "!news help")
-        await ask(rig.member, rig.room, rig.bot, "!news help")
-        assert await ask(rig.member, rig.room, rig.bot, "!news help") == \
-            "Please slow down: at most 3 commands every 30 seconds."
-        # Told once per window, not once per extra command.
-        event_id = await rig.member.send_text(rig.room, "!news help")
-        await no_reply(rig.member, rig.room, rig.bot, event_id)
-    finally:
-        await running.stop()
+    assert await ask(rig.moderator, rig.room, rig.bot,
+                     f"!news add {feed_server.url(feed_path + '-x')}") == \
+        "This room already follows 1 feeds, the most allowed. Remove one first."
+    await ask(rig.member, rig.room, rig.bot, "!news help")
+    await ask(rig.member, rig.room, rig.bot, "!news help")
+    await ask(rig.member, rig.room, rig.bot, "!news help")
+    assert await ask(rig.member, rig.room, rig.bot, "!news help") == \
+        "Please slow down: at most 3 commands every 30 seconds."
+    # Told once per window, not once per extra command.
+    event_id = await rig.member.send_text(rig.room, "!news help")
+    await no_reply(rig.member, rig.room, rig.bot, event_id)
 
 
 async def test_restart_keeps_added_feeds_and_does_not_replay_commands(
-        synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
-    rig, running = await make_rig(synapse, feed_server, feed_path, new_user, member, tmp_path)
+        rig: Rig, feed_server: FeedServer, feed_path: str) -> None:
     path = feed_path + "-added"
     feed_server.set_feed(path, make_items(1, prefix="blog"), title="Blog")
     await ask(rig.moderator, rig.room, rig.bot, f"!news add {feed_server.url(path)} blog")
     await ask(rig.moderator, rig.room, rig.bot, "!news interval blog 1m")
-    await running.stop()
+    await rig.running.stop()
     # Sent while the bot is down: not answered after the restart.
     missed = await rig.moderator.send_text(rig.room, "!news help")
     replies_before = len(await rig.member.messages(rig.room, sender=rig.bot.user_id))
-    await running.start()
-    try:
-        listing = await ask(rig.member, rig.room, rig.bot, "!news list")
-        assert "• blog:" in listing
-        assert "every 1 min" in listing
-        await no_reply(rig.member, rig.room, rig.bot, missed, wait=0.5)
-        after = await rig.member.messages(rig.room, sender=rig.bot.user_id)
-        assert len(after) == replies_before + 1          # only the answer to `list`
-        assert await ask(rig.moderator, rig.room, rig.bot, "!news remove blog") == \
-            "Removed “blog” from this room."
-        assert "• blog:" not in await ask(rig.member, rig.room, rig.bot, "!news list")
-    finally:
-        await running.stop()
+    await rig.running.start()
+    listing = await ask(rig.member, rig.room, rig.bot, "!news list")
+    assert "• blog:" in listing
+    assert "every 1 min" in listing
+    await no_reply(rig.member, rig.room, rig.bot, missed, wait=0.5)
+    after = await rig.member.messages(rig.room, sender=rig.bot.user_id)
+    assert len(after) == replies_before + 1          # only the answer to `list`
+    assert await ask(rig.moderator, rig.room, rig.bot, "!news remove blog") == \
+        "Removed “blog” from this room."
+    assert "• blog:" not in await ask(rig.member, rig.room, rig.bot, "!news list")
 
 
 async def test_notices_edits_and_other_rooms_are_ignored(rig: Rig) -> None:

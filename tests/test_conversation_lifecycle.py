@@ -18,7 +18,7 @@ import pytest
 from bot.config import Config
 from bot.store import Store
 from bot.transport.matrix import DIRECT_ROOMS_KEY
-from tests.botkit import bot_config, load, write_config
+from tests.botkit import BotRunner, bot_config, load, write_config
 from tests.support import (
     FeedServer,
     MemberClient,
@@ -28,9 +28,10 @@ from tests.support import (
     SynapseServer,
     make_items,
 )
+from tests.support.clock import OffsetClock
 from tests.support.synapse import MatrixAPIError
 from tests.test_direct_messages import accepted_dm, resolve, until
-from tests.test_subscriptions import OffsetClock, say, start, stop
+from tests.test_subscriptions import say
 
 
 async def welcome_scene(synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
@@ -91,13 +92,14 @@ def cap_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 async def test_welcomes_open_conversations_only_under_the_cap_with_one_log_line(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path, run_bot: BotRunner,
         caplog: pytest.LogCaptureFixture) -> None:
     bot, config, alias = await welcome_scene(synapse, feed_server, feed_path, new_user,
                                              tmp_path, cap=2)
     caplog.set_level(logging.INFO)
     alice = await member(await new_user("alice"))
-    app, task = await start(config)
+    running = await run_bot(config)
+    app = running.app
     try:
         room = await resolve(alice, alias)
         dm = await accepted_dm(alice, bot)     # a person who wrote to the bot: one place
@@ -119,17 +121,19 @@ async def test_welcomes_open_conversations_only_under_the_cap_with_one_log_line(
         assert len(cap_lines(caplog)) == 1
         assert len(app.transport.direct_rooms()) == 2
     finally:
-        await stop(app, task)
+        await running.stop()
 
 
 async def test_welcome_conversations_nobody_joins_are_let_go_after_a_week_or_when_declined(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot, config, alias = await welcome_scene(synapse, feed_server, feed_path, new_user,
                                              tmp_path, cap=2)
     clock = OffsetClock()
     as_bot = await member(bot)
-    app, task = await start(config, clock)
+    running = await run_bot(config, clock=clock)
+    app = running.app
     try:
         room = await resolve(as_bot, alias)
         first = await newcomer(new_user, member, room, "n1")
@@ -151,12 +155,13 @@ async def test_welcome_conversations_nobody_joins_are_let_go_after_a_week_or_whe
         assert third_dm not in await as_bot.joined_rooms()
         assert app.transport.direct_rooms() == {}
     finally:
-        await stop(app, task)
+        await running.stop()
 
 
 async def test_a_conversation_the_bot_lost_is_forgotten_and_frees_its_place(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot = await new_user("newsbot")
     owner = await member(await new_user("owner"))
     room = await owner.create_room(name="actus")
@@ -168,7 +173,8 @@ async def test_a_conversation_the_bot_lost_is_forgotten_and_frees_its_place(
                 "public": True, "backfill": 1}])), bot)
     alice_user = await new_user("alice")
     alice = await member(alice_user)
-    app, task = await start(config)
+    running = await run_bot(config)
+    app = running.app
     try:
         await owner.wait_for_messages(room, 1, sender=bot.user_id)
         first = await kickable_dm(alice, bot)
@@ -182,7 +188,7 @@ async def test_a_conversation_the_bot_lost_is_forgotten_and_frees_its_place(
         assert (await say(alice, second, bot, "subscribe")).startswith("Subscribed to actus")
         assert list(app.transport.direct_rooms()) == [second]
     finally:
-        await stop(app, task)
+        await running.stop()
 
     # Lost while the bot was stopped (or remembered by an older newsbot): forgotten at
     # start, so the person is not pointed to a room the bot is not in.
@@ -191,18 +197,20 @@ async def test_a_conversation_the_bot_lost_is_forgotten_and_frees_its_place(
     store.put(DIRECT_ROOMS_KEY, json.dumps({second: alice_user.user_id,
                                             "!gone:localhost": "@someone:localhost"}))
     store.close()
-    app, task = await start(config)
+    running = await run_bot(config)
+    app = running.app
     try:
         third = await accepted_dm(alice, bot)
         assert list(app.transport.direct_rooms()) == [third]
         assert app.store.subscriber(alice_user.user_id) is None
     finally:
-        await stop(app, task)
+        await running.stop()
 
 
 async def test_the_delivery_worker_of_a_conversation_the_bot_no_longer_has_ends(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot = await new_user("newsbot")
     owner = await member(await new_user("owner"))
     room = await owner.create_room(name="actus")
@@ -213,7 +221,8 @@ async def test_the_delivery_worker_of_a_conversation_the_bot_no_longer_has_ends(
                 "public": True, "backfill": 1}])), bot)
     alice = await member(await new_user("alice"))
     bob = await member(await new_user("bob"))
-    app, task = await start(config)
+    running = await run_bot(config)
+    app = running.app
     try:
         await owner.wait_for_messages(room, 1, sender=bot.user_id)
         alice_dm = await accepted_dm(alice, bot)
@@ -246,4 +255,4 @@ async def test_the_delivery_worker_of_a_conversation_the_bot_no_longer_has_ends(
                     "a worker restarted for a room the bot does not have did not end")
         assert room in app.delivery_workers()
     finally:
-        await stop(app, task)
+        await running.stop()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.botkit import bot_config, load, write_config
+from tests.botkit import BotRunner, bot_config, load, write_config
 from tests.support import (
     FeedServer,
     MemberClient,
@@ -25,7 +25,7 @@ from tests.support import (
     SynapseServer,
     make_items,
 )
-from tests.test_subscriptions import open_dm, say, start, stop
+from tests.test_subscriptions import open_dm, say
 
 
 async def until(check: Any, what: str, timeout: float = 20) -> None:
@@ -64,7 +64,8 @@ async def bot_membership(client: MemberClient, room: str, bot: RegisteredUser) -
 
 async def test_archive_in_private_shows_a_private_rooms_items_only_to_its_members(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot = await new_user("newsbot")
     tag = uuid.uuid4().hex[:6]
     secret_path, open_path = feed_path + "-secret", feed_path + "-open"
@@ -83,7 +84,7 @@ async def test_archive_in_private_shows_a_private_rooms_items_only_to_its_member
     insider_user = await new_user("membre")
     insider = await member(insider_user)
     stranger = await member(await new_user("inconnu"))
-    app, task = await start(config)
+    running = await run_bot(config)
     try:
         private_room = await resolve(insider, f"#prive-{tag}:localhost")
         await as_bot.invite(private_room, insider_user.user_id)
@@ -108,12 +109,12 @@ async def test_archive_in_private_shows_a_private_rooms_items_only_to_its_member
         assert f"secret{tag}" not in after
         assert f"open{tag}-2" in after
     finally:
-        await stop(app, task)
+        await running.stop()
 
 
 async def test_one_conversation_per_person_left_when_they_leave_and_capped(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path, run_bot: BotRunner,
         caplog: pytest.LogCaptureFixture) -> None:
     bot = await new_user("newsbot")
     tag = uuid.uuid4().hex[:6]
@@ -129,7 +130,7 @@ async def test_one_conversation_per_person_left_when_they_leave_and_capped(
     bob = await member(await new_user("bob"))
     carol = await member(await new_user("carol"))
     caplog.set_level(logging.INFO)
-    app, task = await start(config)
+    running = await run_bot(config)
     try:
         first = await accepted_dm(alice, bot)
         assert await say(alice, first, bot, "help")
@@ -164,12 +165,13 @@ async def test_one_conversation_per_person_left_when_they_leave_and_capped(
         await until(left, "the bot stayed in a conversation its person left")
         await accepted_dm(carol, bot)
     finally:
-        await stop(app, task)
+        await running.stop()
 
 
 async def test_personal_commands_are_whole_messages_for_one_person_and_forget_only_the_sender(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot = await new_user("newsbot")
     owner = await member(await new_user("owner"))
     room = await owner.create_room(name="actus")
@@ -180,7 +182,8 @@ async def test_personal_commands_are_whole_messages_for_one_person_and_forget_on
                 "public": True, "backfill": 1}])), bot)
     alice_user, bob_user = await new_user("alice"), await new_user("bob")
     alice, bob = await member(alice_user), await member(bob_user)
-    app, task = await start(config)
+    running = await run_bot(config)
+    app = running.app
     try:
         await owner.wait_for_messages(room, 1, sender=bot.user_id)
         dm = await accepted_dm(alice, bot)
@@ -222,12 +225,13 @@ async def test_personal_commands_are_whole_messages_for_one_person_and_forget_on
         await until(closed, "the bot stayed after its person left")
         assert app.store.subscriber(alice_user.user_id) is None
     finally:
-        await stop(app, task)
+        await running.stop()
 
 
 async def test_a_slow_add_and_a_flood_of_direct_messages_never_delay_another_rooms_command(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot = await new_user("newsbot")
     owner_user = await new_user("owner")
     owner = await member(owner_user)
@@ -249,7 +253,7 @@ async def test_a_slow_add_and_a_flood_of_direct_messages_never_delay_another_roo
         feeds=[{"name": "actus", "url": feed_server.url(feed_path), "rooms": [busy_room],
                 "public": True, "backfill": 1}])), bot)
     flooder = await member(await new_user("flood"))
-    app, task = await start(config)
+    running = await run_bot(config)
     try:
         await owner.wait_for_messages(busy_room, 1, sender=bot.user_id)
         dm = await accepted_dm(flooder, bot)
@@ -276,4 +280,4 @@ async def test_a_slow_add_and_a_flood_of_direct_messages_never_delay_another_roo
         assert 1 <= len(replies) <= 6          # five answers, one "slow down", no more
     finally:
         release.set()
-        await stop(app, task)
+        await running.stop()

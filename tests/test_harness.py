@@ -1,9 +1,11 @@
-"""Smoke tests for the real-parts harness itself (bot/testing)."""
+"""Smoke tests for the real-parts harness itself (tests/support) and the demo built on it."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 import yaml
 from aiohttp import web
 
+from tests.botkit import ROOT
 from tests.support import (
     FeedItem,
     FeedServer,
@@ -182,3 +185,12 @@ def test_make_items_newest_first() -> None:
     assert [i.guid for i in items] == [f"urn:newsbot-test:x-{n}" for n in (3, 2, 1)]
     assert items[0].published == datetime(2025, 3, 1, 2, tzinfo=UTC)
     assert all(isinstance(i, FeedItem) for i in items)
+
+
+def test_the_demo_runs_as_dev_demo_runs_it(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "tests.support.demo", "--keep", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("[m.notice] from @newsbot:localhost") == 3, run.stdout
+    assert run.stdout.rstrip().endswith("3 messages, each posted once."), run.stdout
+    assert (tmp_path / "config.yaml").exists()      # --keep kept the demo's files

@@ -10,9 +10,8 @@ from typing import Any
 
 import aiohttp
 
-from bot.app import App
 from bot.store.sqlite import DB_FILENAME
-from tests.botkit import bot_config, load, write_config
+from tests.botkit import BotRunner, bot_config, load, write_config
 from tests.support import (
     FeedServer,
     MemberClient,
@@ -23,16 +22,7 @@ from tests.support import (
     free_port,
     make_items,
 )
-
-
-class OffsetClock:
-    """The wall clock, moved forward on demand (a week passes in a test)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def now(self) -> float:
-        return time.time() + self.offset
+from tests.support.clock import OffsetClock
 
 
 async def open_dm(client: MemberClient, bot: RegisteredUser) -> str:
@@ -54,17 +44,6 @@ async def say(client: MemberClient, room: str, bot: RegisteredUser, body: str) -
     raise AssertionError(f"no answer to {body!r}")
 
 
-async def start(config: Any, clock: OffsetClock | None = None) -> tuple[App, asyncio.Task[None]]:
-    app = App(config, clock=clock)
-    task = asyncio.create_task(app.run())
-    return app, task
-
-
-async def stop(app: App, task: asyncio.Task[None]) -> None:
-    app.request_stop()
-    await asyncio.wait_for(task, 30)
-
-
 def rows_mentioning(db: Path, *needles: str) -> list[tuple[str, tuple[Any, ...]]]:
     conn = sqlite3.connect(db)
     found = []
@@ -77,7 +56,8 @@ def rows_mentioning(db: Path, *needles: str) -> list[tuple[str, tuple[Any, ...]]
 
 async def test_a_dm_subscriber_gets_each_item_once_a_digest_once_and_can_be_forgotten(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot = await new_user("newsbot")
     owner = await member(await new_user("owner"))
     reader_user = await new_user("lectrice")
@@ -89,7 +69,8 @@ async def test_a_dm_subscriber_gets_each_item_once_a_digest_once_and_can_be_forg
         feeds=[{"name": "actus", "url": feed_server.url(feed_path), "rooms": [room],
                 "public": True, "backfill": 1}])), bot)
     clock = OffsetClock()
-    app, task = await start(config, clock)
+    running = await run_bot(config, clock=clock)
+    app = running.app
     try:
         await owner.wait_for_messages(room, 1, sender=bot.user_id)
         dm = await open_dm(reader, bot)
@@ -154,13 +135,14 @@ async def test_a_dm_subscriber_gets_each_item_once_a_digest_once_and_can_be_forg
         assert await say(reader, dm, bot, "forget me") == \
             "C’est fait : j’ai effacé tout ce que je gardais sur vous. Au revoir !"
     finally:
-        await stop(app, task)
+        await running.stop()
     assert rows_mentioning(tmp_path / "state" / DB_FILENAME, reader_user.user_id, dm) == []
 
 
 async def test_stats_and_archive_in_a_room(
         synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
-        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path) -> None:
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
     bot = await new_user("newsbot")
     owner = await member(await new_user("owner"))
     room = await owner.create_room(name="stats")
@@ -173,7 +155,7 @@ async def test_stats_and_archive_in_a_room(
         metrics={"listen": f"127.0.0.1:{port}"},
         feeds=[{"name": "actus", "url": feed_server.url(feed_path), "rooms": [room],
                 "backfill": 1}])), bot)
-    app, task = await start(config)
+    running = await run_bot(config)
     try:
         await owner.wait_for_messages(room, 1, sender=bot.user_id)
         stats = await say(owner, room, bot, "!news stats")
@@ -189,4 +171,4 @@ async def test_stats_and_archive_in_a_room(
         assert "newsbot_outbox_pending 0.0" in metrics.splitlines()
         assert "@" not in metrics            # counted, never listed
     finally:
-        await stop(app, task)
+        await running.stop()

@@ -1,6 +1,6 @@
 """Real-parts test harness: a throwaway Synapse, a member's own client, real feed servers.
 
-Used by the test suite and by ``newsbot demo``; everything listens on 127.0.0.1 only.
+Used by the test suite and by the demo (``./dev demo``); everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations

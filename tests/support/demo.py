@@ -19,11 +19,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import yaml
-
-from bot.app import App
-from bot.config import load_config
 from bot.logs import setup_logging
+from tests.botkit import InProcessBot, bot_config, load, write_config
 from tests.support import FeedItem, FeedServer, MemberClient, SynapseServer
 
 DEMO_ITEMS = [
@@ -72,27 +69,17 @@ async def _demo(work: Path) -> int:
 
         async with MemberClient(hs.base_url, alice) as member:
             room_id = await member.create_room(name="Actualités", alias_localpart="actualites")
-            config_path = work / "config.yaml"
-            config_path.write_text(yaml.safe_dump({
-                "matrix": {"homeserver": hs.base_url, "user_id": bot_user.user_id,
-                           "password": "${DEMO_BOT_PASSWORD}",
-                           "display_name": "Actualités InterHop"},
-                "storage": {"path": str(work / "state")},
-                "fetch": {"allow_private_networks": True},
-                "language": "fr",
-                "admins": [alice.user_id],
-                "feeds": [{"name": "actualites", "url": feeds.url("/actualites.xml"),
-                           "rooms": ["#actualites:localhost"], "interval": "2s",
-                           "backfill": 2}],
-            }, allow_unicode=True, sort_keys=False))
-            config, _ = load_config(config_path,
-                                    environ={"DEMO_BOT_PASSWORD": bot_user.password})
+            settings = bot_config(
+                homeserver=hs.base_url, bot=bot_user, storage=work / "state", auth="password",
+                language="fr", admins=[alice.user_id],
+                feeds=[{"name": "actualites", "url": feeds.url("/actualites.xml"),
+                        "rooms": ["#actualites:localhost"], "interval": "2s", "backfill": 2}])
+            settings["matrix"]["display_name"] = "Actualités InterHop"
+            config = load(write_config(work / "config.yaml", settings), bot_user)
             _say(f"  feed {feeds.url('/actualites.xml')} -> room #actualites:localhost\n")
 
             logging.getLogger("bot").setLevel(logging.WARNING)
-            app = App(config)
-            bot_task = asyncio.create_task(app.run(), name="newsbot")
-            try:
+            async with InProcessBot(config):
                 _say("The bot sees the feed for the first time and posts its newest 2 items.")
                 _say("What the member's client receives:\n")
                 seen = await member.wait_for_messages(room_id, 2, sender=bot_user.user_id,
@@ -109,9 +96,6 @@ async def _demo(work: Path) -> int:
                 seen = await member.wait_for_messages(room_id, 3, sender=bot_user.user_id,
                                                       timeout=60)
                 _print_event(seen[-1])
-            finally:
-                app.request_stop()
-                await asyncio.wait_for(bot_task, timeout=30)
             total = len(await member.messages(room_id, sender=bot_user.user_id))
     _say(f"Done in {time.monotonic() - started:.1f} s: {total} messages, each posted once.")
     return 0
