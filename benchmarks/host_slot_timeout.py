@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.errors import FetchError  # noqa: E402
 from bot.feeds.fetch import Fetcher  # noqa: E402
-from bot.testing import FeedServer, make_items  # noqa: E402
+from tests.support import FeedServer, make_items  # noqa: E402
 
 TIMEOUT = 2.0
 

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.testing import FeedServer, MemberClient, SynapseServer  # noqa: E402
+from tests.support import FeedServer, MemberClient, SynapseServer  # noqa: E402
 from tests.test_load import (  # noqa: E402
     CONCURRENCY,
     CYCLES,

@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.testing import FeedServer, MemberClient, SynapseServer  # noqa: E402
+from tests.support import FeedServer, MemberClient, SynapseServer  # noqa: E402
 from tests.test_load import CYCLES, run_load  # noqa: E402
 
 

@@ -29,7 +29,8 @@ from bot.i18n import LANGUAGES, format_duration, format_time, text
 from bot.metrics import count_readers
 from bot.model import Message
 from bot.render import entry_line
-from bot.store import NewDelivery, RoomFeed, RoomFeedSettings, Store
+from bot.store.base import Store
+from bot.store.types import NewDelivery, RoomFeed, RoomFeedSettings
 from bot.subscriptions import PersonalSubscriptions, is_forget_me, small_number
 from bot.transport.base import IncomingMessage, Transport
 from bot.urls import text_for_members, text_for_moderators, url_for_members, url_for_moderators

@@ -32,7 +32,8 @@ from bot.errors import (
 )
 from bot.media import ImageSource
 from bot.model import Delivery, Network, Outgoing, Target, delivery_key
-from bot.store import NewDelivery, Store
+from bot.store.base import Store
+from bot.store.types import NewDelivery
 
 log = logging.getLogger(__name__)
 

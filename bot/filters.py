@@ -12,7 +12,7 @@ from functools import lru_cache
 
 from bot.model import Entry
 from bot.render import html_to_text
-from bot.store import RoomFeedSettings
+from bot.store.types import RoomFeedSettings
 
 
 def normalize(text: str) -> str:

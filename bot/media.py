@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 from bot.clock import Clock
 from bot.errors import AuthError, FeedError, TemporaryTransportError, TransportError
 from bot.feeds.fetch import Fetcher
-from bot.store import MediaRow, Store
+from bot.store.base import Store
+from bot.store.types import MediaRow
 from bot.transport.base import Transport
 
 log = logging.getLogger(__name__)

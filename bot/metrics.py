@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from bot.clock import Clock
 from bot.config import FeedConfig
 from bot.errors import TransportError
-from bot.store import Store
+from bot.store.base import Store
 from bot.transport.base import Messaging
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from bot.feeds.decide import Decision
 from bot.filters import entry_text, wanted
 from bot.model import Entry, Image, Message
 from bot.render import html_to_text, render_entry
-from bot.store import Correction, DigestItem, NewDelivery, RoomFeedSettings
+from bot.store.types import Correction, DigestItem, NewDelivery, RoomFeedSettings
 
 log = logging.getLogger(__name__)
 

@@ -30,14 +30,14 @@ from bot.feeds.parse import parse_feed_async
 from bot.i18n import text
 from bot.model import Entry, Message
 from bot.plan import PLAN_BUDGET_SECONDS, Plan, Recipient, Snapshot, plan
-from bot.store import (
+from bot.store.base import Store
+from bot.store.types import (
     RECENT_PER_FEED,
     FeedState,
     NewDelivery,
     PollOutcome,
     RecentEntry,
     RoomFeedSettings,
-    Store,
 )
 from bot.urls import url_for_members
 

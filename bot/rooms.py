@@ -32,7 +32,7 @@ from bot.errors import AuthError, RateLimitedError, RoomUnavailableError, Transp
 from bot.i18n import MESSAGES, text
 from bot.model import Delivery
 from bot.render import bounded_title
-from bot.store import Store
+from bot.store.base import Store
 from bot.store.types import RECENT_PER_FEED
 from bot.transport.base import RoomAdmin
 

@@ -35,7 +35,8 @@ from bot.render import (
     format_date,
     link_markup,
 )
-from bot.store import DigestItem, NewDelivery, Store
+from bot.store.base import Store
+from bot.store.types import DigestItem, NewDelivery
 from bot.transport.base import JoinToPoint, Transport
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from bot.errors import TransportError
 from bot.i18n import text
 from bot.model import Message
 from bot.render import entry_line
-from bot.store import NewDelivery, Store
+from bot.store.base import Store
+from bot.store.types import NewDelivery
 from bot.transport.base import Transport
 
 log = logging.getLogger(__name__)

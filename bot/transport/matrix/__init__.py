@@ -29,7 +29,7 @@ from bot.config import EncryptionConfig, MatrixConfig
 from bot.filemodes import private_dir, tighten_tree
 from bot.media import ImageSource
 from bot.model import Outgoing
-from bot.store import Store
+from bot.store.base import Store
 from bot.transport.base import EventHandlers
 from bot.transport.matrix.admin import RoomAdministration
 from bot.transport.matrix.cross_signing import CrossSigningStatus

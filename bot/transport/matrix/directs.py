@@ -12,7 +12,7 @@ from typing import Any
 import nio
 
 from bot.errors import AuthError, RoomUnavailableError, TransportError
-from bot.store import Store
+from bot.store.base import Store
 from bot.transport.matrix.encryption import Encryption
 from bot.transport.matrix.membership import Membership
 from bot.transport.matrix.session import Connection

@@ -12,7 +12,7 @@ from typing import Any
 import nio
 
 from bot.errors import RoomUnavailableError
-from bot.store import Store
+from bot.store.base import Store
 from bot.transport.matrix.encryption import Encryption
 from bot.transport.matrix.session import Connection
 

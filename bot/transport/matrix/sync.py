@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from bot.errors import AuthError, TransportError
-from bot.store import Store
+from bot.store.base import Store
 from bot.transport.base import EventHandlers, IncomingMessage
 from bot.transport.matrix.directs import Directs
 from bot.transport.matrix.encryption import Encryption
