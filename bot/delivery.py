@@ -31,7 +31,7 @@ from bot.errors import (
     TemporaryTransportError,
 )
 from bot.media import ImageSource
-from bot.model import Delivery, Network, Outgoing, Target, delivery_key
+from bot.model import Delivery, Network, Outgoing, Sent, Target, delivery_key
 from bot.store.base import Store
 from bot.store.types import NewDelivery
 
@@ -58,9 +58,9 @@ class DeliveryTransport(Protocol):
         ...
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> str:
+                   attempted_at: float | None, now: float) -> Sent:
         """Send a payload once whatever happened before (``attempted_at``: when it was
-        first tried, if it was); returns the message's id on the network."""
+        first tried, if it was): its id on the network, and whether it was already there."""
         ...
 
 
@@ -274,16 +274,21 @@ class Deliverer:
                                               expected=delivery.message):
             return      # a correction replaced it while it was encoded: read again
         try:
-            event_id = await self._transport.send(room_id, payload, delivery.key,
-                                                  attempted_at=delivery.first_attempt_at,
-                                                  now=now)
+            sent = await self._transport.send(room_id, payload, delivery.key,
+                                              attempted_at=delivery.first_attempt_at,
+                                              now=now)
         except MessageRejectedError as exc:
             # Retrying cannot help and would hold back every later item of the room.
             await self._store.mark_rejected(delivery.key, str(exc), self._clock.now())
             log.error("room %s: item %s of feed %s was refused by the homeserver and is "
                       "skipped: %s", delivery.room, delivery.entry_id, delivery.feed, exc)
             return
+        event_id = sent.message_id
         await self._store.mark_sent(delivery.key, event_id, self._clock.now())
+        if sent.already_there:
+            log.info("room %s: item %s of feed %s was already delivered (%s)",
+                     delivery.room, delivery.entry_id, delivery.feed, event_id)
+            return
         self.delivered += 1
         log.info("room %s: posted item %s of feed %s (%s)", delivery.room, delivery.entry_id,
                  delivery.feed, event_id)

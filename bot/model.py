@@ -119,6 +119,15 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Sent:
+    """A row's message on its network: its id there, and whether it was already there
+    (found after a crash, not sent again)."""
+
+    message_id: str
+    already_there: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Outgoing:
     """What a transport is asked to encode: a row's message, what kind it is, and the
     message it relates to on that network (the event an edit replaces, the command a

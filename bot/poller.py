@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import html
 import logging
 import math
 import random
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from bot.clock import Clock
@@ -26,7 +24,7 @@ from bot.config import FeedConfig, FetchConfig
 from bot.errors import FeedError, FetchError, StorageError
 from bot.feeds.decide import Decision, chronological, decide
 from bot.feeds.fetch import Fetcher, FetchResult
-from bot.feeds.parse import parse_feed_async
+from bot.feeds.read import PollResult, Validators, read_feed
 from bot.i18n import text
 from bot.model import Entry, Message
 from bot.plan import PLAN_BUDGET_SECONDS, Plan, Recipient, Snapshot, plan
@@ -45,8 +43,6 @@ log = logging.getLogger(__name__)
 
 
 _DEFAULT_SETTINGS = RoomFeedSettings()
-# Longer entry ids are stored as their hash.
-MAX_ID_BYTES = 256
 # Planning (rendering) has threads of its own: heavy feeds must not queue up in the
 # default executor, which also resolves host names for every fetch.
 _PLANNER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="plan")
@@ -68,22 +64,6 @@ def _recent(feed: str, entries: tuple[Entry, ...]) -> list[RecentEntry]:
         recent.append(RecentEntry(feed, entry.entry_id, entry.title, entry.link,
                                   date.timestamp() if date else None))
     return recent
-
-
-def stable_ids(entries: tuple[Entry, ...]) -> tuple[tuple[Entry, ...], dict[str, str]]:
-    """Entries whose id is over ``MAX_ID_BYTES`` get a hash of it instead: a feed must not
-    grow the database by the size of its ids. Returns the entries and, for those
-    changed, hashed id -> the whole id (which older versions stored)."""
-    legacy: dict[str, str] = {}
-    bounded = []
-    for entry in entries:
-        encoded = entry.entry_id.encode("utf-8", "surrogatepass")
-        if len(encoded) > MAX_ID_BYTES:
-            hashed = "sha256:" + hashlib.sha256(encoded).hexdigest()
-            legacy[hashed] = entry.entry_id
-            entry = replace(entry, entry_id=hashed)
-        bounded.append(entry)
-    return tuple(bounded), legacy
 
 
 def _decide_and_plan(entries: tuple[Entry, ...], unseen: set[str], snapshot: Snapshot, *,
@@ -197,38 +177,21 @@ class FeedPoller:
         # Paused feeds are still fetched (one conditional request): what appears during
         # a pause is marked seen, so resuming does not dump a backlog into the room.
         interval = await self.interval()
-        result = fetched or await self._fetcher.fetch(state.url, etag=state.etag,
-                                                      last_modified=state.last_modified)
-        if result.status == 304 or result.body is None:
-            delay = jittered(interval, self._rng)
-            if not await self._moved_unchanged(state, result, now, delay, state.body_hash):
-                await self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay)
-            log.debug("feed %s: not modified", feed.name)
+        read = await read_feed(self._fetcher, state.url, etag=state.etag,
+                               last_modified=state.last_modified, body_hash=state.body_hash,
+                               initialized=state.initialized,
+                               unseen=functools.partial(self._store.unseen, feed.name),
+                               fetched=fetched)
+        delay = jittered(interval, self._rng)
+        if read.unchanged:
+            await self._unchanged(state, read, now, delay)
             return delay, []
-        body_hash = hashlib.sha256(result.body).hexdigest()
-        if body_hash == state.body_hash and state.initialized:
-            delay = jittered(interval, self._rng)
-            if not await self._moved_unchanged(state, result, now, delay, body_hash):
-                await self._store.record_not_modified(feed.name, now=now, next_fetch=now + delay,
-                                                etag=result.etag,
-                                                last_modified=result.last_modified)
-            log.debug("feed %s: same body as last time", feed.name)
-            return delay, []
-        parsed = await parse_feed_async(result.body, content_type=result.content_type,
-                                        url=result.final_url)
-
-        for warning in parsed.warnings:
+        for warning in read.warnings:
             log.info("feed %s: %s", feed.name, warning)
-        entries, legacy = stable_ids(parsed.entries)
-        unseen = await self._store.unseen(feed.name, (e.entry_id for e in entries))
-        # Entries first seen under their whole long id (before ids were bounded).
-        already = set(legacy) & unseen
-        if already:
-            already -= await self._store.unseen(feed.name, (legacy[i] for i in already))
-            unseen -= already
+        entries, unseen = read.entries, set(read.new)
         known_until = (datetime.fromtimestamp(state.last_success, UTC)
                        if state.last_success else None)
-        snapshot = await self._snapshot(entries, unseen, parsed.title or None)
+        snapshot = await self._snapshot(entries, unseen, read.title)
         carried = frozenset(await self._store.carried(feed.name))
         decision, planned = await asyncio.get_running_loop().run_in_executor(
             _PLANNER, functools.partial(
@@ -243,22 +206,20 @@ class FeedPoller:
             log.info("feed %s: first sight, %d entries marked as seen, posting the newest %d",
                      feed.name, len(decision.to_mark_seen), len(decision.to_post))
 
-        if result.permanent_url and result.permanent_url != state.url:
+        if read.moved_to and read.moved_to != state.url:
             log.warning("feed %s moved permanently to %s; fetching from there from now on",
-                        feed.name, result.permanent_url)
-        delay = jittered(interval, self._rng)
+                        feed.name, read.moved_to)
         # Entries the plan did not reach in its time budget stay unseen and are owed to
         # the next poll (posted then whatever its own decision); an incomplete poll keeps
         # no validators nor body hash, so the next one reads and plans the body again.
         waiting = set(planned.unplanned)
-        seen = [i for i in decision.to_mark_seen if i not in waiting] + sorted(already)
-        complete = planned.complete
+        seen = [i for i in decision.to_mark_seen if i not in waiting] + \
+            sorted(read.seen_unbounded)
+        kept = read.validators if planned.complete else Validators(None, None, None)
         rooms = await self._store.record_poll(PollOutcome(
-            feed=feed.name, now=now, next_fetch=now + delay,
-            etag=result.etag if complete else None,
-            last_modified=result.last_modified if complete else None,
-            body_hash=body_hash if complete else None, carried=planned.unplanned,
-            title=parsed.title or None, new_url=result.permanent_url,
+            feed=feed.name, now=now, next_fetch=now + delay, etag=kept.etag,
+            last_modified=kept.last_modified, body_hash=kept.body_hash,
+            carried=planned.unplanned, title=read.title, new_url=read.moved_to,
             seen_entry_ids=seen, deliveries=planned.deliveries,
             recent=_recent(feed.name, entries), fingerprints=planned.posted,
             digest=planned.digest, changed=planned.changed,
@@ -314,17 +275,26 @@ class FeedPoller:
                     self.feed.name, exc, failures, delay)
         return delay
 
-    async def _moved_unchanged(self, state: FeedState, result: FetchResult, now: float,
-                               delay: float, body_hash: str | None) -> bool:
-        """A permanent redirect to the same content (a 304 or the same body) still moves
-        the feed: record the new URL with the not-modified poll. False if it did not move."""
-        new_url = result.permanent_url
+    async def _unchanged(self, state: FeedState, read: PollResult, now: float,
+                         delay: float) -> None:
+        """A 304 or the same body: nothing to parse. A permanent redirect to the same
+        content still moves the feed (recorded with the not-modified poll)."""
+        feed = self.feed
+        after_304 = read.validators.body_hash is None
+        log.debug("feed %s: %s", feed.name, "not modified" if after_304
+                  else "same body as last time")
+        new_url = read.moved_to
         if not state.initialized or new_url is None or new_url == state.url:
-            return False
+            # After a 304 the stored validators stay; a same body refreshes them.
+            await self._store.record_not_modified(
+                feed.name, now=now, next_fetch=now + delay,
+                etag=None if after_304 else read.validators.etag,
+                last_modified=None if after_304 else read.validators.last_modified)
+            return
         log.warning("feed %s moved permanently to %s; fetching from there from now on",
-                    self.feed.name, new_url)
+                    feed.name, new_url)
         await self._store.record_poll(PollOutcome(
-            feed=self.feed.name, now=now, next_fetch=now + delay, etag=result.etag,
-            last_modified=result.last_modified, body_hash=body_hash, title=None,
+            feed=feed.name, now=now, next_fetch=now + delay, etag=read.validators.etag,
+            last_modified=read.validators.last_modified,
+            body_hash=read.validators.body_hash or state.body_hash, title=None,
             new_url=new_url, seen_entry_ids=(), deliveries=()))
-        return True

@@ -12,25 +12,25 @@ import sys
 from typing import Any
 
 from bot.cli import main
-from bot.store.sqlite import Store
+from bot.store.sqlite import SqliteStore
 
 point = os.environ["CRASH_POINT"]
 when = os.environ.get("CRASH_WHEN", "before")
 crash_at = int(os.environ.get("CRASH_AT", "1"))
-original = getattr(Store, point)
+original = getattr(SqliteStore, point)
 calls = 0
 
 
-def crashing(self: Store, *args: Any, **kwargs: Any) -> Any:
+async def crashing(self: SqliteStore, *args: Any, **kwargs: Any) -> Any:
     global calls
     calls += 1
     if calls == crash_at and when == "before":
         os._exit(137)
-    result = original(self, *args, **kwargs)
+    result = await original(self, *args, **kwargs)
     if calls == crash_at and when == "after":
         os._exit(137)
     return result
 
 
-setattr(Store, point, crashing)
+setattr(SqliteStore, point, crashing)
 sys.exit(main(sys.argv[1:]))

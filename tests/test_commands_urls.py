@@ -80,7 +80,7 @@ async def _scenario(synapse: SynapseServer, feed_server: FeedServer, feed_path: 
         store = running.app.store
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            looping, closed = store.feed_state("looping"), store.feed_state("closed")
+            looping, closed = await store.feed_state("looping"), await store.feed_state("closed")
             if looping and looping.last_error and closed and closed.disabled:
                 break
             await asyncio.sleep(0.2)

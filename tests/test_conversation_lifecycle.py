@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import Config
-from bot.store import Store
+from bot.store import SqliteStore
 from bot.transport.matrix import DIRECT_ROOMS_KEY
 from tests.botkit import BotRunner, bot_config, load, write_config
 from tests.support import (
@@ -182,7 +182,7 @@ async def test_a_conversation_the_bot_lost_is_forgotten_and_frees_its_place(
         await alice.kick(first, bot.user_id)
         await until(lambda: asyncio.sleep(0, first not in app.transport.direct_rooms()),
                     "the bot still remembers a conversation it was kicked from")
-        assert app.store.subscriber(alice_user.user_id) is None     # nothing reaches her
+        assert await app.store.subscriber(alice_user.user_id) is None     # nothing reaches her
         # A new conversation is accepted (the one place is free), not pointed to the old.
         second = await kickable_dm(alice, bot)
         assert (await say(alice, second, bot, "subscribe")).startswith("Subscribed to actus")
@@ -193,8 +193,8 @@ async def test_a_conversation_the_bot_lost_is_forgotten_and_frees_its_place(
     # Lost while the bot was stopped (or remembered by an older newsbot): forgotten at
     # start, so the person is not pointed to a room the bot is not in.
     await alice.kick(second, bot.user_id)
-    store = Store.open(config.storage.path)
-    store.put(DIRECT_ROOMS_KEY, json.dumps({second: alice_user.user_id,
+    store = SqliteStore.open(config.storage.path)
+    await store.put(DIRECT_ROOMS_KEY, json.dumps({second: alice_user.user_id,
                                             "!gone:localhost": "@someone:localhost"}))
     store.close()
     running = await run_bot(config)
@@ -202,7 +202,7 @@ async def test_a_conversation_the_bot_lost_is_forgotten_and_frees_its_place(
     try:
         third = await accepted_dm(alice, bot)
         assert list(app.transport.direct_rooms()) == [third]
-        assert app.store.subscriber(alice_user.user_id) is None
+        assert await app.store.subscriber(alice_user.user_id) is None
     finally:
         await running.stop()
 

@@ -21,7 +21,7 @@ from bot.errors import (
     TransportError,
 )
 from bot.media import ImageSource
-from bot.model import Image, Message, Outgoing
+from bot.model import Image, Message, Outgoing, Sent
 from bot.store import NewDelivery, PollOutcome, SqliteStore, Store
 from bot.transport.base import EventHandlers
 from bot.transport.matrix.errors import error_for
@@ -47,7 +47,7 @@ class ScriptedTransport:
         return await self._messages.prepare(outgoing, images)
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> str:
+                   attempted_at: float | None, now: float) -> Sent:
         return await self._messages.send(room_id, payload, key, attempted_at=attempted_at,
                                          now=now)
 

@@ -23,7 +23,7 @@ import pytest_asyncio
 from bot.clock import Clock
 from bot.delivery import Deliverer, DeliveryTransport
 from bot.errors import TemporaryTransportError
-from bot.model import Message, delivery_key
+from bot.model import Message, Sent, delivery_key
 from bot.store import NewDelivery, PollOutcome, SqliteStore, Store
 from bot.transport.matrix import MatrixTransport
 from bot.transport.matrix.events import DELIVERY_KEY_FIELD, TXN_MEMORY_SECONDS
@@ -176,14 +176,14 @@ class CrashingTransport:
         return await self._transport.prepare(outgoing, images)
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> str:
+                   attempted_at: float | None, now: float) -> Sent:
         if key == self._key and not self._after:
             raise Crash("send")
-        event_id = await self._transport.send(room_id, payload, key, attempted_at=attempted_at,
-                                              now=now)
+        sent = await self._transport.send(room_id, payload, key, attempted_at=attempted_at,
+                                          now=now)
         if key == self._key:
             raise Crash("answer")
-        return event_id
+        return sent
 
 
 def assert_exactly_once_in_order(received: list[tuple[str, str]], keys: list[str],
@@ -254,7 +254,7 @@ async def test_temporary_failures_keep_the_order(network: Network, tmp_path: Pat
 
     class Flaky(CrashingTransport):
         async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                       attempted_at: float | None, now: float) -> str:
+                       attempted_at: float | None, now: float) -> Sent:
             if next(failures, False):
                 raise TemporaryTransportError("try again")
             return await self._transport.send(room_id, payload, key,

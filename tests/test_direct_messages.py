@@ -196,7 +196,7 @@ async def test_personal_commands_are_whole_messages_for_one_person_and_forget_on
         feed_server.set_feed(feed_path, make_items(2))
 
         async def waiting() -> bool:
-            return bool(app.store.digest_items(alice_user.user_id))
+            return bool(await app.store.digest_items(alice_user.user_id))
         await until(waiting, "the new item did not wait for alice's digest")
         assert bot.user_id in await alice.joined_members(dm)
 
@@ -205,16 +205,16 @@ async def test_personal_commands_are_whole_messages_for_one_person_and_forget_on
         await bob.join(dm)
         refusal = await say(bob, dm, bot, "subscribe")
         assert refusal.startswith("This conversation has more than two members")
-        assert app.store.subscriber(bob_user.user_id) is None
+        assert await app.store.subscriber(bob_user.user_id) is None
         assert (await say(alice, dm, bot, "list")).startswith("This conversation has")
         # ... and his "forget me" forgets him only: alice keeps her item and her bot.
         assert (await say(bob, dm, bot, "forget me")).startswith("Done: I deleted")
         await asyncio.sleep(1)
         assert bot.user_id in await alice.joined_members(dm)
-        subscriber = app.store.subscriber(alice_user.user_id)
+        subscriber = await app.store.subscriber(alice_user.user_id)
         assert subscriber is not None and subscriber.dm_room == dm
         assert subscriber.feeds == ("actus",)
-        assert [i.entry_id for i in app.store.digest_items(alice_user.user_id)] == \
+        assert [i.entry_id for i in await app.store.digest_items(alice_user.user_id)] == \
             [make_items(2)[0].guid]
 
         # Alice leaves her conversation: the bot leaves it too and forgets her.
@@ -223,7 +223,7 @@ async def test_personal_commands_are_whole_messages_for_one_person_and_forget_on
         async def closed() -> bool:
             return bot.user_id not in await bob.joined_members(dm)
         await until(closed, "the bot stayed after its person left")
-        assert app.store.subscriber(alice_user.user_id) is None
+        assert await app.store.subscriber(alice_user.user_id) is None
     finally:
         await running.stop()
 

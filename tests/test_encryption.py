@@ -150,7 +150,7 @@ async def test_without_encryption_nothing_is_posted_in_the_clear_until_it_is_bac
     async with InProcessBot(scene.config(encryption={"enabled": False})) as running:
         await asyncio.sleep(3)
         assert running.app is not None
-        assert running.app.store.pending_count() == 1
+        assert await running.app.store.pending_count() == 1
     assert any("refusing to post in the clear" in r.getMessage() for r in caplog.records)
     assert await scene.clear_messages_from_bot(scene.alice.user) == []
     async with InProcessBot(scene.config()):

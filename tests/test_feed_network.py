@@ -33,8 +33,8 @@ from aiohttp import web
 from bot.config import FeedConfig, FetchConfig
 from bot.feeds.fetch import Fetcher
 from bot.feeds.netguard import AddressPolicy, IPAddress, default_policy
-from bot.feeds.poller import FeedPoller
-from bot.store import Store
+from bot.poller import FeedPoller
+from bot.store import SqliteStore, Store
 from bot.store.sqlite import FeedState
 from tests.support import FeedServer, free_port, make_items
 from tests.support.clock import FakeClock
@@ -42,7 +42,7 @@ from tests.support.feedserver import CONTENT_TYPES
 
 T = TypeVar("T")
 
-POLLER_LOGGER = "bot.feeds.poller"
+POLLER_LOGGER = "bot.poller"
 START = 1_750_000_000.0
 PRIVATE_HINT = "set fetch.allow_private_networks to allow"
 
@@ -58,19 +58,19 @@ class Rig:
     enqueued: list[list[str]] = field(default_factory=list)
     limiter: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
 
-    def poller(self, name: str, url: str, *, interval: float = 60.0,
+    async def poller(self, name: str, url: str, *, interval: float = 60.0,
                rooms: tuple[str, ...] | None = None) -> FeedPoller:
         feed = FeedConfig(name=name, url=url, rooms=rooms or (f"!{name}:test",),
                           interval=interval)
         # What FeedPoller.run() does first; a changed URL replaces the stored one.
-        self.store.ensure_feed(name, url)
+        await self.store.ensure_feed(name, url)
         return FeedPoller(feed, store=self.store, fetcher=self.fetcher, clock=self.clock,
                           fetch_config=self.fetch_config, language="en",
                           limiter=self.limiter, on_enqueued=self.enqueued.append,
                           rng=random.Random(3))
 
-    def state(self, name: str) -> FeedState:
-        state = self.store.feed_state(name)
+    async def state(self, name: str) -> FeedState:
+        state = await self.store.feed_state(name)
         assert state is not None
         return state
 
@@ -91,7 +91,7 @@ GUARDED = replace(LOCAL, allow_private_networks=False)
 @asynccontextmanager
 async def open_rig(tmp_path: Path, config: FetchConfig,
                    policy: AddressPolicy | None = None) -> AsyncIterator[Rig]:
-    store = Store.open(tmp_path / f"state-{uuid.uuid4().hex[:6]}")
+    store = SqliteStore.open(tmp_path / f"state-{uuid.uuid4().hex[:6]}")
     try:
         async with make_fetcher(config, policy) as fetcher:
             yield Rig(store=store, fetcher=fetcher, fetch_config=config)
@@ -131,9 +131,9 @@ def assert_no_crash_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert not bad, [r.getMessage() for r in bad]
 
 
-def assert_failed(rig: Rig, name: str, delay: float, *, failures: int, error: str) -> None:
+async def assert_failed(rig: Rig, name: str, delay: float, *, failures: int, error: str) -> None:
     """The stored state after a failed poll; ``error`` is a substring of last_error."""
-    state = rig.state(name)
+    state = await rig.state(name)
     assert state.failures == failures
     assert state.last_error is not None and error in state.last_error, state.last_error
     assert state.next_fetch == pytest.approx(rig.clock.now() + delay)
@@ -292,7 +292,7 @@ async def test_trickle_stopped_by_total_deadline(
     rig: Rig, feed_server: FeedServer, feed_path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     feed_server.set_handler(feed_path, trickle_handler())
-    poller = rig.poller("slow", feed_server.url(feed_path), interval=60)
+    poller = await rig.poller("slow", feed_server.url(feed_path), interval=60)
     delay, elapsed = await timed(poller.poll_once())
     # The 1.5 s total deadline, not the 8 s body (generous for a busy machine: the
     # message below names the deadline that fired).
@@ -300,54 +300,54 @@ async def test_trickle_stopped_by_total_deadline(
     assert delay == 60  # the first failure waits one interval
     assert warnings_for(caplog, "slow") == [
         failure_line("slow", "timed out after 1.5 s", 1, 60)]
-    assert_failed(rig, "slow", delay, failures=1, error="timed out after 1.5 s")
-    assert rig.enqueued == [] and rig.store.pending_count() == 0
+    await assert_failed(rig, "slow", delay, failures=1, error="timed out after 1.5 s")
+    assert rig.enqueued == [] and await rig.store.pending_count() == 0
     assert_no_crash_logged(caplog)
 
 
 async def test_connect_timeout(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     with unanswered_port() as port:
-        poller = rig.poller("blackhole", f"http://127.0.0.1:{port}/feed", interval=60)
+        poller = await rig.poller("blackhole", f"http://127.0.0.1:{port}/feed", interval=60)
         delay, elapsed = await timed(poller.poll_once())
     # connect_timeout 0.5 s, before the 1.5 s deadline: the message says which fired,
     # so the upper bound is only a generous one for a busy machine.
     assert 0.4 < elapsed < 6, elapsed
     error = "connection to 127.0.0.1 timed out after 0.5 s"
     assert warnings_for(caplog, "blackhole") == [failure_line("blackhole", error, 1, 60)]
-    assert_failed(rig, "blackhole", delay, failures=1, error=error)
+    await assert_failed(rig, "blackhole", delay, failures=1, error=error)
     assert_no_crash_logged(caplog)
 
 
 async def test_connection_refused(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
-    poller = rig.poller("closed", f"http://127.0.0.1:{free_port()}/feed", interval=60)
+    poller = await rig.poller("closed", f"http://127.0.0.1:{free_port()}/feed", interval=60)
     delay = await poller.poll_once()
     assert delay == 60
     assert warnings_for(caplog, "closed") == [
         failure_line("closed", "connection refused", 1, 60)]
-    assert_failed(rig, "closed", delay, failures=1, error="connection refused")
+    await assert_failed(rig, "closed", delay, failures=1, error="connection refused")
     assert_no_crash_logged(caplog)
 
 
 async def test_dns_failure(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     host = f"newsbot-{uuid.uuid4().hex[:8]}.invalid"
-    poller = rig.poller("nxdomain", f"http://{host}/feed", interval=60)
+    poller = await rig.poller("nxdomain", f"http://{host}/feed", interval=60)
     delay = await poller.poll_once()
     error = f"DNS lookup failed for {host}"
     assert warnings_for(caplog, "nxdomain") == [failure_line("nxdomain", error, 1, 60)]
-    assert_failed(rig, "nxdomain", delay, failures=1, error=error)
+    await assert_failed(rig, "nxdomain", delay, failures=1, error=error)
     assert_no_crash_logged(caplog)
 
 
 async def test_self_signed_certificate(
     rig: Rig, tls_server: TLSServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    poller = rig.poller("selfsigned", tls_server.url, interval=60)
+    poller = await rig.poller("selfsigned", tls_server.url, interval=60)
     delay = await poller.poll_once()
     [line] = warnings_for(caplog, "selfsigned")
     assert line.startswith("feed selfsigned: TLS error: certificate of 127.0.0.1 rejected: ")
     assert "self-signed certificate" in line or "self signed certificate" in line, line
     assert line.endswith("(failure 1 in a row; next try in 60 s)")
-    assert_failed(rig, "selfsigned", delay, failures=1, error="TLS error: certificate")
+    await assert_failed(rig, "selfsigned", delay, failures=1, error="TLS error: certificate")
     assert tls_server.hits == []  # the handshake failed: no HTTP request was made
     assert_no_crash_logged(caplog)
 
@@ -357,10 +357,10 @@ async def test_https_to_plain_http_server(
 ) -> None:
     feed_server.set_feed(feed_path, make_items(2))
     url = feed_server.url(feed_path).replace("http://", "https://")
-    delay = await rig.poller("plainport", url, interval=60).poll_once()
+    delay = await (await rig.poller("plainport", url, interval=60)).poll_once()
     [line] = warnings_for(caplog, "plainport")
     assert line.startswith("feed plainport: TLS error: ")
-    assert_failed(rig, "plainport", delay, failures=1, error="TLS error: ")
+    await assert_failed(rig, "plainport", delay, failures=1, error="TLS error: ")
     assert feed_server.requests(feed_path) == []
     assert_no_crash_logged(caplog)
 
@@ -378,11 +378,11 @@ async def test_permanent_redirect_updates_stored_url(
         status, "new" if relative else feed_server.url(new)))
     items = make_items(3)
     feed_server.set_feed(new, items)
-    poller = rig.poller("moved", feed_server.url(old), interval=60)
+    poller = await rig.poller("moved", feed_server.url(old), interval=60)
 
     delay = await poller.poll_once()
     assert 54 <= delay <= 60  # a success: the jittered interval
-    state = rig.state("moved")
+    state = await rig.state("moved")
     assert state.url == feed_server.url(new)
     assert state.configured_url == feed_server.url(old)
     assert (state.failures, state.last_error, state.initialized) == (0, None, True)
@@ -398,8 +398,8 @@ async def test_permanent_redirect_updates_stored_url(
     assert [r.status for r in feed_server.requests(old)] == [status]
     assert [r.status for r in feed_server.requests(new)] == [200, 200, 200]
     assert len(warnings_for(caplog, "moved")) == 1
-    assert rig.state("moved").url == feed_server.url(new)
-    assert rig.store.pending_count("!moved:test") == 2  # items 4 and 5, fetched from there
+    assert (await rig.state("moved")).url == feed_server.url(new)
+    assert await rig.store.pending_count("!moved:test") == 2  # items 4 and 5, fetched from there
     assert_no_crash_logged(caplog)
 
 
@@ -416,9 +416,9 @@ async def test_permanent_redirect_to_same_content_updates_stored_url(
     old, new = feed_path + "/old", feed_path + "/new"
     items = make_items(3)
     body = feed_server.set_feed(old, items)
-    poller = rig.poller("samebody", feed_server.url(old), interval=60)
+    poller = await rig.poller("samebody", feed_server.url(old), interval=60)
     await poller.poll_once()
-    assert rig.state("samebody").url == feed_server.url(old)
+    assert (await rig.state("samebody")).url == feed_server.url(old)
 
     feed_server.set_handler(old, redirect_handler(301, feed_server.url(new)))
     if revalidates:
@@ -432,7 +432,7 @@ async def test_permanent_redirect_to_same_content_updates_stored_url(
     delay = await poller.poll_once()
     assert 54 <= delay <= 60
     assert [r.status for r in feed_server.requests(new)] == [304 if revalidates else 200]
-    assert rig.state("samebody").url == feed_server.url(new)
+    assert (await rig.state("samebody")).url == feed_server.url(new)
     assert warnings_for(caplog, "samebody") == [
         f"feed samebody moved permanently to {feed_server.url(new)}; "
         "fetching from there from now on"]
@@ -453,19 +453,19 @@ async def test_temporary_redirect_followed_url_kept(
     old, new = feed_path + "/old", feed_path + "/elsewhere"
     feed_server.set_handler(old, redirect_handler(status, feed_server.url(new)))
     feed_server.set_feed(new, make_items(3))
-    poller = rig.poller("visiting", feed_server.url(old), interval=60)
+    poller = await rig.poller("visiting", feed_server.url(old), interval=60)
     delay = await poller.poll_once()
     assert 54 <= delay <= 60
     rig.clock.advance(delay)
     feed_server.set_feed(new, make_items(4))
     await poller.poll_once()
 
-    state = rig.state("visiting")
+    state = await rig.state("visiting")
     assert state.url == feed_server.url(old)
     assert (state.failures, state.last_error) == (0, None)
     assert [r.status for r in feed_server.requests(old)] == [status, status]
     assert [r.status for r in feed_server.requests(new)] == [200, 200]
-    assert rig.store.pending_count("!visiting:test") == 1  # item 4, via the redirect
+    assert await rig.store.pending_count("!visiting:test") == 1  # item 4, via the redirect
     assert warnings_for(caplog, "visiting") == []
     assert_no_crash_logged(caplog)
 
@@ -476,12 +476,12 @@ async def test_redirect_loop_stopped(
     a, b = feed_path + "/a", feed_path + "/b"
     feed_server.set_handler(a, redirect_handler(301, feed_server.url(b)))
     feed_server.set_handler(b, redirect_handler(308, feed_server.url(a)))
-    poller = rig.poller("loop", feed_server.url(a), interval=60)
+    poller = await rig.poller("loop", feed_server.url(a), interval=60)
     delay = await poller.poll_once()
     error = f"redirect loop at {feed_server.url(a)}"
     assert warnings_for(caplog, "loop") == [failure_line("loop", error, 1, 60)]
-    assert_failed(rig, "loop", delay, failures=1, error=error)
-    assert rig.state("loop").url == feed_server.url(a)  # a loop of 301s moves nothing
+    await assert_failed(rig, "loop", delay, failures=1, error=error)
+    assert (await rig.state("loop")).url == feed_server.url(a)  # a loop of 301s moves nothing
     assert (len(feed_server.requests(a)), len(feed_server.requests(b))) == (1, 1)
     assert_no_crash_logged(caplog)
 
@@ -500,33 +500,33 @@ async def test_http_errors_back_off_capped_and_reset(
 ) -> None:
     config = replace(LOCAL, max_backoff=60.0)
     async with open_rig(tmp_path, config) as rig:
-        poller = rig.poller("broken", feed_server.url(feed_path), interval=10)
+        poller = await rig.poller("broken", feed_server.url(feed_path), interval=10)
         feed_server.set_raw(feed_path, b"nope", status=status, content_type="text/plain")
         delays = []
         for n in range(1, 7):
             delay = await poller.poll_once()
             delays.append(delay)
-            assert rig.state("broken").failures == n
-            assert rig.state("broken").next_fetch == pytest.approx(rig.clock.now() + delay)
+            assert (await rig.state("broken")).failures == n
+            assert (await rig.state("broken")).next_fetch == pytest.approx(rig.clock.now() + delay)
             rig.clock.advance(delay)
         assert delays == [10, 20, 40, 60, 60, 60]  # doubling, capped at fetch.max_backoff
         lines = warnings_for(caplog, "broken")
         assert len(lines) == 6
         assert lines == [failure_line("broken", HTTP_ERRORS[status], n, d)
                          for n, d in enumerate(delays, start=1)]
-        assert rig.state("broken").last_error == HTTP_ERRORS[status]
+        assert (await rig.state("broken")).last_error == HTTP_ERRORS[status]
 
         feed_server.set_feed(feed_path, make_items(2))
         delay = await poller.poll_once()
         assert 9 <= delay <= 10  # back to the normal (jittered) interval
-        state = rig.state("broken")
+        state = await rig.state("broken")
         assert (state.failures, state.last_error, state.last_success) == (
             0, None, rig.clock.now())
 
         rig.clock.advance(delay)
         feed_server.set_raw(feed_path, b"nope", status=status, content_type="text/plain")
         assert await poller.poll_once() == 10  # the count starts again from one
-        assert rig.state("broken").failures == 1
+        assert (await rig.state("broken")).failures == 1
         assert len(warnings_for(caplog, "broken")) == 7
         assert_no_crash_logged(caplog)
 
@@ -537,7 +537,7 @@ async def test_backoff_never_below_interval(
     config = replace(LOCAL, max_backoff=60.0)
     async with open_rig(tmp_path, config) as rig:
         feed_server.set_raw(feed_path, b"nope", status=500, content_type="text/plain")
-        poller = rig.poller("rare", feed_server.url(feed_path), interval=120)
+        poller = await rig.poller("rare", feed_server.url(feed_path), interval=120)
         assert [await poller.poll_once() for _ in range(3)] == [120, 120, 120]
 
 
@@ -563,13 +563,13 @@ async def test_retry_after_honoured(
 ) -> None:
     feed_server.set_raw(feed_path, b"slow down", status=status, content_type="text/plain",
                         headers={"Retry-After": retry_after()})
-    poller = rig.poller("busy", feed_server.url(feed_path), interval=10)
+    poller = await rig.poller("busy", feed_server.url(feed_path), interval=10)
     delay = await poller.poll_once()
     assert low <= delay <= high, delay
     [line] = warnings_for(caplog, "busy")
     assert line.startswith(f"feed busy: HTTP {status} ")
     assert line.endswith(f"(failure 1 in a row; next try in {delay:.0f} s)")
-    assert_failed(rig, "busy", delay, failures=1, error=f"HTTP {status}")
+    await assert_failed(rig, "busy", delay, failures=1, error=f"HTTP {status}")
     assert_no_crash_logged(caplog)
 
 
@@ -588,13 +588,13 @@ async def test_loopback_feed_refused_without_a_request(
 ) -> None:
     feed_server.set_feed(feed_path, make_items(3))
     url = f"http://{host}:{feed_server.port}{feed_path}"
-    poller = guarded.poller("inside", url, interval=60)
+    poller = await guarded.poller("inside", url, interval=60)
     delay = await poller.poll_once()
     [line] = warnings_for(caplog, "inside")
     assert line.startswith("feed inside: refused http://"), line
     assert why in line and "loopback address" in line, line
     assert f"{PRIVATE_HINT} (failure 1 in a row; next try in 60 s)" in line
-    assert_failed(guarded, "inside", delay, failures=1, error=PRIVATE_HINT)
+    await assert_failed(guarded, "inside", delay, failures=1, error=PRIVATE_HINT)
     assert feed_server.requests(feed_path) == []  # the server saw nothing
     assert guarded.enqueued == []
     assert_no_crash_logged(caplog)
@@ -608,10 +608,10 @@ async def test_other_schemes_always_refused(
 ) -> None:
     scheme = url.split(":")[0]
     async with open_rig(tmp_path, config) as rig:
-        delay = await rig.poller("scheme", url, interval=60).poll_once()
+        delay = await (await rig.poller("scheme", url, interval=60)).poll_once()
         error = f"refused {url}: scheme {scheme} is not allowed, only http and https"
         assert warnings_for(caplog, "scheme") == [failure_line("scheme", error, 1, 60)]
-        assert_failed(rig, "scheme", delay, failures=1, error=error)
+        await assert_failed(rig, "scheme", delay, failures=1, error=error)
     assert_no_crash_logged(caplog)
 
 
@@ -630,12 +630,12 @@ async def test_redirect_to_private_refused_and_url_kept(
     feed_server.set_handler(old, redirect_handler(status, private_url))
     feed_server.set_feed(target, make_items(3))
     async with open_rig(tmp_path, GUARDED, only_127_0_0_1_is_public) as rig:
-        delay = await rig.poller("rebound", feed_server.url(old), interval=60).poll_once()
+        delay = await (await rig.poller("rebound", feed_server.url(old), interval=60)).poll_once()
         [line] = warnings_for(caplog, "rebound")
         assert line.startswith(f"feed rebound: refused {private_url}: localhost resolves to ")
         assert PRIVATE_HINT in line
-        assert_failed(rig, "rebound", delay, failures=1, error=PRIVATE_HINT)
-        assert rig.state("rebound").url == feed_server.url(old)  # a 301 there moves nothing
+        await assert_failed(rig, "rebound", delay, failures=1, error=PRIVATE_HINT)
+        assert (await rig.state("rebound")).url == feed_server.url(old)  # a 301 there moves nothing
     assert [r.status for r in feed_server.requests(old)] == [status]
     assert feed_server.requests(target) == []
     assert_no_crash_logged(caplog)
@@ -679,7 +679,7 @@ async def test_failing_feed_never_affects_another(
         async with open_rig(tmp_path, GUARDED, only_127_0_0_1_is_public) as rig:
             items = make_items(1, prefix="healthy")
             feed_server.set_feed(healthy_path, items)
-            healthy = rig.poller("healthy", feed_server.url(healthy_path), interval=60)
+            healthy = await rig.poller("healthy", feed_server.url(healthy_path), interval=60)
             await healthy.poll_once()  # first sight: marks item 1 as seen, posts nothing
 
             for round_no, (url, error) in enumerate(failing, start=1):
@@ -687,7 +687,7 @@ async def test_failing_feed_never_affects_another(
                 rig.enqueued.clear()
                 items = make_items(round_no + 1, prefix="healthy")
                 feed_server.set_feed(healthy_path, items)
-                broken = rig.poller("broken", url, interval=60)
+                broken = await rig.poller("broken", url, interval=60)
                 rig.clock.advance(60)
                 broken_poll = asyncio.create_task(broken.poll_once())
                 good_delay = await healthy.poll_once()
@@ -701,13 +701,13 @@ async def test_failing_feed_never_affects_another(
                         if error in line] == warnings_for(caplog, "broken"), url
                 assert len(warnings_for(caplog, "broken")) == 1, url
                 # Each round is a new URL, and a new URL starts with a clean record.
-                assert rig.state("broken").failures == 1, url
+                assert (await rig.state("broken")).failures == 1, url
                 assert warnings_for(caplog, "healthy") == [], url
                 assert rig.enqueued == [["!healthy:test"]], url
                 assert 54 <= good_delay <= 60, url
-                state = rig.state("healthy")
+                state = await rig.state("healthy")
                 assert (state.failures, state.last_error) == (0, None), url
-                assert rig.store.pending_count("!healthy:test") == round_no, url
-            assert rig.store.pending_count("!broken:test") == 0
+                assert await rig.store.pending_count("!healthy:test") == round_no, url
+            assert await rig.store.pending_count("!broken:test") == 0
             assert [r.status for r in feed_server.requests(bad + "/private")] == []
     assert_no_crash_logged(caplog)

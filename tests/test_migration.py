@@ -18,7 +18,7 @@ from typing import Any
 from bot.clock import SystemClock
 from bot.delivery import Deliverer
 from bot.media import ImageSource
-from bot.model import Outgoing, delivery_key
+from bot.model import Outgoing, Sent, delivery_key
 from bot.store import MediaRow, SqliteStore, Store
 from bot.store.schema import SCHEMA_VERSION
 from bot.store.sqlite import DB_FILENAME
@@ -44,7 +44,7 @@ class RecordingMatrix:
         return await self.messages.prepare(outgoing, images)
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> str:
+                   attempted_at: float | None, now: float) -> Sent:
         return await self.messages.send(room_id, payload, key, attempted_at=attempted_at,
                                         now=now)
 

@@ -23,16 +23,15 @@ import pytest
 
 from bot.clock import SystemClock
 from bot.config import FeedConfig, FetchConfig, load_config_text
-from bot.delivery import Deliverer
 from bot.feeds.fetch import Fetcher
-from bot.model import delivery_key
+from bot.model import Outgoing, delivery_key
 from bot.poller import FeedPoller
 from bot.render import message_size
 from bot.store import DigestItem, PollOutcome, SqliteStore, Store
 from bot.store.schema import MIGRATIONS
 from bot.store.sqlite import DB_FILENAME
 from bot.subscriptions import PersonalSubscriptions, digest_messages
-from bot.transport.matrix.events import message_content, safe_event_content
+from bot.transport.matrix.events import MatrixMessages, message_content, safe_event_content
 from tests.botkit import BotRunner, InProcessBot, bot_config, load, write_config
 from tests.support import (
     FeedItem,
@@ -613,8 +612,11 @@ async def test_rows_queued_by_an_older_version_are_read_by_kind(tmp_path: Path) 
     assert await store.event_of("lettre", "https://a.example/p#1", "!r:x") == "$hash"
     edit = await store.next_pending("!r:x")
     assert edit is not None and edit.kind == "edit"
-    deliverer = Deliverer(store, None, SystemClock())  # type: ignore[arg-type]
-    assert deliverer._as_edit(edit) == old_edit          # not wrapped a second time
+    assert edit.message is None and edit.payload == old_edit
+    # The Matrix transport sends it as it is: not wrapped a second time.
+    messages = MatrixMessages(None)  # type: ignore[arg-type]
+    assert await messages.prepare(Outgoing(edit.key, edit.kind, edit.message, edit.payload,
+                                           None), None) == old_edit
     store.close()
 
 

@@ -112,10 +112,10 @@ async def test_a_dm_subscriber_gets_each_item_once_a_digest_once_and_can_be_forg
         await asyncio.sleep(1)
         assert len([e for e in await reader.messages(dm, sender=bot.user_id)
                     if "m.relates_to" not in e["content"]]) == 1      # no item, no digest
-        assert app.subscriptions.tick() == []          # not due yet
+        assert await app.subscriptions.tick() == []          # not due yet
         clock.offset = 7 * 86400 + 60
-        assert app.subscriptions.tick() == [dm]
-        assert app.subscriptions.tick() == []          # once
+        assert await app.subscriptions.tick() == [dm]
+        assert await app.subscriptions.tick() == []          # once
         deadline = time.monotonic() + 20
         digests: list[dict[str, Any]] = []
         while not digests and time.monotonic() < deadline:

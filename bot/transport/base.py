@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from bot.media import ImageSource
-    from bot.model import Outgoing
+    from bot.model import Outgoing, Sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,10 +84,9 @@ class Messaging(RoomLookup, Protocol):
         ...
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> str:
+                   attempted_at: float | None, now: float) -> Sent:
         """Send a prepared payload exactly once, whatever happened before: a row tried
-        before (``attempted_at``) may already be in the room, and is not sent twice.
-        Returns the message's id."""
+        before (``attempted_at``) may already be in the room, and is not sent twice."""
         ...
 
     async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from bot.errors import RoomUnavailableError, TemporaryTransportError
 from bot.media import ImageSource
-from bot.model import Outgoing
+from bot.model import Outgoing, Sent
 
 
 @dataclass
@@ -83,7 +83,7 @@ class MemoryTransport:
         return payload
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> str:
+                   attempted_at: float | None, now: float) -> Sent:
         await asyncio.sleep(0)
         if self.network.down:
             raise TemporaryTransportError("network down")
@@ -93,7 +93,7 @@ class MemoryTransport:
             self.lookups += 1
             for posted in history:
                 if posted.sender == self.account and posted.origin_id == key:
-                    return posted.stanza_id
+                    return Sent(posted.stanza_id, already_there=True)
         posted = Posted(self.account, str(payload["origin_id"]), str(payload["text"]),
                         payload.get("replaces"), payload.get("answers"),
                         stanza_id=f"stanza-{next(self.network._ids)}")
@@ -102,4 +102,4 @@ class MemoryTransport:
         if self.network.lose_next_answer:
             self.network.lose_next_answer = False
             raise TemporaryTransportError("the answer was lost")
-        return posted.stanza_id
+        return Sent(posted.stanza_id)

@@ -28,7 +28,7 @@ from typing import Any
 from bot.config import EncryptionConfig, MatrixConfig
 from bot.filemodes import private_dir, tighten_tree
 from bot.media import ImageSource
-from bot.model import Outgoing
+from bot.model import Outgoing, Sent
 from bot.store.base import Store
 from bot.transport.base import EventHandlers
 from bot.transport.matrix.admin import RoomAdministration
@@ -158,7 +158,7 @@ class MatrixTransport:
         return await self._outgoing.prepare(outgoing, images)
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> str:
+                   attempted_at: float | None, now: float) -> Sent:
         return await self._outgoing.send(room_id, payload, key, attempted_at=attempted_at,
                                          now=now)
 

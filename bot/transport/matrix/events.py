@@ -15,7 +15,7 @@ import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.clean import defang_text
-from bot.model import Message, Outgoing
+from bot.model import Message, Outgoing, Sent
 from bot.render import sanitize_html
 
 if TYPE_CHECKING:
@@ -189,19 +189,18 @@ class MatrixMessages:
         return content
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> str:
+                   attempted_at: float | None, now: float) -> Sent:
         """Send a row's payload; the event id. A row attempted before may already be in
         the room: after the homeserver may have forgotten our transaction id, it is looked
         for (by its delivery key) before it is sent again."""
         if self._txn_may_be_forgotten(key, attempted_at, now):
             found = await self._client.find_delivery(room_id, key)
             if found is not None:
-                log.info("room %s: delivery %s was already there (%s)", room_id, key, found)
-                return found
+                return Sent(found, already_there=True)
         self._attempt_generation[key] = self._client.login_generation
         event_id = await self._client.send_message(room_id, payload, txn_id_for(key))
         self._attempt_generation.pop(key, None)
-        return event_id
+        return Sent(event_id)
 
     def _txn_may_be_forgotten(self, key: str, attempted_at: float | None, now: float) -> bool:
         if attempted_at is None:
