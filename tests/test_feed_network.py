@@ -12,7 +12,6 @@ import asyncio
 import datetime as dt
 import ipaddress
 import logging
-import random
 import shutil
 import socket
 import ssl
@@ -39,6 +38,7 @@ from bot.store.sqlite import FeedState
 from tests.support import FeedServer, free_port, make_items
 from tests.support.clock import FakeClock
 from tests.support.feedserver import CONTENT_TYPES
+from tests.support.pollers import feed_poller
 
 T = TypeVar("T")
 
@@ -64,10 +64,9 @@ class Rig:
                           interval=interval)
         # What FeedPoller.run() does first; a changed URL replaces the stored one.
         await self.store.ensure_feed(name, url)
-        return FeedPoller(feed, store=self.store, fetcher=self.fetcher, clock=self.clock,
-                          fetch_config=self.fetch_config, language="en",
-                          limiter=self.limiter, on_enqueued=self.enqueued.append,
-                          rng=random.Random(3))
+        return feed_poller(feed, self.store, self.fetcher, clock=self.clock,
+                           fetch_config=self.fetch_config, language="en",
+                           limiter=self.limiter, on_enqueued=self.enqueued.append, seed=3)
 
     async def state(self, name: str) -> FeedState:
         state = await self.store.feed_state(name)

@@ -35,11 +35,9 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from bot.clock import SystemClock
-from bot.config import FeedConfig, FetchConfig
+from bot.config import FeedConfig
 from bot.feeds.fetch import Fetcher
 from bot.model import Delivery
-from bot.poller import FeedPoller
 from bot.store import SqliteStore, Store
 from bot.transport.matrix import MatrixTransport
 from tests.botkit import InProcessBot, bot_config, load, write_config
@@ -51,6 +49,7 @@ from tests.support import (
     SynapseServer,
     make_items,
 )
+from tests.support.pollers import feed_poller
 from tests.support.rows import content_of
 
 CORPUS = Path(__file__).parent / "data" / "hostile"
@@ -109,10 +108,7 @@ class Bench:
                    max_per_poll: int = 5) -> float:
         feed = FeedConfig(name=name, url=self.server.url(self.path(suffix)), rooms=ROOMS,
                           interval=600.0, backfill=backfill, max_per_poll=max_per_poll)
-        poller = FeedPoller(feed, store=self.store, fetcher=self.fetcher, clock=SystemClock(),
-                            fetch_config=FetchConfig(), language="fr",
-                            limiter=asyncio.Semaphore(1), on_enqueued=self.enqueued.extend,
-                            rng=random.Random(0))
+        poller = feed_poller(feed, self.store, self.fetcher, on_enqueued=self.enqueued.extend)
         return await poller.poll_once()
 
     async def deliver(self) -> list[Delivery]:

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 
-from bot.clock import SystemClock
 from bot.config import FeedConfig, FetchConfig, load_config_text
 from bot.feeds.fetch import Fetcher
 from bot.model import Outgoing, delivery_key
@@ -43,6 +42,7 @@ from tests.support import (
     SynapseServer,
 )
 from tests.support.clock import OffsetClock
+from tests.support.pollers import feed_poller
 from tests.test_images_edits import png, serve_bytes
 from tests.test_subscriptions import open_dm, say
 
@@ -59,9 +59,9 @@ def poller_of(feed: FeedConfig, store: Store, fetcher: Fetcher, *,
               plan_budget: float | None = None) -> FeedPoller:
     """A feed's poller on its own, for what happens between a fetch and the outbox."""
     budget = {} if plan_budget is None else {"plan_budget": plan_budget}
-    return FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
-                      fetch_config=FetchConfig(allow_private_networks=True), language="fr",
-                      limiter=asyncio.Semaphore(1), on_enqueued=on_enqueued, **budget)
+    return feed_poller(feed, store, fetcher,
+                       fetch_config=FetchConfig(allow_private_networks=True),
+                       on_enqueued=on_enqueued, **budget)
 
 
 def edits_of(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -12,10 +12,8 @@ and review the diff; without that variable any difference fails.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import random
 import re
 import subprocess
 import sys
@@ -31,12 +29,10 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from bot.clock import SystemClock
-from bot.config import FeedConfig, FetchConfig
+from bot.config import FeedConfig
 from bot.feeds.fetch import Fetcher
 from bot.feeds.parse import parse_feed
 from bot.model import Entry, Message
-from bot.poller import FeedPoller
 from bot.render import (
     ALLOWED_TAGS,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -53,6 +49,7 @@ from bot.render import (
 from bot.store import SqliteStore, Store
 from bot.templates import BUILTIN_TEMPLATES, TemplateLimitError
 from tests.support import FeedServer
+from tests.support.pollers import feed_poller
 from tests.support.rows import content_of
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -756,10 +753,7 @@ async def test_the_poller_posts_the_golden_messages_with_the_feed_settings(
     feed = FeedConfig(name="lettre", url=feed_server.url(feed_path), rooms=rooms,
                       interval=600.0, backfill=1, content="full")
     async with Fetcher(allow_private_networks=True) as fetcher:
-        poller = FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
-                            fetch_config=FetchConfig(), language="fr",
-                            limiter=asyncio.Semaphore(1), on_enqueued=lambda _rooms: None,
-                            rng=random.Random(0))
+        poller = feed_poller(feed, store, fetcher)
         await poller.poll_once()
     delivery = await store.next_pending(rooms[0])
     assert delivery is not None
@@ -780,10 +774,7 @@ async def test_the_poller_uses_the_feed_template_and_budget(
                       template="<h3>{{ title }}</h3>{{ content }}",
                       max_message_bytes=MIN_MESSAGE_BYTES)
     async with Fetcher(allow_private_networks=True) as fetcher:
-        poller = FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
-                            fetch_config=FetchConfig(), language="fr",
-                            limiter=asyncio.Semaphore(1), on_enqueued=lambda _rooms: None,
-                            rng=random.Random(0))
+        poller = feed_poller(feed, store, fetcher)
         await poller.poll_once()
     delivery = await store.next_pending(rooms[0])
     assert delivery is not None
