@@ -288,6 +288,8 @@ class App:
 
     async def _forget_closed(self, room_id: str, user_id: str) -> None:
         await self.subscriptions.conversation_closed(room_id, user_id)
+        # Whoever it was with (a subscriber or not): nothing of it is kept.
+        await self.store.forget_conversation(room_id)
         self.deliverer.wake([room_id])      # its worker sees the room is gone, and ends
 
     # -- the task tree ------------------------------------------------------------------

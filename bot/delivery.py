@@ -43,6 +43,8 @@ PARK_AFTER_FAILURES = 5
 CLAIM_SECONDS = 300.0
 # Who claims rows: one instance per state database.
 LOCAL_OWNER = "local"
+# A command's answer or a welcome not sent within this time is dropped, not sent late.
+ANSWER_EXPIRY = 3600.0
 
 
 class DeliveryTransport(Protocol):
@@ -69,7 +71,8 @@ class Deliverer:
                  retry_base: float = 1.0, retry_cap: float = 300.0,
                  unavailable_retry: float = 300.0,
                  on_delivered: Callable[[Delivery, str, str], Awaitable[None]] | None = None,
-                 media: ImageSource | None = None, owner: str = LOCAL_OWNER) -> None:
+                 media: ImageSource | None = None, owner: str = LOCAL_OWNER,
+                 claim_wait: float = CLAIM_SECONDS) -> None:
         self._store = store
         self._transport = transport
         self._clock = clock
@@ -81,6 +84,7 @@ class Deliverer:
         self._on_delivered = on_delivered
         self._media = media
         self._owner = owner
+        self._claim_wait = claim_wait      # how often a row claimed elsewhere is retried
         self._wakeups: dict[str, asyncio.Event] = {}
         self._settling: dict[str, asyncio.Event] = {}     # row key -> someone waits for it
         self._stopping = asyncio.Event()
@@ -160,6 +164,10 @@ class Deliverer:
                 delivery = await self._store.claim_next(target, owner=self._owner,
                                                   now=self._clock.now(), lease=CLAIM_SECONDS)
                 if delivery is None:
+                    if await self._store.next_pending(room, network) is not None:
+                        # Claimed by another instance: its claim holds until it lapses.
+                        await self._pause(room, self._claim_wait)
+                        continue
                     if lost():
                         return
                     await wakeup.wait()
@@ -175,7 +183,10 @@ class Deliverer:
                 log.info("room %s: rate limited by the homeserver; waiting %.1f s", room, delay)
                 await self._pause_unless_stopping(room, delay, interruptible=False)
             except TemporaryTransportError as exc:
-                if room_id is None and lost():      # cannot even join a room it lost
+                # A room it does not keep (a conversation it lost, a room a command came
+                # from) ends its worker only once nothing waits there: a reply is retried.
+                if room_id is None and lost() and \
+                        await self._store.next_pending(room, network) is None:
                     return
                 failures += 1
                 delay = backoff()
@@ -239,6 +250,14 @@ class Deliverer:
     async def _payload(self, delivery: Delivery) -> dict[str, Any] | None:
         """The row's payload: the one fixed before its first attempt, or its message
         encoded now by the transport. None: nothing to send (recorded why)."""
+        late = self._clock.now() - delivery.created_at
+        if delivery.kind in ("reply", "welcome") and late > ANSWER_EXPIRY:
+            # An answer out of its moment would only puzzle; its words are not kept.
+            await self._store.mark_rejected(delivery.key, "too late to be useful",
+                                            self._clock.now())
+            log.info("room %s: a %s %.0f s old is dropped, too late to be useful",
+                     delivery.room, delivery.kind, late)
+            return None
         if delivery.payload is not None and delivery.message is not None:
             return delivery.payload
         related = None

@@ -4,6 +4,7 @@ real homeserver paths are in test_e2e, test_faults and test_crash)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import nio
 import pytest
 
 from bot.clock import SystemClock
-from bot.delivery import Deliverer
+from bot.delivery import ANSWER_EXPIRY, CLAIM_SECONDS, Deliverer
 from bot.errors import (
     MessageRejectedError,
     RateLimitedError,
@@ -21,11 +22,12 @@ from bot.errors import (
     TransportError,
 )
 from bot.media import ImageSource
-from bot.model import Image, Message, Outgoing, Sent
+from bot.model import Image, Message, Outgoing, Sent, Target
 from bot.store import NewDelivery, PollOutcome, SqliteStore, Store
 from bot.transport.base import EventHandlers
 from bot.transport.matrix.errors import error_for
 from bot.transport.matrix.events import MatrixMessages
+from tests.support.clock import OffsetClock
 
 
 class ScriptedTransport:
@@ -283,3 +285,68 @@ async def test_an_image_the_homeserver_refuses_does_not_stop_the_item(store: Sto
     await run_until(deliverer, "!r:x", lambda: transport.sent == ["a"])
     row = store._conn.execute("SELECT payload FROM outbox WHERE entry_id = 'a'").fetchone()
     assert "<img" not in row[0] and "http://x/a.png" not in row[0]
+
+
+async def reply(store: Store, room: str, command: str, now: float) -> None:
+    await store.enqueue("newsbot:replies", [NewDelivery(
+        f"reply:{command}", room, Message("Fait.", "Fait.", mentions=("@alice:x",)),
+        kind="reply", subject=command)], now)
+
+
+async def test_a_reply_in_a_room_without_feeds_survives_a_failed_join(store: Store) -> None:
+    """A command's room keeps no worker of its own: a temporary error while joining it
+    must not end the worker while the answer waits (it would wait until the next one)."""
+    await reply(store, "!admin:x", "$cmd1", time.time())
+    transport = ScriptedTransport()
+    joins = iter([TemporaryTransportError("502"), None])
+
+    async def join(room: str) -> str:
+        error = next(joins, None)
+        if error is not None:
+            raise error
+        return room
+    transport.join_room = join  # type: ignore[method-assign]
+    deliverer = Deliverer(store, transport, SystemClock(), retry_base=0.05)
+    worker = asyncio.create_task(deliverer.run_room("!admin:x", keep=lambda: False))
+    async with asyncio.timeout(5):
+        while transport.sent != ["Fait."]:
+            assert not worker.done(), "the worker ended with the answer still waiting"
+            await asyncio.sleep(0.01)
+        await worker          # nothing left, a room it does not keep: it ends by itself
+    # Sent: only the fact that it was is kept, not its words nor whom it named.
+    row = store._conn.execute("SELECT state, message, payload FROM outbox").fetchone()
+    assert row == ("sent", None, None)
+
+
+async def test_an_answer_too_late_to_be_useful_is_dropped_with_its_words(
+        store: Store) -> None:
+    await reply(store, "!r:x", "$old", time.time() - ANSWER_EXPIRY - 60)
+    await enqueue(store, ["item"])
+    transport = ScriptedTransport()
+    deliverer = Deliverer(store, transport, SystemClock())
+    await run_until(deliverer, "!r:x", lambda: transport.sent == ["item"])
+    row = store._conn.execute(
+        "SELECT state, error, message FROM outbox WHERE kind = 'reply'").fetchone()
+    assert row == ("rejected", "too late to be useful", None)
+
+
+async def test_a_row_claimed_by_another_instance_waits_for_its_claim_to_lapse(
+        store: Store) -> None:
+    await enqueue(store, ["a"])
+    clock = OffsetClock()
+    claimed = await store.claim_next(Target("matrix", "!r:x"), owner="other",
+                                     now=clock.now(), lease=CLAIM_SECONDS)
+    assert claimed is not None
+    transport = ScriptedTransport()
+    deliverer = Deliverer(store, transport, clock, claim_wait=0.05)
+    worker = asyncio.create_task(deliverer.run_room("!r:x"))
+    try:
+        await asyncio.sleep(0.3)
+        assert transport.sent == []            # another instance holds it
+        clock.offset = CLAIM_SECONDS + 1       # that instance died: its claim lapsed
+        async with asyncio.timeout(5):
+            while transport.sent != ["a"]:
+                await asyncio.sleep(0.01)
+    finally:
+        deliverer.stop()
+        await asyncio.wait_for(worker, 5)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from bot.store.sqlite import DB_FILENAME
 from tests.botkit import BotRunner, bot_config, load, write_config
 from tests.support import (
     FeedServer,
@@ -25,6 +26,7 @@ from tests.support import (
     SynapseServer,
     make_items,
 )
+from tests.support.rows import rows_mentioning
 from tests.test_subscriptions import open_dm, say
 
 
@@ -224,6 +226,11 @@ async def test_personal_commands_are_whole_messages_for_one_person_and_forget_on
             return bot.user_id not in await bob.joined_members(dm)
         await until(closed, "the bot stayed after its person left")
         assert await app.store.subscriber(alice_user.user_id) is None
+        # Nothing of the conversation is kept: not the answers given there (which named
+        # bob and alice), not the room.
+        await asyncio.sleep(0.5)
+        assert rows_mentioning(tmp_path / "state" / DB_FILENAME, dm, alice_user.user_id,
+                               bob_user.user_id) == []
     finally:
         await running.stop()
 
@@ -280,4 +287,35 @@ async def test_a_slow_add_and_a_flood_of_direct_messages_never_delay_another_roo
         assert 1 <= len(replies) <= 6          # five answers, one "slow down", no more
     finally:
         release.set()
+        await running.stop()
+
+
+async def test_a_conversation_its_person_left_leaves_nothing_behind(
+        synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
+    """Someone who only asked for help (never subscribed) and left: the answers given
+    there, the room and who it was with are not kept."""
+    bot = await new_user("newsbot")
+    owner = await member(await new_user("owner"))
+    room = await owner.create_room(name="actus")
+    feed_server.set_feed(feed_path, make_items(1))
+    config = load(write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+        feeds=[{"name": "actus", "url": feed_server.url(feed_path), "rooms": [room],
+                "public": True}])), bot)
+    carol_user = await new_user("carol")
+    carol = await member(carol_user)
+    running = await run_bot(config)
+    try:
+        dm = await accepted_dm(carol, bot)
+        assert (await say(carol, dm, bot, "help")).startswith("Hello! I can send you the news")
+        await carol.leave(dm)
+
+        async def forgotten() -> bool:
+            return rows_mentioning(tmp_path / "state" / DB_FILENAME, dm,
+                                   carol_user.user_id) == []
+        await until(forgotten, "the conversation's rows were kept after its person left")
+        assert dm not in running.app.transport.direct_rooms()
+    finally:
         await running.stop()

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from bot.errors import StorageError
-from bot.model import Message, delivery_key
+from bot.model import Image, Message, Target, delivery_key
 from bot.store import NewDelivery, PollOutcome, SqliteStore
 from bot.store.schema import SCHEMA_VERSION
 from bot.store.sqlite import DB_FILENAME
@@ -189,3 +189,36 @@ async def test_old_media_rows_are_forgotten(tmp_path: Path) -> None:
     assert await store.prune_media(500.0) == 1
     assert await store.media("http://a/old.png") is None
     assert await store.media("http://a/new.png") is not None
+
+
+async def test_an_answer_goes_first_but_never_between_an_item_and_its_picture(
+        tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.ensure_feed("news", "http://a/feed")
+    picture = Message("a", "", image=Image("https://a/a.png", "separate", "a"))
+    await store.record_poll(PollOutcome(
+        feed="news", now=1.0, next_fetch=2.0, etag=None, last_modified=None, body_hash=None,
+        title=None, new_url=None, seen_entry_ids=["a", "b"],
+        deliveries=[NewDelivery("a", "!r:x", Message("a", "a")),
+                    NewDelivery("a#image", "!r:x", picture, kind="image", subject="a"),
+                    NewDelivery("b", "!r:x", Message("b", "b"))]))
+
+    async def answer(command: str) -> None:
+        await store.enqueue("newsbot:replies", [NewDelivery(
+            f"reply:{command}", "!r:x", Message("ok", "ok"), kind="reply",
+            subject=command)], 3.0)
+
+    async def send_next() -> str:
+        row = await store.claim_next(Target("matrix", "!r:x"), owner="local", now=4.0,
+                                     lease=60)
+        assert row is not None
+        await store.mark_sent(row.key, f"${row.entry_id}", 5.0)
+        return row.entry_id
+
+    await answer("$1")
+    assert [await send_next() for _ in range(2)] == ["reply:$1", "a"]
+    await answer("$2")          # the item's picture is next: the answer waits for it
+    assert [await send_next() for _ in range(3)] == ["a#image", "reply:$2", "b"]
+    assert await store.claim_next(Target("matrix", "!r:x"), owner="local", now=6.0,
+                                  lease=60) is None
+    store.close()

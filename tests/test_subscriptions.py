@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tests.support import (
     make_items,
 )
 from tests.support.clock import OffsetClock
+from tests.support.rows import rows_mentioning
 
 
 async def open_dm(client: MemberClient, bot: RegisteredUser) -> str:
@@ -42,16 +42,6 @@ async def say(client: MemberClient, room: str, bot: RegisteredUser, body: str) -
                 return str(event["content"]["body"])
         await asyncio.sleep(0.2)
     raise AssertionError(f"no answer to {body!r}")
-
-
-def rows_mentioning(db: Path, *needles: str) -> list[tuple[str, tuple[Any, ...]]]:
-    conn = sqlite3.connect(db)
-    found = []
-    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
-        found += [(table, row) for row in conn.execute(f"SELECT * FROM {table}")
-                  if any(n in str(value) for value in row for n in needles)]
-    conn.close()
-    return found
 
 
 async def test_a_dm_subscriber_gets_each_item_once_a_digest_once_and_can_be_forgotten(

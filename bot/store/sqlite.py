@@ -43,6 +43,10 @@ DB_FILENAME = "newsbot.sqlite3"
 MAX_STORED_TITLE = 1000
 MAX_STORED_LINK = 2048
 _CARRIED_KEY = "poll.carried."
+# An answer or a welcome, once sent (or refused, or parked), is kept only as the fact that
+# it was (so it never goes twice), not with its words nor whom it named.
+_FORGET_WORDS = ("UPDATE outbox SET message = NULL, payload = NULL WHERE key = ? AND "
+                 "kind IN ('reply', 'welcome')")
 
 
 def _title(title: str) -> str:
@@ -350,15 +354,13 @@ class SqliteStore:
 
     _ROW = ("SELECT key, feed, entry_id, room, message, payload, created_at, first_attempt_at, "
             "attempts, kind, subject, failures, network FROM outbox")
-    # A target's rows go out in the order they were queued; a command's answer first.
-    _ORDER = "ORDER BY kind != 'reply', seq LIMIT 1"
 
     async def next_pending(self, room: str, network: str = "matrix") -> Delivery | None:
-        """The row a target's worker sends next, without claiming it."""
+        """A target's oldest pending row, without claiming it."""
         with self._guard():
             row = self._conn.execute(
                 f"{self._ROW} WHERE network = ? AND room = ? AND state = 'pending' "
-                f"{self._ORDER}", (network, room)).fetchone()
+                "ORDER BY seq LIMIT 1", (network, room)).fetchone()
         return None if row is None else _delivery(row)
 
     async def claim_next(self, target: Target, *, owner: str, now: float,
@@ -367,11 +369,16 @@ class SqliteStore:
         when that row is claimed by another owner whose claim has not lapsed: a target's
         rows are sent one at a time, in order, by one worker."""
         with self._guard(), self._transaction() as c:
-            row = c.execute(
-                f"{self._ROW} WHERE network = ? AND room = ? AND state = 'pending' "
-                f"{self._ORDER}", (target.network, target.address)).fetchone()
+            where = "WHERE network = ? AND room = ? AND state = 'pending'"
+            params = (target.network, target.address)
+            row = c.execute(f"{self._ROW} {where} ORDER BY seq LIMIT 1", params).fetchone()
             if row is None:
                 return None
+            if row[9] != "image":
+                # A command's answer goes first (but never between an item and its
+                # picture); the rows of feeds keep their order.
+                row = c.execute(f"{self._ROW} {where} ORDER BY kind != 'reply', seq LIMIT 1",
+                                params).fetchone()
             claim = c.execute("SELECT claimed_by, claimed_until FROM outbox WHERE key = ?",
                               (row[0],)).fetchone()
             if claim[0] not in (None, owner) and (claim[1] or 0) > now:
@@ -403,6 +410,7 @@ class SqliteStore:
                       (error[:500], key))
             c.execute("UPDATE outbox SET state = 'failed', sent_at = ? WHERE key = ? AND "
                       "failures >= ?", (now, key, park_after))
+            c.execute(_FORGET_WORDS + " AND state = 'failed'", (key,))
             row = c.execute("SELECT state FROM outbox WHERE key = ?", (key,)).fetchone()
         return row is not None and row[0] == "failed"
 
@@ -453,10 +461,7 @@ class SqliteStore:
         with self._guard(), self._transaction() as c:
             c.execute("UPDATE outbox SET state = 'sent', event_id = ?, sent_at = ? WHERE key = ?",
                       (event_id, now, key))
-            # An answer or a welcome is kept only as the fact that it was sent (so it never
-            # goes twice), not with its words nor whom it named.
-            c.execute("UPDATE outbox SET message = NULL, payload = NULL WHERE key = ? AND "
-                      "kind IN ('reply', 'welcome')", (key,))
+            c.execute(_FORGET_WORDS, (key,))
             # Remember which event shows a feed entry in a room, for edits in place (the
             # outbox row itself is forgotten after 30 days).
             c.execute("INSERT OR IGNORE INTO entry_event (feed, entry_id, room, event_id) "
@@ -609,6 +614,7 @@ class SqliteStore:
         with self._guard(), self._transaction() as c:
             c.execute("UPDATE outbox SET state = 'rejected', error = ?, sent_at = ? WHERE key = ?",
                       (error[:500], now, key))
+            c.execute(_FORGET_WORDS, (key,))
 
     async def prune_sent(self, older_than: float) -> int:
         """Forget delivered rows; ``seen`` alone keeps entries from being posted again."""
