@@ -89,6 +89,23 @@ MESSAGES: dict[str, dict[str, str]] = {
               "{failures} échec(s) d’affilée{state}",
     },
     "status_gone": {"en": "; stopped: {reason}", "fr": " ; arrêté : {reason}"},
+    # Polite polling (bot.feeds.hints): the effective interval and why.
+    "status_schedule": {"en": "; {schedule}", "fr": " ; {schedule}"},
+    "every": {"en": "every {every} ({why})", "fr": "toutes les {every} ({why})"},
+    "base_configured": {"en": "configured {interval}", "fr": "configuré : {interval}"},
+    "base_command": {"en": "set by command to {interval}",
+                     "fr": "fixé par commande à {interval}"},
+    "hint_ttl": {"en": "the feed asks for ttl {minutes} min",
+                 "fr": "le flux demande ttl {minutes} min"},
+    "hint_sy": {"en": "the feed asks for sy:updatePeriod {period}",
+                "fr": "le flux demande sy:updatePeriod {period}"},
+    "hint_max_age": {"en": "the server asks for Cache-Control max-age {seconds} s",
+                     "fr": "le serveur demande Cache-Control max-age {seconds} s"},
+    "hint_capped": {"en": "{hint}, capped at {ceiling} by fetch.max_interval",
+                    "fr": "{hint}, plafonné à {ceiling} par fetch.max_interval"},
+    "skip_hours": {"en": "no polls at {hours} h UTC", "fr": "pas de lecture à {hours} h UTC"},
+    "skip_days": {"en": "no polls on {days} (UTC)", "fr": "pas de lecture le {days} (UTC)"},
+    "weekdays": {"en": "Mon,Tue,Wed,Thu,Fri,Sat,Sun", "fr": "lun.,mar.,mer.,jeu.,ven.,sam.,dim."},
     "added": {
         "en": "Added “{name}”: {title} ({count} entries). Its new items will be posted here.",
         "fr": "Flux « {name} » ajouté : {title} ({count} articles). Ses nouveaux articles "

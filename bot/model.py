@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+from bot.feeds.hints import FeedHints
 
 # What an outbox row is, stored with it (never guessed from its key): a feed item's own
 # message, its separate picture, a correction of it, a subscriber's digest, a notice, a
@@ -43,6 +45,8 @@ class ParsedFeed:
     entries: tuple[Entry, ...]
     language: str | None = None
     warnings: tuple[str, ...] = ()
+    # What the document asks about its polling (RSS ttl, skipHours/skipDays, sy:), bounded.
+    hints: FeedHints = field(default_factory=FeedHints)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Final
 
@@ -71,6 +72,9 @@ class FetchResult:
     last_modified: str | None
     final_url: str              # after redirects (the URL given, untouched, if none)
     permanent_url: str | None   # set when every hop to final_url was 301/308
+    # The response's Cache-Control, Expires, Date and Age headers, as sent (read by
+    # bot.feeds.hints: how long the server asks us not to come back).
+    caching: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -294,6 +298,7 @@ class Fetcher:
                         last_modified=resp.headers.get("Last-Modified") or last_modified,
                         final_url=str(url),
                         permanent_url=None,
+                        caching=_caching(resp.headers),
                     )
                 if not 200 <= status < 300:
                     retry_after = None
@@ -312,6 +317,7 @@ class Fetcher:
                     last_modified=resp.headers.get("Last-Modified"),
                     final_url=str(url),
                     permanent_url=None,
+                    caching=_caching(resp.headers),
                 )
         except BlockedURLError as exc:
             # Raised by our resolver inside aiohttp; a fresh instance per fetch, as
@@ -347,6 +353,15 @@ class Fetcher:
                 raise FetchError(too_big)
             body += chunk
         return bytes(body)
+
+
+_CACHING_HEADERS: Final = ("Cache-Control", "Expires", "Date", "Age")
+
+
+def _caching(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    # The first of each, cut short: a header is a stranger's text (aiohttp already
+    # bounds a header line to 8 KiB).
+    return tuple((name, headers[name][:1000]) for name in _CACHING_HEADERS if name in headers)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:

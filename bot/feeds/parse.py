@@ -27,6 +27,7 @@ import feedparser
 
 from bot.clean import bounded_title, clean_link
 from bot.errors import ParseError
+from bot.feeds.hints import FeedHints, read_skips, read_ttl, read_update_period
 from bot.model import Entry, ParsedFeed
 
 __all__ = ["parse_feed", "parse_feed_async"]
@@ -226,6 +227,7 @@ def _parse_xml_feed(body: bytes, content_type: str | None, url: str) -> ParsedFe
 
     feed: Mapping[str, Any] = result.get("feed") or {}
     entries = [_entry_from_feedparser(e, url) for e in raw_entries]
+    hints = _polling_hints(feed, body, version, warnings)
     return ParsedFeed(
         title=bounded_title(_plain_text(_str(feed.get("title")), _detail_type(feed, "title"))),
         # feedparser falls back to the feed's <id> (often a urn:) when there is no link.
@@ -233,7 +235,23 @@ def _parse_xml_feed(body: bytes, content_type: str | None, url: str) -> ParsedFe
         entries=_settle_identity(entries, warnings),
         language=_str(feed.get("language")).strip() or None,
         warnings=tuple(warnings),
+        hints=hints,
     )
+
+
+def _polling_hints(feed: Mapping[str, Any], body: bytes, version: str,
+                   warnings: list[str]) -> FeedHints:
+    """What the document asks about its polling; garbage becomes a warning."""
+    problems: list[str] = []
+    ttl = read_ttl(_str(feed.get("ttl"))[:100], problems)
+    period = read_update_period(_str(feed.get("sy_updateperiod"))[:100],
+                                _str(feed.get("sy_updatefrequency"))[:100], problems)
+    # feedparser keeps only the last <hour> and <day>: the lists come from the raw
+    # document, RSS only (they are RSS 2.0 elements).
+    hours, days = (read_skips(body, problems) if version.startswith("rss")
+                   else (frozenset(), frozenset()))
+    warnings.extend(problems[:10])
+    return FeedHints(ttl=ttl, update_period=period, skip_hours=hours, skip_days=days)
 
 
 def _bozo_problem(result: Mapping[str, Any], body: bytes) -> str | None:

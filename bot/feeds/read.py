@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 
 from bot.feeds.fetch import Fetcher, FetchResult
+from bot.feeds.hints import FeedHints, http_freshness
 from bot.feeds.parse import parse_feed_async
 from bot.model import Entry
 
@@ -47,6 +48,11 @@ class PollResult:
     # Entries first seen under their whole long id, before ids were bounded: known.
     seen_unbounded: frozenset[str] = frozenset()
     warnings: tuple[str, ...] = ()
+    # How long the server asked us not to come back (Cache-Control max-age, Expires), and
+    # everything the feed asks about its polling when its body was read (None: unchanged,
+    # the last known hints still hold).
+    max_age: float | None = None
+    hints: FeedHints | None = None
 
 
 def stable_ids(entries: tuple[Entry, ...]) -> tuple[tuple[Entry, ...], dict[str, str]]:
@@ -71,13 +77,17 @@ async def read_feed(fetcher: Fetcher, url: str, *, etag: str | None,
     """Poll ``url`` once (or read ``fetched``, a body already fetched). ``etag``,
     ``last_modified`` and ``body_hash`` are what the last successful poll kept."""
     result = fetched or await fetcher.fetch(url, etag=etag, last_modified=last_modified)
+    problems: list[str] = []
+    caching = dict(result.caching)
+    max_age = http_freshness(caching.get("Cache-Control"), caching.get("Expires"),
+                             caching.get("Date"), caching.get("Age"), problems)
     if result.status == 304 or result.body is None:
         return PollResult(Validators(result.etag, result.last_modified, None),
-                          result.permanent_url, unchanged=True)
+                          result.permanent_url, unchanged=True, max_age=max_age)
     new_hash = hashlib.sha256(result.body).hexdigest()
     validators = Validators(result.etag, result.last_modified, new_hash)
     if new_hash == body_hash and initialized:
-        return PollResult(validators, result.permanent_url, unchanged=True)
+        return PollResult(validators, result.permanent_url, unchanged=True, max_age=max_age)
     parsed = await parse_feed_async(result.body, content_type=result.content_type,
                                     url=result.final_url)
     entries, legacy = stable_ids(parsed.entries)
@@ -89,4 +99,6 @@ async def read_feed(fetcher: Fetcher, url: str, *, etag: str | None,
         new -= already
     return PollResult(validators, result.permanent_url, unchanged=False,
                       title=parsed.title or None, entries=entries, new=frozenset(new),
-                      seen_unbounded=frozenset(already), warnings=parsed.warnings)
+                      seen_unbounded=frozenset(already),
+                      warnings=parsed.warnings + tuple(problems), max_age=max_age,
+                      hints=replace(parsed.hints, max_age=max_age))
