@@ -201,6 +201,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE outbox_v7 RENAME TO outbox;
     CREATE INDEX outbox_pending ON outbox (network, room, seq) WHERE state = 'pending';
     """,
+    # 8: what each feed last asked about its polling (ttl, skipHours/skipDays, sy:,
+    # Cache-Control), JSON as bot.feeds.hints writes it: unchanged polls (304) keep
+    # honouring it, and check-config shows it. NULL: not read yet.
+    """
+    ALTER TABLE feed_state ADD COLUMN hints TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

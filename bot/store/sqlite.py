@@ -186,7 +186,7 @@ class SqliteStore:
                 # A new address is also how an operator revives a feed that was gone.
                 c.execute("UPDATE feed_state SET url = ?, configured_url = ?, etag = NULL, "
                           "last_modified = NULL, disabled = NULL, failures = 0, "
-                          "last_error = NULL, next_fetch = NULL WHERE name = ?",
+                          "last_error = NULL, next_fetch = NULL, hints = NULL WHERE name = ?",
                           (configured_url, configured_url, name))
         state = self._feed_state(name)
         assert state is not None
@@ -199,15 +199,15 @@ class SqliteStore:
         with self._guard():
             row = self._conn.execute(
                 "SELECT name, url, configured_url, etag, last_modified, body_hash, initialized, "
-                "title, last_fetch, last_success, last_error, failures, next_fetch, disabled "
-                "FROM feed_state WHERE name = ?", (name,)).fetchone()
+                "title, last_fetch, last_success, last_error, failures, next_fetch, disabled, "
+                "hints FROM feed_state WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
         return FeedState(name=row[0], url=row[1], configured_url=row[2], etag=row[3],
                          last_modified=row[4], body_hash=row[5], initialized=bool(row[6]),
                          title=row[7], last_fetch=row[8], last_success=row[9],
                          last_error=row[10], failures=row[11], next_fetch=row[12],
-                         disabled=row[13])
+                         disabled=row[13], hints=row[14])
 
     def _for_entries(self, select: str, feed: str, ids: list[str]) -> Iterator[Any]:
         """Rows of ``SELECT ... WHERE feed = ? AND entry_id IN (...)`` for these ids, asked
@@ -259,9 +259,10 @@ class SqliteStore:
                 "UPDATE feed_state SET etag = ?, last_modified = ?, body_hash = ?, "
                 "initialized = 1, title = COALESCE(?, title), url = COALESCE(?, url), "
                 "last_fetch = ?, last_success = ?, last_error = NULL, failures = 0, "
-                "next_fetch = ? WHERE name = ?",
+                "next_fetch = ?, hints = COALESCE(?, hints) WHERE name = ?",
                 (outcome.etag, outcome.last_modified, outcome.body_hash, outcome.title,
-                 outcome.new_url, outcome.now, outcome.now, outcome.next_fetch, outcome.feed))
+                 outcome.new_url, outcome.now, outcome.now, outcome.next_fetch,
+                 outcome.hints, outcome.feed))
         return rooms
 
     async def carried(self, feed: str) -> list[str]:

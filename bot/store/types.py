@@ -27,6 +27,8 @@ class FeedState:
     last_error: str | None
     failures: int
     next_fetch: float | None
+    # What the feed last asked about its polling, JSON (bot.feeds.hints); None: not read.
+    hints: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +145,5 @@ class PollOutcome:
     # Entries chosen for posting that this poll could not render in time: owed to the
     # next poll (None: leave what is stored).
     carried: Sequence[str] | None = None
+    # What the feed asks about its polling, JSON (bot.feeds.hints); None: leave it.
+    hints: str | None = None
