@@ -1,4 +1,4 @@
-"""Command line: ``newsbot run | doctor | check-config | preview``.
+"""Command line: ``newsbot run | doctor | check-config | preview | feeds``.
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 configuration error.
 """
@@ -65,6 +65,21 @@ def _parser() -> argparse.ArgumentParser:
                          help="as a feed's max_message_bytes (default 40KiB)")
     preview.add_argument("--allow-private-networks", action="store_true",
                          help="allow URLs on loopback or private addresses (e.g. a local test)")
+
+    feeds = sub.add_parser("feeds", help="the feed list as OPML: export or import")
+    feeds_sub = feeds.add_subparsers(dest="feeds_command", required=True, metavar="ACTION")
+    export = feeds_sub.add_parser("export", help="print every feed (configured, and added by "
+                                                 "command) as OPML 2.0")
+    export.add_argument("-c", "--config", type=Path, required=True)
+    import_ = feeds_sub.add_parser("import", help="print an OPML file's feeds as YAML "
+                                                  "entries, or merge them into a config")
+    import_.add_argument("opml", type=Path)
+    import_.add_argument("--into", type=Path, metavar="CONFIG",
+                         help="append the new feeds to this config's feeds: list (its "
+                              "comments kept), then check it")
+    import_.add_argument("--room", action="append", default=[], metavar="ROOM",
+                         help="a room for the feeds the file names none (repeatable)")
+
     return parser
 
 
@@ -79,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "preview":
             _setup_logs(args, "WARNING", ())
             return asyncio.run(_preview(args))
+        if args.command == "feeds":
+            return _feeds_export(args.config) if args.feeds_command == "export" \
+                else _feeds_import(args)
         return _run(args)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -205,6 +223,71 @@ async def _doctor(path: Path) -> int:
           "(see its log), or run `newsbot run --reset-cross-signing` once if the account's "
           "keys were made elsewhere")
     return EXIT_FAILURE
+
+
+def _feeds_export(path: Path) -> int:
+    from bot.opml import export_opml
+    loaded = _load_or_report(path)
+    if loaded is None:
+        return EXIT_CONFIG
+    text, notes = export_opml(loaded[0])
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _feeds_import(args: argparse.Namespace) -> int:
+    """The OPML file's new feeds printed as YAML, or appended to ``--into`` and checked
+    with check-config's loader before the file is replaced."""
+    from bot import opml
+    from bot.config import load_config_text
+    into: Path | None = args.into
+    try:
+        listed = opml.read_opml_file(args.opml)
+        text = into.read_text(encoding="utf-8-sig") if into is not None else ""
+        names, urls = opml.configured_feeds(text)
+        plan = opml.plan_import(listed, rooms=args.room, existing_names=names,
+                                existing_urls=urls)
+    except OSError as exc:
+        print(f"{into}: cannot read: {exc.strerror or 'error'}", file=sys.stderr)
+        return EXIT_CONFIG
+    except opml.OpmlError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAILURE
+    for line in [*plan.present, *plan.refused]:
+        print(f"skipped: {line}", file=sys.stderr)
+    for note in plan.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if not plan.entries:
+        print(f"{args.opml}: no new feed to import", file=sys.stderr)
+        return EXIT_FAILURE if plan.refused or not plan.present else EXIT_OK
+    comment = opml.import_comment(args.opml)
+    if into is None:
+        sys.stdout.write(f"# {comment}: paste under feeds: in the configuration\n"
+                         + opml.entries_yaml(plan.entries))
+        return EXIT_OK
+    try:
+        merged = opml.merged_text(text, plan.entries, comment)
+    except opml.OpmlError as exc:
+        print(f"{into}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        load_config_text(merged, source=str(into), base_dir=into.absolute().parent)
+    except ConfigError as exc:
+        if _load_or_report(into) is not None:   # else its own problems are printed
+            print(f"{into}: with the new feeds it would have {len(exc.problems)} "
+                  "problem(s); left unchanged:", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+        else:
+            print(f"{into}: left unchanged; fix its problems first", file=sys.stderr)
+        return EXIT_CONFIG
+    opml.write_config_text(into, merged)
+    added = ", ".join(entry["name"] for entry in plan.entries)
+    print(f"{into}: {len(plan.entries)} feed(s) added ({added}); the file checks OK",
+          file=sys.stderr)
+    return EXIT_OK
 
 
 def _preview_settings(args: argparse.Namespace) -> tuple[str, int, int] | str:
