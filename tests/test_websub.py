@@ -180,6 +180,19 @@ async def test_a_verified_subscription_and_a_signed_push_reach_the_outbox(
     assert stored["secret"] not in caplog.text and stored["id"] not in caplog.text
 
 
+async def test_a_push_and_a_poll_of_the_same_item_queue_it_once(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r, running(r.websub):
+        await r.hub.wait_for(lambda: r.hub.active(r.topic))
+        r.serve(make_items(3))
+        # The poller's own schedule may poll while a push is handled: one outbox.
+        [distribution], _delay = await asyncio.gather(r.hub.publish(r.topic),
+                                                      r.poller.poll_once())
+        assert distribution.status == 202
+        assert await queued(r.store) == "urn:newsbot-test:item-3"
+        await r.poller.poll_once()
+        assert await r.store.pending_count(ROOM) == 1
+
+
 async def test_a_push_with_a_bad_signature_is_acknowledged_ignored_and_logged(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="bot.websub")
