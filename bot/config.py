@@ -1000,6 +1000,9 @@ class FetchConfig:
         "feeds fetched at the same time", _Int(1)))
     max_backoff: float = field(default=21600.0, metadata=_key(
         "longest wait after repeated failures", _Duration(1.0)))
+    max_interval: float = field(default=86400.0, metadata=_key(
+        "longest interval a feed's hints (`ttl`, `skipHours`, `Cache-Control`...) may ask "
+        "for; a longer configured interval stays", _Duration(60.0)))
     max_image_bytes: int = 5 * 1024 * 1024     # not a key
 
 

@@ -17,6 +17,7 @@ import math
 import random
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from bot.clock import Clock
@@ -24,6 +25,7 @@ from bot.config import FeedConfig, FetchConfig
 from bot.errors import FeedError, FetchError, StorageError
 from bot.feeds.decide import Decision, chronological, decide
 from bot.feeds.fetch import Fetcher, FetchResult
+from bot.feeds.hints import FeedHints, Interval, describe, effective_interval, next_allowed
 from bot.feeds.read import PollResult, Validators, read_feed
 from bot.i18n import text
 from bot.model import Entry, Message
@@ -104,10 +106,42 @@ class FeedPoller:
         self._room_language = room_language or _no_language
         self._rng = rng or random.Random()
         self._plan_budget = plan_budget
+        # The feed's last known hints, with the Cache-Control of the last 304 (which is
+        # not stored); None: read them from the store.
+        self._hints: FeedHints | None = None
+        self._explained: str | None = None
 
     async def interval(self) -> float:
         """The config's interval, unless a moderator set another by command."""
         return await self._store.feed_interval(self.feed.name) or self.feed.interval
+
+    async def schedule(self, hints: FeedHints | None = None) -> Interval:
+        """The interval polls follow: the base (``interval``) raised by what the feed
+        asks, never beyond fetch.max_interval (bot.feeds.hints)."""
+        if hints is None:
+            hints = await self._last_hints()
+        return effective_interval(await self.interval(), hints,
+                                  self._fetch_config.max_interval)
+
+    async def _last_hints(self) -> FeedHints:
+        if self._hints is None:
+            state = await self._store.feed_state(self.feed.name)
+            self._hints = FeedHints.from_json(state.hints if state else None)
+        return self._hints
+
+    async def _longest_wait(self) -> float:
+        """The longest a poll may be put off: the interval, or the ceiling when the feed
+        asks to skip some hours or days."""
+        hints = await self._last_hints()
+        longest = (await self.schedule(hints)).seconds
+        return max(longest, self._fetch_config.max_interval) if hints.skips else longest
+
+    def _next_delay(self, now: float, interval: Interval, hints: FeedHints) -> float:
+        """Jittered, then moved out of the hours and days the feed asks to skip; the ceiling
+        still bounds the wait."""
+        delay = jittered(interval.seconds, self._rng)
+        latest = now + max(delay, self._fetch_config.max_interval)
+        return next_allowed(now + delay, hints, latest) - now
 
     async def run(self, first: FetchResult | None = None) -> None:
         """Poll on schedule until cancelled. ``first``: a body already fetched for this
@@ -125,7 +159,7 @@ class FeedPoller:
             # Spread the first polls a little so a restart does not hit every server at once.
             first_delay = self._rng.uniform(0, min(2.0, await self.interval() / 10))
         else:
-            first_delay = min(state.next_fetch - now, await self.interval())
+            first_delay = min(state.next_fetch - now, await self._longest_wait())
         if first_delay is not None:
             await asyncio.sleep(first_delay)
         while True:
@@ -176,13 +210,16 @@ class FeedPoller:
         feed = self.feed
         # Paused feeds are still fetched (one conditional request): what appears during
         # a pause is marked seen, so resuming does not dump a backlog into the room.
-        interval = await self.interval()
-        read = await read_feed(self._fetcher, state.url, etag=state.etag,
-                               last_modified=state.last_modified, body_hash=state.body_hash,
+        # A state from before hints were stored: read the body once to learn them.
+        known = state.hints is not None
+        read = await read_feed(self._fetcher, state.url, etag=state.etag if known else None,
+                               last_modified=state.last_modified if known else None,
+                               body_hash=state.body_hash if known else None,
                                initialized=state.initialized,
                                unseen=functools.partial(self._store.unseen, feed.name),
                                fetched=fetched)
-        delay = jittered(interval, self._rng)
+        hints = await self._hints_after(read)
+        delay = self._next_delay(now, await self._explain(hints), hints)
         if read.unchanged:
             await self._unchanged(state, read, now, delay)
             return delay, []
@@ -223,11 +260,36 @@ class FeedPoller:
             seen_entry_ids=seen, deliveries=planned.deliveries,
             recent=_recent(feed.name, entries), fingerprints=planned.posted,
             digest=planned.digest, changed=planned.changed,
-            corrections=planned.corrections))
+            corrections=planned.corrections, hints=hints.to_json()))
         posted = len(decision.to_post) - len(waiting) - len(planned.failed)
         if posted:
             log.info("feed %s: %d new item(s) queued", feed.name, posted)
         return delay, rooms
+
+    async def _hints_after(self, read: PollResult) -> FeedHints:
+        """A read body's hints; an unchanged one keeps the last known, with the
+        response's Cache-Control when it has one."""
+        if read.hints is not None:
+            hints = read.hints
+        else:
+            hints = await self._last_hints()
+            if read.max_age is not None:
+                hints = replace(hints, max_age=read.max_age)
+        self._hints = hints
+        return hints
+
+    async def _explain(self, hints: FeedHints) -> Interval:
+        """The interval, logged when the feed's hints change it."""
+        set_by_command = await self._store.feed_interval(self.feed.name)
+        interval = effective_interval(set_by_command or self.feed.interval, hints,
+                                      self._fetch_config.max_interval)
+        why = describe(interval, hints, by_command=set_by_command is not None,
+                       language="en")
+        if why != self._explained and (self._explained is not None or interval.hint
+                                       or hints.skips):
+            log.info("feed %s: polled %s", self.feed.name, why)
+        self._explained = why
+        return interval
 
     async def _snapshot(self, entries: tuple[Entry, ...], unseen: set[str],
                   feed_title: str | None) -> Snapshot:
