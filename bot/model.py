@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -74,9 +74,12 @@ class Message:
     mentions: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["mentions"] = list(self.mentions)
-        return data
+        # By hand: dataclasses.asdict deep-copies every field, and a poll writes hundreds.
+        image = self.image
+        return {"body": self.body, "html": self.html,
+                "image": None if image is None else
+                {"url": image.url, "mode": image.mode, "alt": image.alt},
+                "notice": self.notice, "mentions": list(self.mentions)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Message:
