@@ -198,7 +198,8 @@ def test_merge_refuses_flow_lists_and_files_with_problems(tmp_path: Path) -> Non
     file.write_text(opml('<outline text="a" xmlUrl="https://a.example/feed" '
                          'category="/newsbot/room/#a:example.org"/>'))
     flow = base_config(tmp_path, [])
-    text = yaml.safe_dump(flow, sort_keys=False) + 'feeds: [{name: x, url: "https://x.example/", rooms: ["#x:example.org"]}]\n'
+    text = (yaml.safe_dump(flow, sort_keys=False)
+            + 'feeds: [{name: x, url: "https://x.example/", rooms: ["#x:example.org"]}]\n')
     flow_file = tmp_path / "flow.yaml"
     flow_file.write_text(text.replace("feeds: []\n", "", 1))
     before = flow_file.read_text()
