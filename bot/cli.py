@@ -1,4 +1,4 @@
-"""Command line: ``newsbot run | doctor | check-config | preview | feeds``.
+"""Command line: ``newsbot run | doctor | check-config | preview | feeds | login``.
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 configuration error.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bot import __version__
-from bot.errors import BlockedURLError, ConfigError, FeedError, NewsbotError
+from bot.errors import AuthError, BlockedURLError, ConfigError, FeedError, NewsbotError
 from bot.i18n import LANGUAGES
 
 if TYPE_CHECKING:       # the CLI imports the bot lazily, so that --help stays fast
@@ -80,6 +80,14 @@ def _parser() -> argparse.ArgumentParser:
     import_.add_argument("--room", action="append", default=[], metavar="ROOM",
                          help="a room for the feeds the file names none (repeatable)")
 
+    login = sub.add_parser("login", help="log in with the password once and write the "
+                                         "access token to a 0600 file")
+    login.add_argument("-c", "--config", type=Path, required=True)
+    login.add_argument("--token-file", type=Path, default=None, metavar="PATH",
+                       help="where to write the token (default: matrix.access_token_file, "
+                            "else newsbot.token next to the config)")
+    login.add_argument("--force", action="store_true",
+                       help="replace an existing token file")
     return parser
 
 
@@ -97,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "feeds":
             return _feeds_export(args.config) if args.feeds_command == "export" \
                 else _feeds_import(args)
+        if args.command == "login":
+            return _login(args)
         return _run(args)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -287,6 +297,51 @@ def _feeds_import(args: argparse.Namespace) -> int:
     added = ", ".join(entry["name"] for entry in plan.entries)
     print(f"{into}: {len(plan.entries)} feed(s) added ({added}); the file checks OK",
           file=sys.stderr)
+    return EXIT_OK
+
+
+def _login(args: argparse.Namespace) -> int:
+    """Log in once with the password; the token goes to a 0600 file, nothing else keeps
+    a secret. Neither the password nor the token is printed or logged."""
+    from bot.login import instructions, log_in, login_target, read_password, save_token
+    from bot.logs import add_secret
+    try:
+        target = login_target(args.config, args.token_file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    if target.token_file.exists() and not args.force:
+        print(f"{target.token_file} exists already; pass --force to replace it",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    if not target.token_file.parent.is_dir():
+        print(f"{target.token_file.parent}: no such directory for the token file",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    password = read_password(target.user_id)
+    if not password:
+        print("no password given", file=sys.stderr)
+        return EXIT_FAILURE
+    _setup_logs(args, "WARNING", (password,))
+    try:
+        session = asyncio.run(log_in(target, password))
+    except AuthError as exc:
+        print(f"login refused (is the password right?): {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except NewsbotError as exc:
+        print(f"login failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    add_secret(session.access_token)
+    try:
+        save_token(target, session)
+    except OSError as exc:
+        print(f"{target.token_file}: cannot write: {exc.strerror or 'error'}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"Logged in as {session.user_id} (device {session.device_id}); the access token "
+          f"is in {target.token_file} (mode 0600).")
+    print(instructions(target, args.config, session.device_id))
     return EXIT_OK
 
 

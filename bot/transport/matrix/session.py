@@ -164,6 +164,24 @@ class Connection:
             log.warning("could not set the display name: %s", exc)
 
 
+async def password_login(config: MatrixConfig, password: str, *,
+                         request_timeout: float = 30.0) -> Session:
+    """One login with ``password`` (``newsbot login``): a token for ``config.device_id``, or
+    for a new device without one. Nothing is saved here: the caller writes the token where
+    the configuration will read it, and the password is kept nowhere."""
+    client = new_client(config, crypto_dir=None, request_timeout=request_timeout)
+    try:
+        resp = await checked(
+            "logging in", lambda: client.login(password, device_name="newsbot"))
+    except RoomUnavailableError as exc:  # M_FORBIDDEN here means a wrong password
+        raise AuthError(str(exc)) from exc
+    finally:
+        await client.close()
+    if resp.user_id != config.user_id:
+        raise AuthError(f"the homeserver logged in {resp.user_id}, not {config.user_id}")
+    return Session(resp.user_id, resp.device_id, resp.access_token)
+
+
 def load_saved_session(storage_dir: Path, config: MatrixConfig) -> Session | None:
     """The session a password login saved, if it is this account's on this homeserver."""
     path = storage_dir / SESSION_FILENAME
