@@ -139,6 +139,9 @@ def _check_config(path: Path) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     rooms = {room for feed in config.feeds for room in feed.rooms}
     print(f"{path}: OK ({len(config.feeds)} feed(s), {len(rooms)} room(s))")
+    from bot.feeds.schedules import schedules
+    for name, why in schedules(config):
+        print(f"  {name}: {why}")
     return EXIT_OK
 
 

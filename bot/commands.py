@@ -24,13 +24,14 @@ from bot.config import Config, FeedConfig, parse_duration
 from bot.delivery import Outbox
 from bot.errors import FeedError, TransportError
 from bot.feeds.fetch import Fetcher, FetchResult
+from bot.feeds.hints import FeedHints, describe, effective_interval
 from bot.feeds.parse import parse_feed_async
 from bot.i18n import LANGUAGES, format_duration, format_time, text
 from bot.metrics import count_readers
 from bot.model import Message
 from bot.render import entry_line
 from bot.store.base import Store
-from bot.store.types import NewDelivery, RoomFeed, RoomFeedSettings
+from bot.store.types import FeedState, NewDelivery, RoomFeed, RoomFeedSettings
 from bot.subscriptions import PersonalSubscriptions, is_forget_me, small_number
 from bot.transport.base import IncomingMessage, Transport
 from bot.urls import text_for_members, text_for_moderators, url_for_members, url_for_moderators
@@ -413,8 +414,20 @@ class CommandRunner:
                 last=format_time(state.last_fetch if state else None, lang),
                 next=format_time(state.next_fetch if state and not state.disabled else None,
                                  lang),
-                failures=state.failures if state else 0, state=gone))
+                failures=state.failures if state else 0, state=gone)
+                + ("" if gone else await self._schedule(view, state, lang)))
         return Reply("\n".join(lines))
+
+    async def _schedule(self, view: FeedView, state: FeedState | None, lang: str) -> str:
+        """"; every 2 h (the feed asks for ttl 120 min; configured 15 min)": the effective
+        interval from the hints the feed last gave (bot.feeds.hints)."""
+        set_by_command = await self._store.feed_interval(view.config.name)
+        hints = FeedHints.from_json(state.hints if state else None)
+        interval = effective_interval(set_by_command or view.config.interval, hints,
+                                      self._config.fetch.max_interval)
+        return text("status_schedule", lang, schedule=describe(
+            interval, hints, by_command=set_by_command is not None or not view.from_config,
+            language=lang))
 
     async def _cmd_archive(self, message: IncomingMessage, args: list[str],
                            lang: str) -> Reply:

@@ -102,7 +102,8 @@ def test_check_config_example_with_its_token_variable() -> None:
     result = cli("check-config", "-c", "config.example.yaml",
                  env={"NEWSBOT_ACCESS_TOKEN": SECRET})
     assert result.code == 0, result
-    assert result.out.strip() == "config.example.yaml: OK (1 feed(s), 1 room(s))"
+    assert result.out.splitlines() == ["config.example.yaml: OK (1 feed(s), 1 room(s))",
+                                       "  actualites: every 15 min (configured 15 min)"]
     assert SECRET not in result.out + result.err
 
 
