@@ -132,8 +132,8 @@ async def measure(feeds: FeedProcess, count: int, rounds: int, prefix: str, stat
             log(f"    first sight of {count:,} feeds: {figures.warmup_seconds:.1f} s")
             connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
             async with aiohttp.ClientSession(connector=connector) as session:
-                # One unchanged round each before measuring: caches and connections warm.
-                await _newsbot_round(pollers)
+                # newsbot's first sight opened its connections and read its store; the
+                # bare loop gets one round to open its own.
                 await _bare_round(session, urls)
                 for _ in range(rounds):
                     figures.newsbot.append(await _measured(

@@ -1,0 +1,5 @@
+"""``python -m benchmarks`` (``./dev bench``): see benchmarks/bench.py."""
+
+from benchmarks.bench import main
+
+main()

@@ -1,0 +1,99 @@
+"""The bench's pieces work (``./dev bench``, benchmarks/): tiny runs, no figure asserted —
+speed is the bench's business, not the tests'."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from benchmarks import polls
+from benchmarks.bench import rows, table
+from benchmarks.feedproc import FeedProcess
+from benchmarks.member_sync import MemberSync
+from benchmarks.memory import cpu_seconds, rss_mib
+from tests.support import MemberFactory, NewUserFactory
+
+
+async def test_unchanged_polls_are_measured_on_both_sides(tmp_path: Path) -> None:
+    with FeedProcess() as feeds:
+        figures, made = await polls.measure(feeds, 12, 1, "smoke", tmp_path / "state",
+                                            log=lambda _line: None)
+        # The server is another process: what it answered is counted there, not here.
+        assert feeds.pid != os.getpid()
+    summary = figures.summary()
+    assert [name for name, _url, _etag in made] == [f"smoke-{n}" for n in range(12)]
+    for side in ("newsbot", "bare"):
+        (only,) = figures.newsbot if side == "newsbot" else figures.bare
+        assert only.polls == 12 and only.cpu > 0 and only.wall > 0
+        assert summary[side]["requests_per_s"] > 0   # type: ignore[index]
+    assert (tmp_path / "state" / "newsbot.sqlite3").exists()
+
+
+def test_changing_feed_answers_304_only_while_idle() -> None:
+    import urllib.request
+
+    with FeedProcess() as feeds:
+        size = feeds.call("changing", "/big.xml", 3, 1000)
+        assert size > 3000
+        url = feeds.url("/big.xml")
+
+        def status(etag: str | None) -> int:
+            request = urllib.request.Request(url, headers={"If-None-Match": etag} if etag else {})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    return int(answer.status)
+            except urllib.error.HTTPError as exc:   # 304 is raised by urllib
+                return exc.code
+
+        assert status(None) == 200
+        assert status('"idle"') == 304
+        assert feeds.call("set_idle", False) == 1      # one full answer so far
+        assert status('"idle"') == 200
+        assert feeds.call("count", "/big") == 3
+
+
+def test_the_table_has_a_row_per_figure_and_names_a_failed_line() -> None:
+    side = {"cpu_per_1000_s": 0.5, "requests_per_s": 1000.0}
+    results = {
+        "1": {"feeds": 1000, "newsbot": side, "bare": {**side, "cpu_per_1000_s": 0.25}},
+        "2": {"feeds": 10000, "newsbot": side, "bare": {**side, "requests_per_s": 1100.0}},
+        "3": {"rooms": 100, "newsbot_median_s": 2.2, "raw_nio_median_s": 2.0},
+        "4": {"error": "TimeoutError: no answer"},
+        "5": {"interval_s": 10.0, "feeds": 20, "p50_s": 4.5, "max_s": 8.3,
+              "push": "not available yet"},
+        "6": {"one": {"rss_mib": 62.0}, "one_bare": {"rss_mib": 50.0},
+              "many": {"rss_mib": 110.0, "feeds": 10000}, "many_bare": {"rss_mib": 60.0}},
+    }
+    made = rows(results)
+    by_measure = {row.measure.split(",")[0]: row for row in made}
+    cpu = by_measure["CPU per 1"]
+    assert (cpu.ratio, cpu.met) == ("2.00×", "NO")
+    assert by_measure["10"].met == "yes"                      # 0.91× ≥ 0.85×
+    memory = [row for row in made if row.measure.startswith("resident memory")]
+    assert [row.met for row in memory] == ["NO", "yes"]      # 62 > 50 MiB; 110 ≤ 120 MiB
+    assert any("not available yet" in row.newsbot for row in made)
+    assert any(row.measure == "line 4: failed" for row in made)
+    printed = table(made)
+    assert printed.splitlines()[0].startswith("| measure | newsbot | limit (bare) |")
+    assert len(printed.splitlines()) == len(made) + 2
+
+
+def test_memory_and_cpu_are_read_from_proc() -> None:
+    rss, peak = rss_mib(os.getpid())
+    assert 1 < rss <= peak
+    assert cpu_seconds(os.getpid()) > 0
+
+
+async def test_member_sync_stamps_what_the_member_receives(
+        new_user: NewUserFactory, member: MemberFactory, synapse: object) -> None:
+    alice, bob = await new_user("alice"), await new_user("bob")
+    alice_client, bob_client = await member(alice), await member(bob)
+    room = await alice_client.create_room(invite=[bob.user_id])
+    await bob_client.join(room)
+    base_url = alice_client.base_url
+    async with MemberSync(base_url, alice) as sync:
+        mark = sync.mark()
+        await bob_client.send_text(room, "bonjour")
+        (seen,) = await sync.wait(lambda s: s.sender == bob.user_id, 1, after=mark,
+                                  timeout=30)
+    assert seen.room_id == room and seen.body == "bonjour" and seen.at > 0
