@@ -189,16 +189,17 @@ def read_update_period(period: str, frequency: str, problems: list[str]) -> floa
     return min(unit / times, MAX_HINT)
 
 
-def _first_element(body: bytes, name: bytes) -> bytes | None:
-    """The inside of the first ``<name>...</name>`` within ``_SKIP_WINDOW`` bytes of
-    its start: a linear search, whatever the document."""
-    start = body.find(b"<" + name)
+def _first_element(body: bytes, name: str, problems: list[str]) -> bytes | None:
+    """The inside of the first ``<name>...</name>``, if it ends within ``_SKIP_WINDOW``
+    bytes of its start: a linear search, whatever the document."""
+    start = body.find(b"<" + name.encode())
     if start < 0:
         return None
     window = body[start:start + _SKIP_WINDOW]
     opened = window.find(b">")
-    closed = window.find(b"</" + name)
+    closed = window.find(b"</" + name.encode())
     if opened < 0 or closed < opened:
+        problems.append(f"ignored <{name}>: unclosed or longer than {_SKIP_WINDOW} bytes")
         return None
     return window[opened + 1:closed]
 
@@ -208,7 +209,7 @@ def read_skips(body: bytes, problems: list[str]) -> tuple[frozenset[int], frozen
     day names) from the raw document. A list that skips every hour or every day is no
     hint at all (the feed would never be polled) and is ignored."""
     hours: set[int] = set()
-    inside = _first_element(body, b"skipHours")
+    inside = _first_element(body, "skipHours", problems)
     if inside is not None:
         for match in _HOUR_ITEM.finditer(inside):
             hour = _count(match[1].decode("latin-1"))
@@ -217,7 +218,7 @@ def read_skips(body: bytes, problems: list[str]) -> tuple[frozenset[int], frozen
             else:
                 hours.add(hour % 24)
     days: set[int] = set()
-    inside = _first_element(body, b"skipDays")
+    inside = _first_element(body, "skipDays", problems)
     if inside is not None:
         for match in _DAY_ITEM.finditer(inside):
             name = match[1].decode("latin-1").strip().lower()
