@@ -945,6 +945,73 @@ def _read_listen(f: _Field) -> Any:
     return host, int(port)
 
 
+_MIN_PUSH_TOKEN = 16
+_MAX_TOKEN_FILE = 4096
+
+
+def _read_push_token(f: _Field) -> Any:
+    """``push_token``, or the content of ``push_token_file``; None: push is off."""
+    token: Any = None
+    found = f.text(secret=True)
+    if found is not None:
+        token = _check_push_token(f.r, found[1], f.full, found[0])
+    elif f.given:
+        token = _BAD
+    file_key = _join(f.path, "push_token_file")
+    from_file = f.r.string(f.items, f.parent, f.path, "push_token_file")
+    if from_file is not None:
+        if found is not None:
+            f.r.problem(from_file[1], file_key, "set only one of push_token and push_token_file")
+            return _BAD
+        token = _read_private_token(f.r, from_file[1], file_key, from_file[0])
+    elif not _is_null(f.items.get("push_token_file")):
+        token = _BAD
+    return token
+
+
+def _check_push_token(r: _Reader, node: Node, path: str, value: str) -> Any:
+    token = _check_secret(r, node, path, value, "token")
+    if token is None:
+        return _BAD
+    if not all(33 <= ord(c) < 127 for c in token):
+        r.problem(node, path, "must be printable ASCII: it travels in an HTTP header")
+        return _BAD
+    if len(token) < _MIN_PUSH_TOKEN:
+        # Anyone reaching the listener may guess: too short a token is guessed.
+        r.problem(node, path, f"is too short: use at least {_MIN_PUSH_TOKEN} characters "
+                              "(e.g. the output of `openssl rand -hex 32`)")
+        return _BAD
+    return token
+
+
+def _read_private_token(r: _Reader, node: Node, path_key: str, text: str) -> Any:
+    """A token file that only the bot's user may read: a push token lets anyone who
+    holds it make the bot fetch, so a file others can read is refused, not warned of."""
+    if not text.strip():
+        r.problem(node, path_key, "is empty")
+        return _BAD
+    path = r.path(text.strip())
+    try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode) or path.stat().st_size > _MAX_TOKEN_FILE:
+            r.problem(node, path_key, f"{path} is not a small file holding one token")
+            return _BAD
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        r.problem(node, path_key, f"{path} is not a UTF-8 text file")
+        return _BAD
+    except OSError as exc:
+        r.problem(node, path_key, f"cannot read {path}: {exc.strerror or 'error'}")
+        return _BAD
+    token = content.strip()
+    r.secrets.add(token)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        r.problem(node, path_key, f"{path} may be read by other users (mode "
+                                  f"{stat.S_IMODE(mode):04o}); chmod 600 it")
+        return _BAD
+    return _check_push_token(r, node, f"{path_key} ({path})", token)
+
+
 # --- the declaration: every key, once ---------------------------------------------------
 
 
@@ -1123,11 +1190,26 @@ class FeedConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """The bot's own HTTP listener (bot.http): health, metrics, push."""
+
+    listen: tuple[str, int] | None = field(default=None, metadata=_key(
+        "`host:port` of the bot's HTTP listener: `/healthz`, `/metrics` and push "
+        "(see [Health and push](#health-and-push))", _Custom(_read_listen), shown="off"))
+    push_token: str | None = field(default=None, metadata=_key(
+        "the bearer token `POST /feeds/NAME/poll` needs (16 characters or more); set at "
+        "most one of `push_token` and `push_token_file`; without either, push is off",
+        _Custom(_read_push_token), shown="off",
+        also=(("push_token_file", "a file holding the push token (mode 0600: refused if "
+                                  "others may read it; relative to the config file)"),)))
+
+
+@dataclass(frozen=True, slots=True)
 class _Metrics:
     """The ``metrics`` section, kept in Config as ``metrics_listen``."""
 
     listen: tuple[str, int] | None = field(default=None, metadata=_key(
-        "`host:port` for a local `/metrics` endpoint (Prometheus text)",
+        "the former name of `http.listen` (the same listener)",
         _Custom(_read_listen), shown="off"))
 
 
@@ -1152,9 +1234,15 @@ class Config:
     encryption: EncryptionConfig = field(default=EncryptionConfig(), metadata=_key(
         "", _Section(EncryptionConfig)))
     rooms: tuple[RoomConfig, ...] = field(default=(), metadata=_key("", _List(RoomConfig)))
+    http: HttpConfig = field(default=HttpConfig(), metadata=_key("", _Section(HttpConfig)))
     metrics_listen: tuple[str, int] | None = field(default=None, metadata=_key(
         "", _Section(_Metrics, unwrap="listen"), name="metrics"))
     source: Path | None = None                  # not a key: the file it was read from
+
+    @property
+    def listen(self) -> tuple[str, int] | None:
+        """Where the bot's HTTP listener is (``metrics.listen`` is its former name)."""
+        return self.http.listen or self.metrics_listen
 
 
 # --- checks across the keys of a section ------------------------------------------------
@@ -1205,9 +1293,10 @@ def _check_room(r: _Reader, values: dict[str, Any], items: dict[str, Node], node
 
 def _check_config(r: _Reader, values: dict[str, Any], items: dict[str, Node], node: Node,
                   path: str) -> bool:
+    ok = _check_listener(r, values, items, node)
     rooms, feeds, encryption = values["rooms"], values["feeds"], values["encryption"]
     if not rooms or any(v is _BAD for v in (rooms, feeds, encryption)):
-        return True
+        return ok
     posted = {ref for feed in feeds for ref in feed.rooms}
     for i, (item, room) in enumerate(zip(items["rooms"].value, rooms, strict=True)):
         if room.alias not in posted:
@@ -1216,6 +1305,21 @@ def _check_config(r: _Reader, values: dict[str, Any], items: dict[str, Node], no
         if room.encrypted and not encryption.enabled:
             r.warn(item, f"rooms[{i}].encrypted",
                    "encryption.enabled is false: newsbot could not post into this room")
+    return ok
+
+
+def _check_listener(r: _Reader, values: dict[str, Any], items: dict[str, Node],
+                    node: Node) -> bool:
+    """One listener: ``metrics.listen`` is its former name."""
+    http, old = values["http"], values["metrics_listen"]
+    if http is _BAD or old is _BAD:
+        return True
+    if old is not None and http.listen is not None and old != http.listen:
+        r.problem(items["metrics"], "metrics.listen", "differs from http.listen: there is one "
+                  "listener; keep http.listen only")
+        return False
+    if http.push_token is not None and http.listen is None and old is None:
+        r.warn(items["http"], "http.push_token", "set, but http.listen is not: push is off")
     return True
 
 
