@@ -23,8 +23,10 @@ from bot.config import Config, FeedConfig
 from bot.delivery import Deliverer, Outbox
 from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher, FetchResult
+from bot.http import HttpListener, Loop, PushOutcome
 from bot.media import MediaResolver
-from bot.metrics import Metrics
+from bot.metrics import DELIVERY_OUTCOMES, Metrics
+from bot.model import Delivery
 from bot.poller import FeedPoller
 from bot.rooms import RoomManager
 from bot.store import RoomFeed, SqliteStore, Store
@@ -66,7 +68,14 @@ class App:
                                       connect_timeout=config.fetch.connect_timeout)
         media = MediaResolver(self._image_fetcher, self.transport, self.store, self.clock)
         self.deliverer = Deliverer(self.store, self.transport, self.clock, media=media,
-                                   on_delivered=self.rooms.on_delivered)
+                                   on_delivered=self._on_delivered)
+        self.metrics = Metrics(
+            self.store, self.transport, self.clock,
+            lambda: [feed for feed, _ in self._feeds.values()], config.matrix.user_id,
+            lambda: self.deliverer.delivered,
+            deliveries=lambda: dict(zip(DELIVERY_OUTCOMES, (
+                self.deliverer.delivered, self.deliverer.refused, self.deliverer.parked),
+                strict=True)))
         # How commands and welcomes say something: through the same outbox as items.
         self.outbox = Outbox(self.store, self.clock, self.deliverer, self._enqueued)
         self.subscriptions = PersonalSubscriptions(config, self.store, self.clock,
@@ -77,6 +86,8 @@ class App:
         self._room_ids: dict[str, str] = {}          # configured room name -> room id
         self._feeds: dict[str, tuple[FeedConfig, bool]] = {}   # name -> (feed, from config)
         self._poller_tasks: dict[str, asyncio.Task[None]] = {}
+        self._pollers: dict[str, FeedPoller] = {}
+        self._sync_task: asyncio.Task[None] | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._fetcher: Fetcher | None = None
@@ -207,6 +218,7 @@ class App:
 
     async def remove_room_feed(self, name: str) -> None:
         task = self._poller_tasks.pop(name, None)
+        self._pollers.pop(name, None)
         if task is not None:
             task.cancel()
         self._feeds.pop(name, None)
@@ -227,20 +239,46 @@ class App:
         poller = FeedPoller(feed, store=self.store, fetcher=self._fetcher, clock=self.clock,
                             fetch_config=self.config.fetch, language=self.config.language,
                             limiter=self._limiter, on_enqueued=self._enqueued,
-                            room_language=self._room_language)
+                            room_language=self._room_language, observe=self.metrics.fetched)
+        self._pollers[feed.name] = poller
         self._poller_tasks[feed.name] = self._tasks.create_task(poller.run(first),
                                                                 name=f"poll {feed.name}")
         for room in feed.rooms:
             self._start_worker(room)
 
-    def _metrics_task(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
-        if self.config.metrics_listen is None:
+    # -- the HTTP listener (bot.http) ----------------------------------------------------
+
+    def _http_task(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
+        if self.config.listen is None:
             return []
-        metrics = Metrics(self.store, self.transport, self.clock,
-                          lambda: [feed for feed, _ in self._feeds.values()],
-                          self.config.matrix.user_id, lambda: self.deliverer.delivered)
-        host, port = self.config.metrics_listen
-        return [tg.create_task(metrics.serve(host, port), name="metrics")]
+        listener = HttpListener(self.store, self.clock, loops=self.loops,
+                                metrics=self.metrics, push=self.poll_soon,
+                                push_token=self.config.http.push_token)
+        return [tg.create_task(listener.serve(*self.config.listen), name="http")]
+
+    def poll_soon(self, name: str) -> PushOutcome:
+        """A push: poll the feed ``name`` now (bot.poller's poll_soon)."""
+        poller, task = self._pollers.get(name), self._poller_tasks.get(name)
+        if poller is None or task is None:
+            return "unknown"
+        if task.done():
+            return "stopped"
+        return "queued" if poller.poll_soon() else "joined"
+
+    def loops(self) -> list[Loop]:
+        """The loops health wants running: the sync, every feed's poller (one that
+        ended by itself polls a feed gone for good) and the worker of every room the
+        feeds post to."""
+        loops = [Loop("sync", self._sync_task)]
+        loops += [Loop(f"poller of feed {name}", task, may_end=True)
+                  for name, task in self._poller_tasks.items()]
+        rooms = dict.fromkeys(r for feed, _ in self._feeds.values() for r in feed.rooms)
+        loops += [Loop(f"delivery to {room}", self._workers.get(room)) for room in rooms]
+        return loops
+
+    async def _on_delivered(self, delivery: Delivery, room_id: str, event_id: str) -> None:
+        self.metrics.sent(delivery)
+        await self.rooms.on_delivered(delivery, room_id, event_id)
 
     def _enqueued(self, rooms: list[str]) -> None:
         """New deliveries: rooms seen for the first time (a new subscriber's private
@@ -333,11 +371,12 @@ class App:
                                      on_message=commands.submit,
                                      on_member_joined=welcomer.submit,
                                      on_direct_closed=self._direct_closed)
-            background = [tg.create_task(self.transport.run_sync(handlers), name="sync"),
+            self._sync_task = tg.create_task(self.transport.run_sync(handlers), name="sync")
+            background = [self._sync_task,
                           tg.create_task(commands.run(), name="commands"),
                           tg.create_task(self.subscriptions.run(), name="digests"),
                           tg.create_task(welcomer.run(), name="welcome"),
-                          *self._metrics_task(tg),
+                          *self._http_task(tg),
                           tg.create_task(self._maintain(), name="maintenance")]
             await self._stop.wait()
             for task in [*background, *self._poller_tasks.values()]:

@@ -90,6 +90,7 @@ class Deliverer:
         self._stopping = asyncio.Event()
         self.delivered = 0
         self.parked = 0
+        self.refused = 0        # by the homeserver (metrics)
 
     def wake(self, rooms: list[str]) -> None:
         """New deliveries are waiting in these rooms."""
@@ -299,6 +300,7 @@ class Deliverer:
         except MessageRejectedError as exc:
             # Retrying cannot help and would hold back every later item of the room.
             await self._store.mark_rejected(delivery.key, str(exc), self._clock.now())
+            self.refused += 1
             log.error("room %s: item %s of feed %s was refused by the homeserver and is "
                       "skipped: %s", delivery.room, delivery.entry_id, delivery.feed, exc)
             return

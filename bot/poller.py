@@ -10,6 +10,7 @@ time, never the event loop's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import html
 import logging
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 
 from bot.clock import Clock
 from bot.config import FeedConfig, FetchConfig
-from bot.errors import FeedError, FetchError, StorageError
+from bot.errors import FeedError, FetchError, ParseError, StorageError
 from bot.feeds.decide import Decision, chronological, decide
 from bot.feeds.fetch import Fetcher, FetchResult
 from bot.feeds.hints import FeedHints, Interval, describe, effective_interval, next_allowed
@@ -83,6 +84,11 @@ async def _no_language(_room: str) -> str | None:
     return None
 
 
+# A push (bot.http) polls at once, but no sooner than this after the last push's poll
+# began: pushes in between make one poll, not one each.
+PUSH_GAP = 5.0
+
+
 def jittered(interval: float, rng: random.Random) -> float:
     # Only ever earlier, never later: an item must arrive within `interval` of appearing.
     return interval * rng.uniform(0.9, 1.0)
@@ -94,7 +100,9 @@ class FeedPoller:
                  on_enqueued: Callable[[list[str]], None],
                  room_language: Callable[[str], Awaitable[str | None]] | None = None,
                  rng: random.Random | None = None,
-                 plan_budget: float = PLAN_BUDGET_SECONDS) -> None:
+                 plan_budget: float = PLAN_BUDGET_SECONDS,
+                 observe: Callable[[str], None] | None = None,
+                 push_gap: float = PUSH_GAP) -> None:
         self.feed = feed
         self._store = store
         self._fetcher = fetcher
@@ -106,10 +114,37 @@ class FeedPoller:
         self._room_language = room_language or _no_language
         self._rng = rng or random.Random()
         self._plan_budget = plan_budget
+        # Told how each fetch ended: "304", "200", "error" or "parse_error" (metrics).
+        self._observe = observe or (lambda _outcome: None)
+        self._push_gap = push_gap
+        self._pushed = asyncio.Event()
+        self._last_push: float | None = None        # loop time the last push's poll began
+        self._fetch_observed = False
         # The feed's last known hints, with the Cache-Control of the last 304 (which is
         # not stored); None: read them from the store.
         self._hints: FeedHints | None = None
         self._explained: str | None = None
+
+    def poll_soon(self) -> bool:
+        """Poll now, through the schedule's own loop (one poll at a time, the same
+        decisions), no sooner than PUSH_GAP after the last push's poll. False: a poll
+        asked for before, not begun yet, covers this one."""
+        asked = not self._pushed.is_set()
+        self._pushed.set()
+        return asked
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep until the next poll is due, or until a push asks for one."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._pushed.wait(), timeout=seconds)
+        if self._pushed.is_set():
+            loop = asyncio.get_running_loop()
+            if self._last_push is not None:
+                gap = self._last_push + self._push_gap - loop.time()
+                if gap > 0:
+                    await asyncio.sleep(gap)
+            self._last_push = loop.time()
+            self._pushed.clear()        # after the gap: pushes during it are this poll
 
     async def interval(self) -> float:
         """The config's interval, unless a moderator set another by command."""
@@ -161,7 +196,7 @@ class FeedPoller:
         else:
             first_delay = min(state.next_fetch - now, await self._longest_wait())
         if first_delay is not None:
-            await asyncio.sleep(first_delay)
+            await self._wait(first_delay)
         while True:
             started = asyncio.get_running_loop().time()
             async with self._limiter:
@@ -172,7 +207,7 @@ class FeedPoller:
             # Counted from the start of the poll: waiting for a slot or a slow server
             # must not stretch the interval.
             elapsed = asyncio.get_running_loop().time() - started
-            await asyncio.sleep(max(delay - elapsed, 0.0))
+            await self._wait(max(delay - elapsed, 0.0))
 
     async def poll_once(self, fetched: FetchResult | None = None) -> float:
         """Poll now (or handle ``fetched``); returns the seconds to wait before the next
@@ -181,9 +216,12 @@ class FeedPoller:
         state = (await self._store.feed_state(feed.name)
                  or await self._store.ensure_feed(feed.name, feed.url))
         now = self._clock.now()
+        self._fetch_observed = False
         try:
             delay, rooms = await self._poll(state, now, fetched)
         except FeedError as exc:
+            if fetched is None and not self._fetch_observed:
+                self._observe("parse_error" if isinstance(exc, ParseError) else "error")
             if isinstance(exc, FetchError) and exc.status == 410:
                 await self._gone(state.url, now)
                 return math.inf
@@ -193,6 +231,8 @@ class FeedPoller:
         except Exception as exc:
             # An input nobody foresaw (or a bug) costs this feed a poll, never the bot.
             log.debug("feed %s: unexpected error", feed.name, exc_info=True)
+            if fetched is None and not self._fetch_observed:
+                self._observe("error")
             error = FeedError(f"unexpected error while reading the feed "
                               f"({type(exc).__name__}: {str(exc)[:200]})")
             return await self._failed(error, now, state.failures + 1)
@@ -218,6 +258,10 @@ class FeedPoller:
                                initialized=state.initialized,
                                unseen=functools.partial(self._store.unseen, feed.name),
                                fetched=fetched)
+        if fetched is None:
+            self._fetch_observed = True     # what fails after this is not the fetch's
+            self._observe("304" if read.unchanged and read.validators.body_hash is None
+                          else "200")
         hints = await self._hints_after(read)
         delay = self._next_delay(now, await self._explain(hints), hints)
         if read.unchanged:
