@@ -123,7 +123,7 @@ class FeedPoller:
         # The feed's last known hints, with the Cache-Control of the last 304 (which is
         # not stored); None: read them from the store.
         self._hints: FeedHints | None = None
-        self._explained: str | None = None
+        self._explained: tuple[object, ...] | None = None
 
     def poll_soon(self) -> bool:
         """Poll now, through the schedule's own loop (one poll at a time, the same
@@ -323,16 +323,19 @@ class FeedPoller:
         return hints
 
     async def _explain(self, hints: FeedHints) -> Interval:
-        """The interval, logged when the feed's hints change it."""
+        """The interval, logged when what decides it changes (not each time a CDN's Age
+        moves max-age by a few seconds), and worded only then: a 304 stays cheap."""
         set_by_command = await self._store.feed_interval(self.feed.name)
         interval = effective_interval(set_by_command or self.feed.interval, hints,
                                       self._fetch_config.max_interval)
-        why = describe(interval, hints, by_command=set_by_command is not None,
-                       language="en")
-        if why != self._explained and (self._explained is not None or interval.hint
-                                       or hints.skips):
-            log.info("feed %s: polled %s", self.feed.name, why)
-        self._explained = why
+        decided = (interval.hint, interval.base, interval.ceiling, set_by_command is not None,
+                   None if interval.hint == "max-age" else interval.asked,
+                   hints.skip_hours, hints.skip_days)
+        if decided != self._explained and (self._explained is not None or interval.hint
+                                           or hints.skips):
+            log.info("feed %s: polled %s", self.feed.name, describe(
+                interval, hints, by_command=set_by_command is not None, language="en"))
+        self._explained = decided
         return interval
 
     async def _snapshot(self, entries: tuple[Entry, ...], unseen: set[str],

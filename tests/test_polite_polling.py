@@ -270,8 +270,13 @@ async def test_the_interval_and_why_are_logged_when_they_change(
     rig.server.set_raw("/log.xml", rss("<ttl>120</ttl>"))
     poller = await rig.poller("/log.xml", interval=900)
     await poller.poll_once()
+    await poller.poll_once()                    # a 304: nothing new to say
+    rig.server.set_raw("/log.xml", rss("<ttl>180</ttl>"))
+    await poller.poll_once()
     lines = [r.getMessage() for r in caplog.records if "polled every" in r.getMessage()]
     assert lines == ["feed actus: polled every 2 h (the feed asks for ttl 120 min; "
+                     "configured 15 min)",
+                     "feed actus: polled every 3 h (the feed asks for ttl 180 min; "
                      "configured 15 min)"]
 
 
