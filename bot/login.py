@@ -84,7 +84,7 @@ def login_target(config_path: Path, token_file: Path | None = None,
     if token_file is not None:
         path = token_file.absolute()
     elif configured_file:
-        path = base / configured_file
+        path = base / Path(configured_file.strip()).expanduser()   # as the loader reads it
     else:
         path = base / TOKEN_FILENAME
     if problems:
