@@ -1189,6 +1189,20 @@ class FeedConfig:
         return self.msgtype == "m.notice"
 
 
+def _public_url(f: _Field, text: str, node: Node) -> Any:
+    problem = _web_url_problem(text)
+    if problem:
+        return f.problem(node, problem)
+    parts = urlsplit(text)
+    if parts.query or parts.fragment:
+        # The callback is this URL plus a path: a query would end up in the middle.
+        return f.problem(node, "must not have a query (?...) nor a fragment (#...)")
+    if parts.scheme.lower() == "http" and parts.hostname not in _LOOPBACK_HOSTS:
+        f.r.warn(node, f.full, "plain http: hubs push in the clear (pushes stay signed); "
+                 "use https")
+    return text.rstrip("/")
+
+
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
     """The bot's own HTTP listener (bot.http): health, metrics, push."""
@@ -1202,6 +1216,10 @@ class HttpConfig:
         _Custom(_read_push_token), shown="off",
         also=(("push_token_file", "a file holding the push token (mode 0600: refused if "
                                   "others may read it; relative to the config file)"),)))
+    public_url: str | None = field(default=None, metadata=_key(
+        "the address hubs reach `http.listen` at from the internet, e.g. "
+        "`https://bot.example.org`; WebSub push is on with it (see [Push from hubs "
+        "(WebSub)](#push-from-hubs-websub))", _Text(), check=_public_url, shown="off"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1320,6 +1338,8 @@ def _check_listener(r: _Reader, values: dict[str, Any], items: dict[str, Node],
         return False
     if http.push_token is not None and http.listen is None and old is None:
         r.warn(items["http"], "http.push_token", "set, but http.listen is not: push is off")
+    if http.public_url is not None and http.listen is None and old is None:
+        r.warn(items["http"], "http.public_url", "set, but http.listen is not: WebSub is off")
     return True
 
 
