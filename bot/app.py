@@ -32,6 +32,7 @@ from bot.rooms import RoomManager
 from bot.store import RoomFeed, SqliteStore, Store
 from bot.subscriptions import PersonalSubscriptions
 from bot.transport.base import EventHandlers, JoinToPoint, Transport
+from bot.websub import WebSub
 from bot.welcome import Welcomer
 
 log = logging.getLogger(__name__)
@@ -251,10 +252,35 @@ class App:
     def _http_task(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         if self.config.listen is None:
             return []
+        websub = self._websub()
         listener = HttpListener(self.store, self.clock, loops=self.loops,
                                 metrics=self.metrics, push=self.poll_soon,
-                                push_token=self.config.http.push_token)
-        return [tg.create_task(listener.serve(*self.config.listen), name="http")]
+                                push_token=self.config.http.push_token,
+                                routes=websub.routes() if websub is not None else ())
+        tasks = [tg.create_task(listener.serve(*self.config.listen), name="http")]
+        if websub is not None:
+            tasks.append(tg.create_task(websub.run(), name="websub"))
+        return tasks
+
+    def _websub(self) -> WebSub | None:
+        """Hubs push feeds (bot.websub) when the listener has a public address."""
+        cfg = self.config
+        if cfg.http.public_url is None:
+            return None
+        return WebSub(public_url=cfg.http.public_url, store=self.store, clock=self.clock,
+                      deliver=self._pushed,
+                      feeds=lambda: [feed for feed, _ in self._feeds.values()],
+                      max_body_bytes=cfg.fetch.max_body_bytes,
+                      allow_private_networks=cfg.fetch.allow_private_networks,
+                      timeout=cfg.fetch.timeout, connect_timeout=cfg.fetch.connect_timeout)
+
+    async def _pushed(self, name: str, fetched: FetchResult) -> None:
+        """A body a hub pushed: the feed's poller reads it as if it had fetched it."""
+        poller, task = self._pollers.get(name), self._poller_tasks.get(name)
+        if poller is None or task is None or task.done():
+            return
+        async with self._limiter:
+            await poller.poll_once(fetched=fetched)
 
     def poll_soon(self, name: str) -> PushOutcome:
         """A push: poll the feed ``name`` now (bot.poller's poll_soon)."""

@@ -21,13 +21,22 @@ import pytest
 from aiohttp import web
 
 from bot.clock import SystemClock
-from bot.config import FeedConfig
-from bot.errors import BlockedURLError
+from bot.config import FeedConfig, load_config_text
+from bot.errors import BlockedURLError, ConfigError
 from bot.feeds.fetch import Fetcher, FetchResult
 from bot.poller import FeedPoller
 from bot.store import SqliteStore
 from bot.websub import KEY_PREFIX, Discovered, WebSub, discover_links, signature_valid
-from tests.support import FeedItem, FeedServer, free_port, make_items
+from tests.botkit import BotRunner, bot_config, load, write_config
+from tests.support import (
+    FeedItem,
+    FeedServer,
+    MemberFactory,
+    NewUserFactory,
+    SynapseServer,
+    free_port,
+    make_items,
+)
 from tests.support.feedserver import CONTENT_TYPES, render_rss
 from tests.support.pollers import feed_poller
 from tests.support.websubhub import WebSubHub
@@ -364,6 +373,70 @@ async def test_a_push_larger_than_the_cap_is_refused(tmp_path: Path) -> None:
         assert distribution.status == 413
         assert r.websub.pushes["too_large"] == 1
         assert await r.store.pending_count(ROOM) == 0
+
+
+# -- the bot, end to end ---------------------------------------------------------------
+
+async def test_a_hub_push_brings_the_item_to_members_long_before_the_interval(
+        synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner, caplog: pytest.LogCaptureFixture) -> None:
+    bot = await new_user("newsbot")
+    alice = await member(await new_user("alice"))
+    room = await alice.create_room(name="websub")
+    items = make_items(2)
+    topic = feed_server.url(feed_path)
+    async with WebSubHub() as hub:
+        def publish_feed(shown: list[FeedItem]) -> None:
+            feed_server.set_raw(feed_path, hub_feed(shown, topic, hub.url),
+                                content_type=CONTENT_TYPES["rss"])
+        publish_feed(items[1:])
+        port = free_port()
+        data = bot_config(
+            homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+            http={"listen": f"127.0.0.1:{port}", "public_url": f"http://127.0.0.1:{port}"},
+            feeds=[{"name": "actus", "url": topic, "rooms": [room], "interval": "1h",
+                    "backfill": 1}])
+        caplog.set_level(logging.INFO, logger="bot.websub")
+        running = await run_bot(load(write_config(tmp_path / "c.yaml", data), bot))
+        await alice.wait_for_messages(room, 1, sender=bot.user_id)     # the backfill
+        await hub.wait_for(lambda: hub.active(topic), timeout=60)
+        [sub] = hub.active(topic)
+        assert sub.callback.startswith(f"http://127.0.0.1:{port}/websub/")
+
+        publish_feed(items)             # the site publishes, then pings its hub
+        pushed = time.monotonic()
+        [distribution] = await hub.publish(topic)
+        assert distribution.status == 202
+        seen = await alice.wait_for_messages(room, 2, sender=bot.user_id, timeout=120)
+        assert seen[-1]["content"]["body"].splitlines()[0] == items[0].title
+        assert time.monotonic() - pushed < 600      # the interval is an hour: the push
+        await running.stop()
+    assert sub.secret is not None and sub.secret not in caplog.text
+
+
+def test_public_url_is_checked(tmp_path: Path) -> None:
+    base = ('matrix: {homeserver: https://matrix.example.org, user_id: "@b:example.org", '
+            'access_token: abcdefgh, device_id: D}\nstorage: {path: state}\n'
+            'feeds: [{name: actus, url: "https://example.org/feed", rooms: ["!r:x.org"]}]\n')
+
+    def load_text(extra: str) -> tuple[Any, list[str]]:
+        return load_config_text(base + extra, base_dir=tmp_path, environ={})
+    loaded, warnings = load_text("http: {listen: 127.0.0.1:9180, "
+                                 "public_url: https://bot.example.org/news/}")
+    assert (loaded.http.public_url, warnings) == ("https://bot.example.org/news", [])
+    _, warnings = load_text("http: {listen: 127.0.0.1:9180, public_url: http://bot.example.org}")
+    assert warnings == ["<config>:4: http.public_url: plain http: hubs push in the clear "
+                        "(pushes stay signed); use https"]
+    _, warnings = load_text("http: {public_url: https://bot.example.org}")
+    assert warnings == ["<config>:4: http.public_url: set, but http.listen is not: "
+                        "WebSub is off"]
+    for bad, problem in [("ftp://bot.example.org", "is not an http(s) URL"),
+                         ("https://bot.example.org/?a=b", "must not have a query"),
+                         ("https://bot.example.org/#x", "must not have a query")]:
+        with pytest.raises(ConfigError) as caught:
+            load_text(f"http: {{listen: 127.0.0.1:9180, public_url: '{bad}'}}")
+        assert problem in caught.value.problems[0]
 
 
 # -- pure parts -------------------------------------------------------------------------
