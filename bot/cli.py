@@ -297,8 +297,8 @@ def _feeds_import(args: argparse.Namespace) -> int:
             print(f"{into}: left unchanged; fix its problems first", file=sys.stderr)
         return EXIT_CONFIG
     opml.write_config_text(into, merged)
-    names = [entry["name"] for entry in plan.entries]
-    added = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    new = [entry["name"] for entry in plan.entries]
+    added = ", ".join(new[:10]) + (f" and {len(new) - 10} more" if len(new) > 10 else "")
     print(f"{into}: {len(plan.entries)} feed(s) added ({added}); the file checks OK",
           file=sys.stderr)
     return EXIT_OK
