@@ -279,8 +279,7 @@ class App:
         poller, task = self._pollers.get(name), self._poller_tasks.get(name)
         if poller is None or task is None or task.done():
             return
-        async with self._limiter:
-            await poller.poll_once(fetched=fetched)
+        poller.hand_over(fetched)
 
     def poll_soon(self, name: str) -> PushOutcome:
         """A push: poll the feed ``name`` now (bot.poller's poll_soon)."""

@@ -119,6 +119,7 @@ class FeedPoller:
         self._push_gap = push_gap
         self._pushed = asyncio.Event()
         self._last_push: float | None = None        # loop time the last push's poll began
+        self._pushed_body: FetchResult | None = None   # the latest body a hub pushed
         self._fetch_observed = False
         # The feed's last known hints, with the Cache-Control of the last 304 (which is
         # not stored); None: read them from the store.
@@ -132,6 +133,13 @@ class FeedPoller:
         asked = not self._pushed.is_set()
         self._pushed.set()
         return asked
+
+    def hand_over(self, fetched: FetchResult) -> bool:
+        """A body a hub pushed: read by the schedule's own loop, as a poll of it (one
+        poll at a time: a push never overlaps a scheduled poll and its state writes).
+        Bodies pushed before it was read are replaced by the latest one."""
+        self._pushed_body = fetched
+        return self.poll_soon()
 
     async def _wait(self, seconds: float) -> None:
         """Sleep until the next poll is due, or until a push asks for one."""
@@ -197,6 +205,7 @@ class FeedPoller:
             first_delay = min(state.next_fetch - now, await self._longest_wait())
         if first_delay is not None:
             await self._wait(first_delay)
+            first, self._pushed_body = self._pushed_body, None
         while True:
             started = asyncio.get_running_loop().time()
             async with self._limiter:
@@ -208,6 +217,7 @@ class FeedPoller:
             # must not stretch the interval.
             elapsed = asyncio.get_running_loop().time() - started
             await self._wait(max(delay - elapsed, 0.0))
+            first, self._pushed_body = self._pushed_body, None
 
     async def poll_once(self, fetched: FetchResult | None = None) -> float:
         """Poll now (or handle ``fetched``); returns the seconds to wait before the next
