@@ -1,8 +1,8 @@
 """``./dev bench``: every line of issue 13's speed table, each against its limit, measured
 side by side in the same run on the same machine. Prints the table; writes JSON.
 
-    ./dev bench                      # the whole table (about 6 minutes on 2 cores)
-    ./dev bench --quick              # fewer feeds, rooms and rounds (about 2 minutes)
+    ./dev bench                      # the whole table (8 minutes on a busy 2-core machine)
+    ./dev bench --quick              # fewer feeds, rooms and rounds (under 2 minutes)
     ./dev bench --only 1,2 --feeds 3000 --json /tmp/figures.json
 
 It starts its own Synapse (tests/support/synapse.py, the tests' relaxed rate limits) and
@@ -135,9 +135,11 @@ def rows(results: dict[str, Any]) -> list[Row]:
                        f"{b:.1f} MiB", _ratio(n / b), "≤ 50 MiB", _met(n <= 50)))
         if "many" in mem:
             n, b = mem["many"]["rss_mib"], mem["many_bare"]["rss_mib"]
-            out.append(Row(f"resident memory idle, {mem['many']['feeds']:,} feeds",
-                           f"{n:.1f} MiB", f"{b:.1f} MiB", _ratio(n / b), "≤ 120 MiB",
-                           _met(n <= 120)))
+            feeds = mem["many"]["feeds"]
+            # The target is for 10,000 feeds: fewer (--quick, --feeds) meet nothing.
+            out.append(Row(f"resident memory idle, {feeds:,} feeds", f"{n:.1f} MiB",
+                           f"{b:.1f} MiB", _ratio(n / b), "≤ 120 MiB at 10,000",
+                           _met(n <= 120 if feeds >= 10_000 else None)))
     for line, value in sorted(results.items()):
         if isinstance(value, dict) and "error" in value:
             out.append(Row(f"line {line}: failed", value["error"], "", "", "", "NO"))

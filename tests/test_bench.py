@@ -71,6 +71,8 @@ def test_the_table_has_a_row_per_figure_and_names_a_failed_line() -> None:
     assert by_measure["10"].met == "yes"                      # 0.91× ≥ 0.85×
     memory = [row for row in made if row.measure.startswith("resident memory")]
     assert [row.met for row in memory] == ["NO", "yes"]      # 62 > 50 MiB; 110 ≤ 120 MiB
+    results["6"]["many"]["feeds"] = 2000                     # --quick: not the target's size
+    assert rows(results)[-2].met == "n/a"
     assert any("not available yet" in row.newsbot for row in made)
     assert any(row.measure == "line 4: failed" for row in made)
     printed = table(made)
