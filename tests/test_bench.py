@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from benchmarks import polls
 from benchmarks.bench import rows, table
@@ -54,7 +55,7 @@ def test_changing_feed_answers_304_only_while_idle() -> None:
 
 def test_the_table_has_a_row_per_figure_and_names_a_failed_line() -> None:
     side = {"cpu_per_1000_s": 0.5, "requests_per_s": 1000.0}
-    results = {
+    results: dict[str, Any] = {
         "1": {"feeds": 1000, "newsbot": side, "bare": {**side, "cpu_per_1000_s": 0.25}},
         "2": {"feeds": 10000, "newsbot": side, "bare": {**side, "requests_per_s": 1100.0}},
         "3": {"rooms": 100, "newsbot_median_s": 2.2, "raw_nio_median_s": 2.0},
