@@ -78,7 +78,7 @@ class App:
                 self.deliverer.delivered, self.deliverer.refused, self.deliverer.parked),
                 strict=True)))
         # How commands and welcomes say something: through the same outbox as items.
-        self.outbox = Outbox(self.store, self.clock, self.deliverer, self._enqueued)
+        self.outbox = Outbox(self.store, self.clock, self._enqueued)
         self.subscriptions = PersonalSubscriptions(config, self.store, self.clock,
                                                    on_enqueued=self._enqueued,
                                                    transport=self.transport)
@@ -303,6 +303,9 @@ class App:
 
     async def _on_delivered(self, delivery: Delivery, room_id: str, event_id: str) -> None:
         self.metrics.sent(delivery)
+        if delivery.kind == "goodbye":
+            await self._leave_after_goodbye(delivery.room)
+            return
         await self.rooms.on_delivered(delivery, room_id, event_id)
 
     def _enqueued(self, rooms: list[str]) -> None:
@@ -349,6 +352,18 @@ class App:
             self._tasks.create_task(self._forget_closed(room_id, user_id),
                                     name=f"closed {room_id}")
 
+    async def _leave_after_goodbye(self, room: str) -> None:
+        """A private conversation's last answer was sent: leave it and keep nothing of it
+        (done again at start for a goodbye sent just before a stop)."""
+        try:
+            if self.transport.is_direct(room):
+                await self.transport.leave_direct(room)
+        except TransportError as exc:
+            log.warning("could not leave a private conversation: %s; trying again at the "
+                        "next start", exc)
+            return
+        await self.store.forget_conversation(room)
+
     async def _forget_closed(self, room_id: str, user_id: str) -> None:
         await self.subscriptions.conversation_closed(room_id, user_id)
         # Whoever it was with (a subscriber or not): nothing of it is kept.
@@ -377,6 +392,8 @@ class App:
                            connect_timeout=cfg.fetch.connect_timeout) as fetcher, \
                 asyncio.TaskGroup() as tg:
             self._tasks, self._fetcher = tg, fetcher
+            for said in await self.store.goodbyes_said():     # a stop came in between
+                await self._leave_after_goodbye(said)
             for room in [*await self.store.pending_rooms(), *await self.store.dm_rooms()]:
                 self._start_worker(room)
             for config_feed in configured:

@@ -64,7 +64,6 @@ LATEST_DEFAULT, LATEST_MAX = 5, 20
 ROOM_QUEUE = 20           # commands waiting in one room
 # The outbox's name for the answers to commands (its rows' "feed").
 REPLIES = "newsbot:replies"
-GOODBYE_WAIT = 30.0       # seconds a goodbye may take before the bot leaves anyway
 MAX_BUSY_ROOMS = 200      # rooms with commands being answered at once
 
 
@@ -244,21 +243,7 @@ class CommandRunner:
                                reason="internal error"))
         if reply is None:
             return
-        row = await self._queue_reply(message, reply)
-        if not reply.then_leave:
-            return
-        try:
-            # The goodbye is read before the bot leaves; then nothing of the conversation
-            # is kept.
-            async with asyncio.timeout(GOODBYE_WAIT):
-                await self._outbox.wait_sent(REPLIES, row)
-        except TimeoutError:
-            log.warning("leaving a private conversation before its last answer was sent")
-        try:
-            await self._transport.leave_direct(message.room_id)
-        except TransportError as exc:
-            log.warning("could not leave a private conversation: %s", exc)
-        await self._store.forget_conversation(message.room_id)
+        await self._queue_reply(message, reply)
 
     # -- answering ---------------------------------------------------------------------
 
@@ -581,7 +566,9 @@ class CommandRunner:
             Message(reply.body, html.escape(reply.body, quote=False).replace("\n", "<br>"),
                     # A goodbye names nobody: nothing of the person is kept after it.
                     mentions=() if reply.then_leave else (message.sender,)),
-            kind="reply", subject=message.event_id)
+            # A goodbye: once it is sent, the bot leaves and forgets the conversation (the
+            # delivery does it, so a restart in between does not keep it).
+            kind="goodbye" if reply.then_leave else "reply", subject=message.event_id)
         await self._outbox.queue(REPLIES, [row])
         return row
 

@@ -31,7 +31,7 @@ from bot.errors import (
     TemporaryTransportError,
 )
 from bot.media import ImageSource
-from bot.model import Delivery, Network, Outgoing, Sent, Target, delivery_key
+from bot.model import Delivery, Network, Outgoing, Sent, Target
 from bot.store.base import Store
 from bot.store.types import NewDelivery
 
@@ -86,7 +86,6 @@ class Deliverer:
         self._owner = owner
         self._claim_wait = claim_wait      # how often a row claimed elsewhere is retried
         self._wakeups: dict[str, asyncio.Event] = {}
-        self._settling: dict[str, asyncio.Event] = {}     # row key -> someone waits for it
         self._stopping = asyncio.Event()
         self.delivered = 0
         self.parked = 0
@@ -99,22 +98,6 @@ class Deliverer:
 
     def wake_all(self) -> None:
         for event in self._wakeups.values():
-            event.set()
-
-    async def wait_settled(self, key: str) -> None:
-        """Wait until the row ``key`` left the outbox's pending rows (sent, refused or
-        parked)."""
-        while await self._store.is_pending(key):
-            event = self._settling.setdefault(key, asyncio.Event())
-            try:
-                await event.wait()
-            finally:
-                if self._settling.get(key) is event and event.is_set():
-                    del self._settling[key]
-
-    def _settled(self, key: str) -> None:
-        event = self._settling.get(key)
-        if event is not None:
             event.set()
 
     def stop(self) -> None:
@@ -174,7 +157,6 @@ class Deliverer:
                     await wakeup.wait()
                     continue
                 await self._deliver(room_id, delivery)
-                self._settled(delivery.key)
                 if unavailable_logged:
                     log.info("room %s: delivering again", room)
                     unavailable_logged = False
@@ -232,7 +214,6 @@ class Deliverer:
                 if parked:
                     self.parked += 1
                     failures = 0
-                    self._settled(delivery.key)
                 else:
                     await self._pause_unless_stopping(room, delay, interruptible=False)
 
@@ -274,7 +255,7 @@ class Deliverer:
                          "was not delivered there", delivery.room, delivery.subject,
                          delivery.feed)
                 return None
-        elif delivery.kind == "reply":
+        elif delivery.kind in ("reply", "goodbye"):
             related = delivery.subject
         payload = await self._transport.prepare(
             Outgoing(delivery.key, delivery.kind, delivery.message, delivery.payload, related),
@@ -326,11 +307,10 @@ class Outbox:
     store, where they get what feed items get (retries, order, exactly once), and the
     target's worker woken. Features queue; they never send."""
 
-    def __init__(self, store: Store, clock: Clock, deliverer: Deliverer,
+    def __init__(self, store: Store, clock: Clock,
                  on_enqueued: Callable[[list[str]], None]) -> None:
         self._store = store
         self._clock = clock
-        self._deliverer = deliverer
         self._on_enqueued = on_enqueued
 
     async def queue(self, feed: str, rows: Sequence[NewDelivery]) -> list[str]:
@@ -339,7 +319,3 @@ class Outbox:
         if rooms:
             self._on_enqueued(rooms)
         return rooms
-
-    async def wait_sent(self, feed: str, row: NewDelivery) -> None:
-        """Wait until a queued row was sent (or refused, or parked)."""
-        await self._deliverer.wait_settled(delivery_key(feed, row.entry_id, row.room))

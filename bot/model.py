@@ -11,10 +11,12 @@ from bot.feeds.hints import FeedHints
 
 # What an outbox row is, stored with it (never guessed from its key): a feed item's own
 # message, its separate picture, a correction of it, a subscriber's digest, a notice, a
-# command's reply, a newcomer's welcome.
-DeliveryKind = Literal["item", "image", "edit", "digest", "notice", "reply", "welcome"]
+# command's reply, the last answer of a private conversation (after which the bot leaves
+# it), a newcomer's welcome.
+DeliveryKind = Literal["item", "image", "edit", "digest", "notice", "reply", "goodbye",
+                       "welcome"]
 DELIVERY_KINDS: tuple[DeliveryKind, ...] = (
-    "item", "image", "edit", "digest", "notice", "reply", "welcome")
+    "item", "image", "edit", "digest", "notice", "reply", "goodbye", "welcome")
 ImageMode = Literal["inline", "separate"]
 # The networks a target can be on. A room reference without a network is a Matrix one.
 Network = Literal["matrix"]

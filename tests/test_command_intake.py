@@ -12,7 +12,7 @@ from typing import Any, cast
 from bot.clock import SystemClock
 from bot.commands import ROOM_QUEUE, CommandRunner, FeedView, Reply
 from bot.config import load_config
-from bot.delivery import Deliverer, DeliveryTransport, Outbox
+from bot.delivery import Outbox
 from bot.feeds.fetch import Fetcher
 from bot.store import RoomFeed, SqliteStore
 from bot.subscriptions import PersonalSubscriptions
@@ -60,8 +60,7 @@ def runner(tmp_path: Path) -> CommandRunner:
     store = SqliteStore.open(tmp_path / "state")
     clock = SystemClock()
     subscriptions = PersonalSubscriptions(config, store, clock, lambda rooms: None)
-    outbox = Outbox(store, clock, Deliverer(store, cast(DeliveryTransport, None), clock),
-                    lambda rooms: None)
+    outbox = Outbox(store, clock, lambda rooms: None)
     return CommandRunner(config, store, cast(Transport, Directs()), cast(Fetcher, None),
                          Book(), clock, outbox, subscriptions=subscriptions)
 

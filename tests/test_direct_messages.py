@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from bot.model import Message
+from bot.store import NewDelivery, SqliteStore
 from bot.store.sqlite import DB_FILENAME
 from tests.botkit import BotRunner, bot_config, load, write_config
 from tests.support import (
@@ -317,5 +319,49 @@ async def test_a_conversation_its_person_left_leaves_nothing_behind(
                                    carol_user.user_id) == []
         await until(forgotten, "the conversation's rows were kept after its person left")
         assert dm not in running.app.transport.direct_rooms()
+    finally:
+        await running.stop()
+
+
+async def test_a_goodbye_sent_just_before_a_stop_is_followed_by_leaving_at_the_next_start(
+        synapse: SynapseServer, feed_server: FeedServer, feed_path: str,
+        new_user: NewUserFactory, member: MemberFactory, tmp_path: Path,
+        run_bot: BotRunner) -> None:
+    """Leaving after "forget me" is part of the goodbye's delivery: a bot stopped right
+    after sending it leaves the conversation, and keeps nothing of it, when it starts
+    again."""
+    bot = await new_user("newsbot")
+    owner = await member(await new_user("owner"))
+    room = await owner.create_room(name="actus")
+    feed_server.set_feed(feed_path, make_items(1))
+    config = load(write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+        feeds=[{"name": "actus", "url": feed_server.url(feed_path), "rooms": [room],
+                "public": True}])), bot)
+    dave_user = await new_user("dave")
+    dave = await member(dave_user)
+    running = await run_bot(config)
+    dm = await accepted_dm(dave, bot)
+    assert (await say(dave, dm, bot, "help")).startswith("Hello! I can send you the news")
+    await running.stop()
+    # The goodbye went out, and the bot stopped before it could leave.
+    store = SqliteStore.open(tmp_path / "state")
+    await store.enqueue("newsbot:replies", [NewDelivery(
+        "reply:$goodbye", dm, Message("Bye", "Bye"), kind="goodbye", subject="$goodbye")],
+        time.time())
+    row = await store.next_pending(dm)
+    assert row is not None and row.kind == "goodbye"
+    await store.mark_sent(row.key, "$sent", time.time())
+    store.close()
+    await running.start()
+    try:
+        async def left() -> bool:
+            return bot.user_id not in await dave.joined_members(dm)
+        await until(left, "the bot stayed in a conversation it had said goodbye to")
+
+        async def forgotten() -> bool:
+            return rows_mentioning(tmp_path / "state" / DB_FILENAME, dm,
+                                   dave_user.user_id) == []
+        await until(forgotten, "the conversation was kept after the goodbye")
     finally:
         await running.stop()

@@ -46,7 +46,7 @@ _CARRIED_KEY = "poll.carried."
 # An answer or a welcome, once sent (or refused, or parked), is kept only as the fact that
 # it was (so it never goes twice), not with its words nor whom it named.
 _FORGET_WORDS = ("UPDATE outbox SET message = NULL, payload = NULL WHERE key = ? AND "
-                 "kind IN ('reply', 'welcome')")
+                 "kind IN ('reply', 'goodbye', 'welcome')")
 
 
 def _title(title: str) -> str:
@@ -378,8 +378,8 @@ class SqliteStore:
             if row[9] != "image":
                 # A command's answer goes first (but never between an item and its
                 # picture); the rows of feeds keep their order.
-                row = c.execute(f"{self._ROW} {where} ORDER BY kind != 'reply', seq LIMIT 1",
-                                params).fetchone()
+                row = c.execute(f"{self._ROW} {where} ORDER BY kind NOT IN "
+                                "('reply', 'goodbye'), seq LIMIT 1", params).fetchone()
             claim = c.execute("SELECT claimed_by, claimed_until FROM outbox WHERE key = ?",
                               (row[0],)).fetchone()
             if claim[0] not in (None, owner) and (claim[1] or 0) > now:
@@ -550,6 +550,14 @@ class SqliteStore:
             if row is not None and c.execute("SELECT 1 FROM subscriber WHERE dm_room = ?",
                                              (row[0],)).fetchone() is None:
                 self._forget_room(c, row[0])
+
+    async def goodbyes_said(self) -> list[str]:
+        """Conversations whose goodbye is no longer pending (sent, refused or parked):
+        the bot leaves them and forgets them (after a restart in between, too)."""
+        with self._guard():
+            return [r[0] for r in self._conn.execute(
+                "SELECT DISTINCT room FROM outbox WHERE kind = 'goodbye' AND "
+                "state != 'pending'")]
 
     async def forget_conversation(self, room: str) -> None:
         """What is kept about a private conversation the bot left, unless it is still

@@ -78,7 +78,7 @@ class MemoryTransport:
             if outgoing.relates_to is None:
                 return None
             payload["replaces"] = outgoing.relates_to
-        if outgoing.kind == "reply":
+        if outgoing.kind in ("reply", "goodbye"):
             payload["answers"] = outgoing.relates_to
         return payload
 

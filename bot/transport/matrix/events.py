@@ -161,7 +161,7 @@ class MatrixMessages:
                 return None
             return edit_content(content, original_event_id=outgoing.relates_to,
                                 key=outgoing.key)
-        if outgoing.kind == "reply" and outgoing.relates_to is not None:
+        if outgoing.kind in ("reply", "goodbye") and outgoing.relates_to is not None:
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": outgoing.relates_to}}
         return content
 
