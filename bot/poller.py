@@ -125,6 +125,11 @@ class FeedPoller:
         # not stored); None: read them from the store.
         self._hints: FeedHints | None = None
         self._explained: tuple[object, ...] | None = None
+        # The feed's state as last read (None: read it from the store), kept after a
+        # changed body and an unchanged poll. The poller is its only writer and an
+        # unchanged poll moves only its times, which only a changed body reads (afresh):
+        # so a 304 reads nothing.
+        self._state: FeedState | None = None
 
     def poll_soon(self) -> bool:
         """Poll now, through the schedule's own loop (one poll at a time, the same
@@ -190,7 +195,7 @@ class FeedPoller:
         """Poll on schedule until cancelled. ``first``: a body already fetched for this
         feed (by ``add``), handled as its first poll, so what was reported then is what
         the feed's first sight is."""
-        state = await self._store.ensure_feed(self.feed.name, self.feed.url)
+        state = self._state = await self._store.ensure_feed(self.feed.name, self.feed.url)
         if state.disabled:
             log.warning("feed %s is not polled: %s; give it a new url in the config to "
                         "poll it again", self.feed.name, state.disabled)
@@ -223,8 +228,9 @@ class FeedPoller:
         """Poll now (or handle ``fetched``); returns the seconds to wait before the next
         poll (inf: never again)."""
         feed = self.feed
-        state = (await self._store.feed_state(feed.name)
+        state = (self._state or await self._store.feed_state(feed.name)
                  or await self._store.ensure_feed(feed.name, feed.url))
+        self._state = None      # until the outcome is written (_poll, _unchanged)
         now = self._clock.now()
         self._fetch_observed = False
         try:
@@ -280,6 +286,7 @@ class FeedPoller:
         for warning in read.warnings:
             log.info("feed %s: %s", feed.name, warning)
         entries, unseen = read.entries, set(read.new)
+        state = await self._store.feed_state(feed.name) or state    # its times, as stored
         known_until = (datetime.fromtimestamp(state.last_success, UTC)
                        if state.last_success else None)
         snapshot = await self._snapshot(entries, unseen, read.title)
@@ -315,6 +322,7 @@ class FeedPoller:
             recent=_recent(feed.name, entries), fingerprints=planned.posted,
             digest=planned.digest, changed=planned.changed,
             corrections=planned.corrections, hints=hints.to_json()))
+        self._state = await self._store.feed_state(feed.name)
         posted = len(decision.to_post) - len(waiting) - len(planned.failed)
         if posted:
             log.info("feed %s: %d new item(s) queued", feed.name, posted)
@@ -405,10 +413,19 @@ class FeedPoller:
         new_url = read.moved_to
         if not state.initialized or new_url is None or new_url == state.url:
             # After a 304 the stored validators stay; a same body refreshes them.
+            # A poll that changes nothing but times is written behind, with others: a
+            # crash losing it costs one more conditional request, never an entry.
+            validators = read.validators
+            clean = (state.failures == 0 and state.last_error is None
+                     and (after_304 or (validators.etag == state.etag
+                                        and validators.last_modified == state.last_modified)))
             await self._store.record_not_modified(
                 feed.name, now=now, next_fetch=now + delay,
                 etag=None if after_304 else read.validators.etag,
-                last_modified=None if after_304 else read.validators.last_modified)
+                last_modified=None if after_304 else read.validators.last_modified,
+                later=clean)
+            if clean:
+                self._state = state
             return
         log.warning("feed %s moved permanently to %s; fetching from there from now on",
                     feed.name, new_url)

@@ -41,8 +41,14 @@ class FeedStore(Protocol):
         ...
 
     async def record_not_modified(self, feed: str, *, now: float, next_fetch: float,
-                                  etag: str | None = None,
-                                  last_modified: str | None = None) -> None: ...
+                                  etag: str | None = None, last_modified: str | None = None,
+                                  later: bool = False) -> None:
+        """An unchanged poll. ``later``: it may be written with others, about a second
+        later (reads see it at once; closing the store writes it): a crash may lose
+        it, which only costs the feed one more conditional request, never an entry.
+        Only for a poll that changes nothing but times (no new validators, no failure
+        to clear)."""
+        ...
     async def record_failure(self, feed: str, error: str, *, now: float,
                              next_fetch: float) -> int: ...
     async def disable_feed(self, feed: str, reason: str, *, now: float,

@@ -7,11 +7,13 @@ at any point either redoes the whole poll or none of it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +51,45 @@ _FORGET_WORDS = ("UPDATE outbox SET message = NULL, payload = NULL WHERE key = ?
                  "kind IN ('reply', 'goodbye', 'welcome')")
 
 
+# Unchanged polls recorded with ``later=True`` wait in memory and are written together in
+# one transaction: after this many seconds, at this many, with the store's next
+# transaction, or when it closes.
+WRITE_BEHIND_SECONDS = 1.0
+WRITE_BEHIND_MAX = 1000
+_NOT_MODIFIED = ("UPDATE feed_state SET last_fetch = ?, last_success = ?, last_error = NULL, "
+                 "failures = 0, next_fetch = ?, etag = COALESCE(?, etag), "
+                 "last_modified = COALESCE(?, last_modified) WHERE name = ?")
+
+
+@dataclass(frozen=True, slots=True)
+class _NotModified:
+    """An unchanged poll not written yet."""
+
+    now: float
+    next_fetch: float
+    etag: str | None
+    last_modified: str | None
+
+    def row(self, feed: str) -> tuple[float, float, float, str | None, str | None, str]:
+        return (self.now, self.now, self.next_fetch, self.etag, self.last_modified, feed)
+
+    def after(self, earlier: _NotModified | None) -> _NotModified:
+        """This one, keeping the validators an earlier unwritten one brought."""
+        if earlier is None:
+            return self
+        return replace(self, etag=self.etag if self.etag is not None else earlier.etag,
+                       last_modified=self.last_modified if self.last_modified is not None
+                       else earlier.last_modified)
+
+    def over(self, state: FeedState) -> FeedState:
+        """The stored state as it is once this is written."""
+        return replace(state, last_fetch=self.now, last_success=self.now, last_error=None,
+                       failures=0, next_fetch=self.next_fetch,
+                       etag=self.etag if self.etag is not None else state.etag,
+                       last_modified=self.last_modified if self.last_modified is not None
+                       else state.last_modified)
+
+
 def _title(title: str) -> str:
     return title if len(title) <= MAX_STORED_TITLE else title[:MAX_STORED_TITLE - 1] + "…"
 
@@ -75,11 +116,23 @@ def _storage_error(path: Path, exc: sqlite3.Error) -> StorageError:
 class SqliteStore:
     """The Store protocol (bot.store.base) on one SQLite file. Its calls are short and
     run on the event loop's thread, each to its end without yielding: a call is one
-    transaction, and nothing else runs in the middle of it."""
+    transaction, and nothing else runs in the middle of it.
+
+    Unchanged polls may be written behind (``record_not_modified(later=True)``): each
+    transaction writes those waiting first, so no later write is overtaken by an older
+    one, and reads see them as if written."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._waiting: dict[str, _NotModified] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
+        # A written-behind flush that failed: the next unchanged poll writes at once
+        # and so meets the error itself (the bot stops, as on any write).
+        self._flush_failed = False
+        # Intervals set by command, by feed, as read or written (None: none set); this
+        # store is the only writer of its database.
+        self._intervals: dict[str, float | None] = {}
 
     # -- opening -----------------------------------------------------------------------
 
@@ -147,13 +200,40 @@ class SqliteStore:
             log.info("state database migrated to schema version %d", number + 1)
 
     def close(self) -> None:
-        self._conn.close()
+        try:
+            self.flush()
+        except StorageError as exc:
+            # Only times of unchanged polls are lost: the next start polls those feeds
+            # once more, with their validators.
+            log.error("%s; the last unchanged polls were not recorded", exc)
+        finally:
+            self._conn.close()
+
+    def flush(self) -> None:
+        """Write the unchanged polls waiting in memory, now."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self._waiting:
+            with self._guard(), self._transaction():
+                pass        # the transaction writes what waits
+
+    def _flush_due(self) -> None:
+        self._flush_timer = None
+        try:
+            self.flush()
+        except StorageError as exc:
+            self._flush_failed = True
+            log.warning("%s; retried with the next write", exc)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         c = self._conn
         c.execute("BEGIN IMMEDIATE")
         try:
+            waiting = self._waiting
+            if waiting:
+                c.executemany(_NOT_MODIFIED, [w.row(feed) for feed, w in waiting.items()])
             yield c
         except BaseException:
             # SQLite rolls back by itself on some errors (a full disk): a second
@@ -163,6 +243,10 @@ class SqliteStore:
             raise
         else:
             c.execute("COMMIT")
+            if waiting:
+                # Nothing ran in between: a store call does not yield to the loop.
+                self._waiting = {}
+                self._flush_failed = False
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -203,11 +287,13 @@ class SqliteStore:
                 "hints FROM feed_state WHERE name = ?", (name,)).fetchone()
         if row is None:
             return None
-        return FeedState(name=row[0], url=row[1], configured_url=row[2], etag=row[3],
-                         last_modified=row[4], body_hash=row[5], initialized=bool(row[6]),
-                         title=row[7], last_fetch=row[8], last_success=row[9],
-                         last_error=row[10], failures=row[11], next_fetch=row[12],
-                         disabled=row[13], hints=row[14])
+        state = FeedState(name=row[0], url=row[1], configured_url=row[2], etag=row[3],
+                          last_modified=row[4], body_hash=row[5], initialized=bool(row[6]),
+                          title=row[7], last_fetch=row[8], last_success=row[9],
+                          last_error=row[10], failures=row[11], next_fetch=row[12],
+                          disabled=row[13], hints=row[14])
+        waiting = self._waiting.get(name)
+        return state if waiting is None else waiting.over(state)
 
     def _for_entries(self, select: str, feed: str, ids: list[str]) -> Iterator[Any]:
         """Rows of ``SELECT ... WHERE feed = ? AND entry_id IN (...)`` for these ids, asked
@@ -271,12 +357,19 @@ class SqliteStore:
         return list(json.loads(raw)) if raw else []
 
     async def record_not_modified(self, feed: str, *, now: float, next_fetch: float,
-                            etag: str | None = None, last_modified: str | None = None) -> None:
-        with self._guard(), self._transaction() as c:
-            c.execute("UPDATE feed_state SET last_fetch = ?, last_success = ?, last_error = NULL, "
-                      "failures = 0, next_fetch = ?, etag = COALESCE(?, etag), "
-                      "last_modified = COALESCE(?, last_modified) WHERE name = ?",
-                      (now, now, next_fetch, etag, last_modified, feed))
+                                  etag: str | None = None, last_modified: str | None = None,
+                                  later: bool = False) -> None:
+        record = _NotModified(now, next_fetch, etag, last_modified)
+        if not later or self._flush_failed:
+            self._waiting[feed] = record.after(self._waiting.get(feed))
+            self.flush()
+            return
+        self._waiting[feed] = record.after(self._waiting.get(feed))
+        if len(self._waiting) >= WRITE_BEHIND_MAX:
+            self.flush()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(
+                WRITE_BEHIND_SECONDS, self._flush_due)
 
     async def disable_feed(self, feed: str, reason: str, *, now: float,
                      notices: Sequence[NewDelivery]) -> list[str]:
@@ -683,6 +776,7 @@ class SqliteStore:
             c.execute("DELETE FROM feed_settings WHERE feed = ?", (name,))
             c.execute("DELETE FROM kv WHERE key = ?", (_CARRIED_KEY + name,))
             c.execute("DELETE FROM outbox WHERE feed = ? AND state = 'pending'", (name,))
+        self._intervals.pop(name, None)
 
     async def feed_room_settings(self, feed: str) -> dict[str, RoomFeedSettings]:
         with self._guard():
@@ -705,10 +799,15 @@ class SqliteStore:
                  json.dumps(list(settings.exclude))))
 
     async def feed_interval(self, feed: str) -> float | None:
+        # Read at every poll: from memory once known (set_feed_interval keeps it).
+        if feed in self._intervals:
+            return self._intervals[feed]
         with self._guard():
             row = self._conn.execute("SELECT interval FROM feed_settings WHERE feed = ?",
                                      (feed,)).fetchone()
-        return None if row is None else row[0]
+        interval = None if row is None else row[0]
+        self._intervals[feed] = interval
+        return interval
 
     async def set_feed_interval(self, feed: str, interval: float) -> None:
         with self._guard(), self._transaction() as c:
@@ -716,6 +815,7 @@ class SqliteStore:
                       "ON CONFLICT (feed) DO UPDATE SET interval = excluded.interval",
                       (feed, interval))
             c.execute("UPDATE room_feed SET interval = ? WHERE name = ?", (interval, feed))
+        self._intervals[feed] = interval
 
     async def room_language(self, room: str) -> str | None:
         with self._guard():
