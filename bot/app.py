@@ -16,7 +16,7 @@ import random
 import signal
 from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.clock import Clock, SystemClock
 from bot.commands import CommandRunner, FeedView
@@ -24,7 +24,6 @@ from bot.config import Config, FeedConfig
 from bot.delivery import Deliverer, Outbox
 from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher, FetchResult
-from bot.http import HttpListener, Loop, PushOutcome
 from bot.media import MediaResolver
 from bot.metrics import DELIVERY_OUTCOMES, Metrics
 from bot.model import Delivery
@@ -33,8 +32,11 @@ from bot.rooms import RoomManager
 from bot.store import RoomFeed, SqliteStore, Store
 from bot.subscriptions import PersonalSubscriptions
 from bot.transport.base import EventHandlers, JoinToPoint, Transport
-from bot.websub import WebSub
 from bot.welcome import Welcomer
+
+if TYPE_CHECKING:   # the listener's modules load aiohttp.web: only when it is on
+    from bot.http import Loop, PushOutcome
+    from bot.websub import WebSub
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +259,8 @@ class App:
     def _http_task(self, tg: asyncio.TaskGroup) -> list[asyncio.Task[None]]:
         if self.config.listen is None:
             return []
+        # bot.http loads aiohttp.web (2 MiB): only a bot with the listener on imports it.
+        from bot.http import HttpListener
         websub = self._websub()
         listener = HttpListener(self.store, self.clock, loops=self.loops,
                                 metrics=self.metrics, push=self.poll_soon,
@@ -272,6 +276,7 @@ class App:
         cfg = self.config
         if cfg.http.public_url is None:
             return None
+        from bot.websub import WebSub  # only with http.public_url
         return WebSub(public_url=cfg.http.public_url, store=self.store, clock=self.clock,
                       deliver=self._pushed,
                       feeds=lambda: [feed for feed, _ in self._feeds.values()],
@@ -299,6 +304,7 @@ class App:
         """The loops health wants running: the sync, every feed's poller (one that
         ended by itself polls a feed gone for good) and the worker of every room the
         feeds post to."""
+        from bot.http import Loop  # asked by the listener's health check
         loops = [Loop("sync", self._sync_task)]
         loops += [Loop(f"poller of feed {name}", task, may_end=True)
                   for name, task in self._poller_tasks.items()]

@@ -6,20 +6,18 @@ private conversations' outbox depth is one sum, never one line per conversation.
 The exposition is the Prometheus text format, written by ``prometheus-client`` from a
 registry of this app's own: several bots in one process (the tests) never share a metric.
 
-What is counted as it happens (fetches, parse failures, the delay to delivery) is
-recorded in the registry's own counters; what the store or the deliverer already knows
-is read at each scrape.
+What is counted as it happens (fetches, parse failures, the delay to delivery) is counted
+here in plain numbers; what the store or the deliverer already knows is read at each
+scrape. Only a scrape loads prometheus-client (bot.exposition): a bot without the
+listener never does (about 1 MiB of memory).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from bot.clock import Clock
 from bot.config import FeedConfig
@@ -89,53 +87,11 @@ class Snapshot:
     failed: int = 0
     depth: dict[str, int] = field(default_factory=dict)         # room -> pending rows
     deliveries: dict[str, int] = field(default_factory=dict)    # outcome -> count
-
-
-class _SnapshotCollector(Collector):
-    """Writes the last snapshot; a metric family is rebuilt on each scrape, so a feed
-    removed from the config disappears from the next one."""
-
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
-        self._snapshot = snapshot
-
-    def collect(self) -> Iterator[Metric]:
-        s = self._snapshot()
-        readers = GaugeMetricFamily(
-            "newsbot_feed_readers",
-            "Joined members of the feed's rooms plus personal subscribers.", labels=["feed"])
-        subscribers = GaugeMetricFamily(
-            "newsbot_feed_subscribers", "Personal subscriptions by direct message.",
-            labels=["feed"])
-        for name, r in sorted(s.readers.items()):
-            readers.add_metric([name], r.total)
-            subscribers.add_metric([name], r.subscribers)
-        failures = GaugeMetricFamily("newsbot_feed_failures", "Consecutive failed fetches.",
-                                     labels=["feed"])
-        last_success = GaugeMetricFamily("newsbot_feed_last_success_seconds",
-                                         "When the feed was last read.", labels=["feed"])
-        for name, health in s.feeds.items():
-            failures.add_metric([name], health.failures)
-            if health.last_success is not None:
-                last_success.add_metric([name], round(health.last_success))
-        yield from (readers, subscribers, failures, last_success)
-        yield GaugeMetricFamily("newsbot_outbox_pending", "Items waiting to be delivered.",
-                                value=s.pending)
-        yield CounterMetricFamily("newsbot_delivered_total",
-                                  "Items delivered since the bot started.", value=s.delivered)
-        yield GaugeMetricFamily("newsbot_outbox_failed",
-                                "Deliveries parked after repeated unforeseen errors "
-                                "(see the log for each reason).", value=s.failed)
-        depth = GaugeMetricFamily(
-            "newsbot_outbox_depth", "Rows waiting to be delivered, by room (private "
-            f"conversations summed as room=\"{DIRECT_ROOMS}\").", labels=["room"])
-        for room, count in sorted(s.depth.items()):
-            depth.add_metric([room], count)
-        deliveries = CounterMetricFamily(
-            "newsbot_deliveries", "Deliveries since the bot started, by outcome: sent, "
-            "refused by the homeserver, parked after repeated errors.", labels=["outcome"])
-        for outcome in DELIVERY_OUTCOMES:
-            deliveries.add_metric([outcome], s.deliveries.get(outcome, 0))
-        yield from (depth, deliveries)
+    fetches: dict[str, int] = field(default_factory=dict)       # FETCH_OUTCOMES -> count
+    parse_failures: int = 0
+    delays: tuple[int, ...] = ()        # items delivered within each of DELAY_BUCKETS
+    delay_sum: float = 0.0
+    created: float = 0.0                # when counting began (seconds since the epoch)
 
 
 class Metrics:
@@ -154,36 +110,26 @@ class Metrics:
         self._deliveries = deliveries or (lambda: {"sent": delivered()})
         self.readers: dict[str, Readers] = {}
         self._counted_at: float | None = None
-        self._snapshot = Snapshot()
-        # Not prometheus-client's global registry: each app (and each test's bot) has its own.
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_SnapshotCollector(lambda: self._snapshot))
-        self._fetches = Counter(
-            "newsbot_fetches", "Feed fetches by outcome: 304 (not modified), 200 (a body "
-            "read), error (no body: network, HTTP error, refused address).", ["outcome"],
-            registry=self.registry)
-        for outcome in FETCH_OUTCOMES:
-            self._fetches.labels(outcome)      # every outcome shown, from 0
-        self._parse_failures = Counter(
-            "newsbot_parse_failures", "Bodies read that are not a feed newsbot can read.",
-            registry=self.registry)
-        self._delay = Histogram(
-            "newsbot_delivery_delay_seconds", "From a feed item's first sight (its outbox "
-            "row queued) to the event id the homeserver returned.", buckets=DELAY_BUCKETS,
-            registry=self.registry)
+        self._created = time.time()
+        self._fetches = dict.fromkeys(FETCH_OUTCOMES, 0)       # every outcome shown, from 0
+        self._parse_failures = 0
+        self._delays = [0] * len(DELAY_BUCKETS)     # per bucket, not cumulative
+        self._delay_sum = 0.0
 
     def fetched(self, outcome: str) -> None:
         """A poll's fetch ended: one of FETCH_OUTCOMES, or PARSE_ERROR."""
         if outcome == PARSE_ERROR:
-            self._parse_failures.inc()
+            self._parse_failures += 1
             outcome = "200"
         if outcome in FETCH_OUTCOMES:
-            self._fetches.labels(outcome).inc()
+            self._fetches[outcome] += 1
 
     def sent(self, delivery: Delivery) -> None:
         """A row was sent (the homeserver returned its event id); feed items' delay."""
         if delivery.kind == "item":
-            self._delay.observe(max(self._clock.now() - delivery.created_at, 0.0))
+            delay = max(self._clock.now() - delivery.created_at, 0.0)
+            self._delay_sum += delay
+            self._delays[next(i for i, le in enumerate(DELAY_BUCKETS) if delay <= le)] += 1
 
     async def refresh(self) -> None:
         """Reader counts, at most every COUNT_EVERY seconds."""
@@ -215,9 +161,14 @@ class Metrics:
         for room in await self._store.pending_rooms():
             label = DIRECT_ROOMS if self._transport.is_direct(room) else room
             depth[label] = depth.get(label, 0) + await self._store.pending_count(room)
-        self._snapshot = Snapshot(readers=dict(self.readers), feeds=feeds,
-                                  pending=await self._store.pending_count(),
-                                  delivered=self._delivered(),
-                                  failed=await self._store.failed_count(),
-                                  depth=depth, deliveries=dict(self._deliveries()))
-        return generate_latest(self.registry)
+        snapshot = Snapshot(readers=dict(self.readers), feeds=feeds,
+                            pending=await self._store.pending_count(),
+                            delivered=self._delivered(),
+                            failed=await self._store.failed_count(),
+                            depth=depth, deliveries=dict(self._deliveries()),
+                            fetches=dict(self._fetches), parse_failures=self._parse_failures,
+                            delays=tuple(self._delays), delay_sum=self._delay_sum,
+                            created=self._created)
+        # prometheus-client only for a scrape: without the listener it is never loaded.
+        from bot.exposition import exposition
+        return exposition(snapshot)
