@@ -40,7 +40,7 @@ from .render import (
     MIN_MESSAGE_BYTES,
     check_template,
 )
-from .templates import BUILTIN_TEMPLATES
+from .template_sources import BUILTIN_TEMPLATES
 
 __all__ = [
     "CommandsConfig", "Config", "EncryptionConfig", "FeedConfig", "FetchConfig",

@@ -43,7 +43,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from bot.config import Config, FeedConfig, load_config_text
 from bot.errors import ConfigError, NewsbotError
 from bot.feeds.netguard import blocked_reason, host_problem, parse_ip
-from bot.templates import BUILTIN_TEMPLATES
+from bot.template_sources import BUILTIN_TEMPLATES
 from bot.urls import url_for_moderators
 
 MAX_OPML_BYTES = 2 * 1024 * 1024

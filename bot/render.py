@@ -24,24 +24,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from html.parser import HTMLParser
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import nh3
-from jinja2 import TemplateRuntimeError, pass_context
-from jinja2.runtime import Context
 from markupsafe import Markup
 
 from .clean import TITLE_CHARS, TRAILING_PUNCT, bounded_title, clean_link, defang_text
 from .clean import cut_text as _cut
 from .i18n import LANGUAGES, MESSAGES, format_time, text
 from .model import Entry, Message
-from .templates import (
-    BUILTIN_TEMPLATES,
-    CompiledTemplate,
-    TemplateEngine,
-    TemplateProblem,
-    describe_failure,
-)
+from .template_sources import BUILTIN_TEMPLATES, TemplateProblem
+
+if TYPE_CHECKING:
+    # Jinja2 (bot.templates) and nh3 are loaded with the first template compiled and the
+    # first HTML sanitised (about 3 MiB): an idle bot that has posted nothing never does.
+    import nh3
+    from jinja2.runtime import Context
+
+    from .templates import CompiledTemplate, TemplateEngine
 
 __all__ = [
     "CONTENT_MODES", "DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_SUMMARY_LENGTH", "FIELDS",
@@ -121,6 +120,7 @@ def _cleaner(base_url: str | None, images: bool = False) -> nh3.Cleaner:
     attributes = dict(_ALLOWED_ATTRIBUTES)
     if images:
         attributes["img"] = _IMAGE_ATTRIBUTES
+    import nh3  # with the first HTML sanitised (see TYPE_CHECKING above)
     try:
         return nh3.Cleaner(
             tags=set(ALLOWED_TAGS | {"img"} if images else ALLOWED_TAGS),
@@ -797,9 +797,10 @@ def entry_fields(entry: Entry, *, feed_title: str | None = None, language: str =
 
 # --- the template engine: filters and globals -----------------------------------------
 
-@pass_context
 def _date_filter(context: Context, value: datetime | None) -> str:
     """``{{ published | date }}``: '22 décembre 2025' in the room's language."""
+    from jinja2 import TemplateRuntimeError  # loaded: a template is rendering
+
     if value is None:
         return ""
     if not isinstance(value, datetime):
@@ -815,9 +816,10 @@ def _cut_filter(value: object, length: int = DEFAULT_SUMMARY_LENGTH) -> str:
     return _bounded(source, max(int(length), 1))
 
 
-@pass_context
 def _translate(context: Context, key: str, **values: object) -> str:
     """``{{ t("read_more") }}``: one of the bot's sentences in the room's language."""
+    from jinja2 import TemplateRuntimeError  # loaded: a template is rendering
+
     if key not in MESSAGES:
         raise TemplateRuntimeError(f"t() knows no sentence named {key!r}")
     try:
@@ -826,8 +828,16 @@ def _translate(context: Context, key: str, **values: object) -> str:
         raise TemplateRuntimeError(f"t({key!r}) needs a value for {exc}") from None
 
 
-_ENGINE = TemplateEngine(fields=FIELDS, filters={"date": _date_filter, "cut": _cut_filter},
-                         globals={"t": _translate})
+@lru_cache(maxsize=1)
+def _engine() -> TemplateEngine:
+    """The sandbox every template compiles in, made with the first one."""
+    from jinja2 import pass_context
+
+    from .templates import TemplateEngine
+
+    return TemplateEngine(fields=FIELDS, filters={"date": pass_context(_date_filter),
+                                                  "cut": _cut_filter},
+                          globals={"t": pass_context(_translate)})
 
 
 @lru_cache(maxsize=64)
@@ -837,8 +847,8 @@ def compile_template(template: str) -> CompiledTemplate:
     Raises TemplateProblem (with the template line) for a template that cannot work.
     """
     if template in BUILTIN_TEMPLATES:
-        return _ENGINE.compile(BUILTIN_TEMPLATES[template], name=template)
-    return _ENGINE.compile(template)
+        return _engine().compile(BUILTIN_TEMPLATES[template], name=template)
+    return _engine().compile(template)
 
 
 _SAMPLES: tuple[tuple[Entry, str], ...] = (
@@ -869,6 +879,7 @@ def check_template(template: str) -> TemplateProblem | None:
                 try:
                     output, _ = compiled.render(fields, max_chars=_max_output(MAX_MESSAGE_BYTES))
                 except Exception as exc:  # any failure of the template is its problem
+                    from .templates import describe_failure  # loaded by the compile above
                     problem = describe_failure(exc)
                     return TemplateProblem(f"{problem.detail} (when rendering {what})",
                                            problem.line)
@@ -944,6 +955,7 @@ def render_entry(entry: Entry, *, feed_title: str | None = None, language: str =
     except Exception as exc:  # a broken template must not lose the item
         if template == "default":
             raise
+        from .templates import describe_failure  # loaded by compile_template
         problem = describe_failure(exc)
         where = f"line {problem.line}: " if problem.line else ""
         log.warning("feed %s: its template failed on entry %s (%s%s); posted with the "

@@ -61,7 +61,7 @@ from jinja2.utils import Namespace, generate_lorem_ipsum, pass_context
 from jinja2.visitor import NodeTransformer
 from markupsafe import Markup, escape
 
-from .errors import NewsbotError
+from .template_sources import BUILTIN_TEMPLATES, TemplateProblem
 
 __all__ = [
     "BUILTIN_TEMPLATES", "MAX_RANGE", "MAX_SIZE", "RENDER_SECONDS", "CompiledTemplate",
@@ -78,47 +78,9 @@ RENDER_SECONDS = 1.0         # one render; normal templates take a millisecond
 # traceback, which is how a failure is traced back to its template line.
 _FILENAME = "<template>"
 
-# Title, then "feed · date" and "by author" in italics, all in one paragraph; then the
-# summary (or, with `content: full`, the whole content); then the link. Whitespace control
-# keeps the output free of stray newlines: what the template writes is what is sent.
-_HEADER = """\
-{%- set where = [feed_title or "", date] | select | join(" · ") -%}
-{%- set byline = t("by_author", author=author)
-      if author and author | lower != (feed_title or "") | lower else "" -%}
-<p><strong>
-{%- if link %}<a href="{{ link }}">{{ title }}</a>{% else %}{{ title }}{% endif -%}
-</strong>
-{%- if where or byline %}<br>
-  {%- if where %}<em>{{ where }}</em>{% endif %}
-  {%- if where and byline %} · {% endif %}
-  {%- if byline %}<em>{{ byline }}</em>{% endif %}
-{%- endif %}</p>
-"""
-_FOOTER = """\
-{%- if link %}<p><a href="{{ link }}">{{ t("read_more") }}</a></p>{% endif -%}
-"""
-
-BUILTIN_TEMPLATES: Mapping[str, str] = {
-    "default": _HEADER + "{{- content if full else summary -}}\n" + _FOOTER,
-    "compact": """\
-{%- if link %}<a href="{{ link }}">{{ title }}</a>{% else %}{{ title }}{% endif -%}
-{%- if date %} · {{ date }}{% endif -%}
-""",
-    "full": _HEADER + "{{- content -}}\n" + _FOOTER,
-}
-
 # Nothing a template could load: it is self-contained, written in the config.
 _NO_LOADING = {nodes.Extends: "extends", nodes.Include: "include", nodes.Import: "import",
                nodes.FromImport: "import"}
-
-
-class TemplateProblem(NewsbotError):
-    """A template that cannot be used; ``line`` is a line of the template (1-based)."""
-
-    def __init__(self, detail: str, line: int | None = None) -> None:
-        super().__init__(f"line {line}: {detail}" if line else detail)
-        self.detail = detail
-        self.line = line
 
 
 class TemplateLimitError(TemplateRuntimeError):
