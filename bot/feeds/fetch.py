@@ -54,6 +54,8 @@ _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _PERMANENT_STATUSES: Final = frozenset({301, 308})
 _RETRY_AFTER_STATUSES: Final = frozenset({429, 503})
 _CHUNK: Final = 64 * 1024
+# How many feed addresses a fetcher remembers as checked (then it starts afresh).
+_CHECKED_MAX: Final = 100_000
 _ACCEPT: Final = (
     "application/atom+xml, application/rss+xml, application/feed+json, "
     "application/rdf+xml;q=0.9, application/xml;q=0.9, text/xml;q=0.9, "
@@ -152,6 +154,10 @@ class Fetcher:
         self._session: aiohttp.ClientSession | None = None
         self._resolver: AbstractResolver | None = None
         self._closed = False
+        # URLs given to fetch() whose check (_check_url) passed: it depends on the URL and
+        # the policy alone, and an unchanged feed is asked for every few minutes.
+        # Redirect targets are checked at every hop; names, by the resolver at connect.
+        self._checked: set[str] = set()
 
     async def __aenter__(self) -> Fetcher:
         return self
@@ -229,22 +235,31 @@ class Fetcher:
             headers["If-None-Match"] = etag
         if last_modified:
             headers["If-Modified-Since"] = last_modified
-        seen = {current}
+        asked = current
+        seen: set[URL] | None = None     # made at the first redirect: most fetches have none
         all_permanent = True
         hops = 0
         while True:
-            self._check_url(current)
-            outcome = await self._hop(current, headers, etag, last_modified)
+            if hops or url not in self._checked:
+                self._check_url(current)
+                if not hops:
+                    if len(self._checked) >= _CHECKED_MAX:
+                        self._checked.clear()
+                    self._checked.add(url)
+            # Keep the caller's spelling: an unchanged URL must compare equal.
+            outcome = await self._hop(current, headers, etag, last_modified,
+                                      url if hops == 0 else None)
             if isinstance(outcome, FetchResult):
                 if hops == 0:
-                    # Keep the caller's spelling: an unchanged URL must compare equal.
-                    return dataclasses.replace(outcome, final_url=url)
+                    return outcome
                 return dataclasses.replace(
                     outcome, permanent_url=outcome.final_url if all_permanent else None
                 )
             hops += 1
             if hops > self._max_redirects:
                 raise FetchError(f"too many redirects (more than {self._max_redirects})")
+            if seen is None:
+                seen = {asked}
             if outcome.target in seen:
                 raise FetchError(f"redirect loop at {outcome.target}")
             seen.add(outcome.target)
@@ -274,8 +289,11 @@ class Fetcher:
                 raise BlockedURLError(f"refused {_short(url)}: {refusal_message(host, ip, reason)}")
 
     async def _hop(
-        self, url: URL, headers: dict[str, str], etag: str | None, last_modified: str | None
+        self, url: URL, headers: dict[str, str], etag: str | None, last_modified: str | None,
+        spelled: str | None,
     ) -> FetchResult | _Redirect:
+        """One request; ``spelled``: the URL as the caller wrote it (the final URL if no
+        redirect follows)."""
         session = self._get_session()
         try:
             async with session.get(url, headers=headers, allow_redirects=False) as resp:
@@ -296,7 +314,7 @@ class Fetcher:
                         content_type=resp.headers.get("Content-Type"),
                         etag=resp.headers.get("ETag") or etag,
                         last_modified=resp.headers.get("Last-Modified") or last_modified,
-                        final_url=str(url),
+                        final_url=str(url) if spelled is None else spelled,
                         permanent_url=None,
                         caching=_caching(resp.headers),
                     )
@@ -315,7 +333,7 @@ class Fetcher:
                     content_type=resp.headers.get("Content-Type"),
                     etag=resp.headers.get("ETag"),
                     last_modified=resp.headers.get("Last-Modified"),
-                    final_url=str(url),
+                    final_url=str(url) if spelled is None else spelled,
                     permanent_url=None,
                     caching=_caching(resp.headers),
                 )
@@ -361,7 +379,12 @@ _CACHING_HEADERS: Final = ("Cache-Control", "Expires", "Date", "Age")
 def _caching(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     # The first of each, cut short: a header is a stranger's text (aiohttp already
     # bounds a header line to 8 KiB).
-    return tuple((name, headers[name][:1000]) for name in _CACHING_HEADERS if name in headers)
+    found = []
+    for name in _CACHING_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            found.append((name, value[:1000]))
+    return tuple(found)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
