@@ -125,6 +125,10 @@ class FeedPoller:
         # not stored); None: read them from the store.
         self._hints: FeedHints | None = None
         self._explained: tuple[object, ...] | None = None
+        # The last interval worked out, and from what (an unchanged poll without
+        # Cache-Control keeps the same hints object): a 304 need not work it out again.
+        self._interval: tuple[FeedHints, float | None, Interval] | None = None
+        self._unseen = functools.partial(store.unseen, feed.name)
         # The feed's state as last read (None: read it from the store), kept after a
         # changed body and an unchanged poll. The poller is its only writer and an
         # unchanged poll moves only its times, which only a changed body reads (afresh):
@@ -271,14 +275,15 @@ class FeedPoller:
         read = await read_feed(self._fetcher, state.url, etag=state.etag if known else None,
                                last_modified=state.last_modified if known else None,
                                body_hash=state.body_hash if known else None,
-                               initialized=state.initialized,
-                               unseen=functools.partial(self._store.unseen, feed.name),
+                               initialized=state.initialized, unseen=self._unseen,
                                fetched=fetched)
         if fetched is None:
             self._fetch_observed = True     # what fails after this is not the fetch's
             self._observe("304" if read.unchanged and read.validators.body_hash is None
                           else "200")
-        hints = await self._hints_after(read)
+        hints = self._hints
+        if hints is None or read.hints is not None or read.max_age is not None:
+            hints = await self._hints_after(read)
         delay = self._next_delay(now, await self._explain(hints), hints)
         if read.unchanged:
             await self._unchanged(state, read, now, delay)
@@ -344,6 +349,9 @@ class FeedPoller:
         """The interval, logged when what decides it changes (not each time a CDN's Age
         moves max-age by a few seconds), and worded only then: a 304 stays cheap."""
         set_by_command = await self._store.feed_interval(self.feed.name)
+        last = self._interval
+        if last is not None and last[0] is hints and last[1] == set_by_command:
+            return last[2]
         interval = effective_interval(set_by_command or self.feed.interval, hints,
                                       self._fetch_config.max_interval)
         decided = (interval.hint, interval.base, interval.ceiling, set_by_command is not None,
@@ -354,6 +362,7 @@ class FeedPoller:
             log.info("feed %s: polled %s", self.feed.name, describe(
                 interval, hints, by_command=set_by_command is not None, language="en"))
         self._explained = decided
+        self._interval = (hints, set_by_command, interval)
         return interval
 
     async def _snapshot(self, entries: tuple[Entry, ...], unseen: set[str],

@@ -78,9 +78,11 @@ async def read_feed(fetcher: Fetcher, url: str, *, etag: str | None,
     ``last_modified`` and ``body_hash`` are what the last successful poll kept."""
     result = fetched or await fetcher.fetch(url, etag=etag, last_modified=last_modified)
     problems: list[str] = []
-    caching = dict(result.caching)
-    max_age = http_freshness(caching.get("Cache-Control"), caching.get("Expires"),
-                             caching.get("Date"), caching.get("Age"), problems)
+    max_age = None
+    if result.caching:      # most 304s have none of these headers
+        caching = dict(result.caching)
+        max_age = http_freshness(caching.get("Cache-Control"), caching.get("Expires"),
+                                 caching.get("Date"), caching.get("Age"), problems)
     if result.status == 304 or result.body is None:
         return PollResult(Validators(result.etag, result.last_modified, None),
                           result.permanent_url, unchanged=True, max_age=max_age)

@@ -61,7 +61,7 @@ _NOT_MODIFIED = ("UPDATE feed_state SET last_fetch = ?, last_success = ?, last_e
                  "last_modified = COALESCE(?, last_modified) WHERE name = ?")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)     # not frozen: made at every unchanged poll, never changed
 class _NotModified:
     """An unchanged poll not written yet."""
 
@@ -73,10 +73,8 @@ class _NotModified:
     def row(self, feed: str) -> tuple[float, float, float, str | None, str | None, str]:
         return (self.now, self.now, self.next_fetch, self.etag, self.last_modified, feed)
 
-    def after(self, earlier: _NotModified | None) -> _NotModified:
+    def after(self, earlier: _NotModified) -> _NotModified:
         """This one, keeping the validators an earlier unwritten one brought."""
-        if earlier is None:
-            return self
         return replace(self, etag=self.etag if self.etag is not None else earlier.etag,
                        last_modified=self.last_modified if self.last_modified is not None
                        else earlier.last_modified)
@@ -360,11 +358,11 @@ class SqliteStore:
                                   etag: str | None = None, last_modified: str | None = None,
                                   later: bool = False) -> None:
         record = _NotModified(now, next_fetch, etag, last_modified)
+        earlier = self._waiting.get(feed)
+        self._waiting[feed] = record if earlier is None else record.after(earlier)
         if not later or self._flush_failed:
-            self._waiting[feed] = record.after(self._waiting.get(feed))
             self.flush()
             return
-        self._waiting[feed] = record.after(self._waiting.get(feed))
         if len(self._waiting) >= WRITE_BEHIND_MAX:
             self.flush()
         elif self._flush_timer is None:
