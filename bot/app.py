@@ -319,6 +319,17 @@ class App:
             return
         await self.rooms.on_delivered(delivery, room_id, event_id)
 
+    def _joined(self, room_id: str) -> None:
+        """An invitation was answered: the room's worker, which may be waiting for a room
+        it could not join, tries now. Only its worker: a hundred invitations answered at
+        start would wake every worker a hundred times."""
+        names = [room_id, *(ref for ref, known in self._room_ids.items() if known == room_id)]
+        workers = [name for name in dict.fromkeys(names) if name in self._workers]
+        if workers:
+            self.deliverer.wake(workers)
+        else:
+            self.deliverer.wake_all()     # a name not resolved yet may be this room's
+
     def _enqueued(self, rooms: list[str]) -> None:
         """New deliveries: rooms seen for the first time (a new subscriber's private
         conversation) get a worker, and every one is woken."""
@@ -420,7 +431,7 @@ class App:
                 lambda room_id: [v.config.name for v in self.feeds_in_room(room_id)],
                 personal=self.subscriptions.enabled, clock=self.clock)
             handlers = EventHandlers(on_invite=self._on_invite,
-                                     on_joined=lambda _room_id: self.deliverer.wake_all(),
+                                     on_joined=self._joined,
                                      on_message=commands.submit,
                                      on_member_joined=welcomer.submit,
                                      on_direct_closed=self._direct_closed)

@@ -45,8 +45,7 @@ class Invites:
                 return False
             if answer:
                 await self._membership.invited_again(room_id)
-                await self._connection.call(f"joining {room_id}",
-                                            lambda: self._client.join(room_id))
+                await self._membership.accept_invite(room_id)
                 if is_direct:
                     # "is_direct" is the inviter's word: a conversation with more people
                     # is a group room, which only admins may bring the bot into.

@@ -30,6 +30,9 @@ class Membership:
         self._user_id = user_id
         self._encryption = encryption
         self._removed: dict[str, str] | None = None     # room -> why, loaded on first use
+        # Rooms this process joined: an invitation to one of them is often one its join
+        # already answered (the sync was computed before the join).
+        self._joined: set[str] = set()
 
     async def resolve_room(self, room: str) -> str:
         """The room id of an alias (resolved anew each time: aliases move)."""
@@ -44,8 +47,28 @@ class Membership:
         self.check_not_removed(room_id)
         # Joining by the alias lets the homeserver use the servers the alias names.
         await self._connection.call(f"joining {room}", lambda: self._client.join(room))
+        self._joined.add(room_id)
         await self._encryption.learn_room(room_id)
         return room_id
+
+    async def accept_invite(self, room_id: str) -> None:
+        """Join a room the bot was invited to, unless it is in it already. Each delivery
+        worker joins its room at start, and the invitations that brought the bot there
+        come in a sync after that: joining again, one room after the other in the sync
+        loop, would load the homeserver for minutes while items are being delivered (a
+        hundred rooms). Reading its own membership costs far less than a join, and is
+        the truth whatever happened meanwhile (kicked and invited again: it joins)."""
+        if room_id not in self._joined or await self._own_membership(room_id) != "join":
+            await self._connection.call(f"joining {room_id}",
+                                        lambda: self._client.join(room_id))
+            self._joined.add(room_id)
+
+    async def _own_membership(self, room_id: str) -> str | None:
+        try:
+            content = await self._state_content(room_id, "m.room.member", self._user_id)
+        except RoomUnavailableError:
+            return None         # not allowed to read it: not in the room
+        return None if content is None else str(content.get("membership"))
 
     async def joined_members(self, room_id: str) -> list[str]:
         resp = await self._connection.call(f"reading {room_id}'s members",
@@ -71,11 +94,12 @@ class Membership:
             return 100.0 if user_id in creators else 0.0
         return float(levels.get("users_default", 0))
 
-    async def _state_content(self, room_id: str, event_type: str) -> dict[str, Any] | None:
+    async def _state_content(self, room_id: str, event_type: str,
+                             state_key: str = "") -> dict[str, Any] | None:
         try:
             resp = await self._connection.call(
                 f"reading {room_id}'s {event_type}",
-                lambda: self._client.room_get_state_event(room_id, event_type))
+                lambda: self._client.room_get_state_event(room_id, event_type, state_key))
         except RoomUnavailableError as exc:
             if exc.errcode == "M_NOT_FOUND":
                 return None
