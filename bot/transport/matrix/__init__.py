@@ -114,7 +114,6 @@ class MatrixTransport:
         """Authenticate, waiting for an unreachable homeserver instead of crashing; then
         start encryption and set the display name."""
         self._connection.tighten_session_file()
-        await self._connection.open()
         await self._directs.load()
         await self._membership.load()
         crypto_dir = self._encryption.crypto_dir

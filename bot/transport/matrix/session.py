@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import aiohttp
 import nio
 
 from bot import USER_AGENT
@@ -25,14 +24,6 @@ from bot.transport.matrix.errors import checked
 log = logging.getLogger(__name__)
 
 SESSION_FILENAME = "matrix-session.json"
-
-# Connections to the homeserver at once. aiohttp's pool (which nio's own session uses)
-# holds 100 for everything, and the sync's long poll keeps one for up to its timeout:
-# one item to 100 rooms had 99 connections, and its last send waited for the first answer
-# (seconds, on a busy homeserver). The sends keep their 100, the sync and a command's
-# reads have connections beside them; more rooms than that wait, as with nio's default.
-SEND_CONNECTIONS = 100
-OTHER_CONNECTIONS = 8
 
 T = TypeVar("T")
 
@@ -76,14 +67,6 @@ class Connection:
         self._session_path = storage_dir / SESSION_FILENAME
         self._login_lock = asyncio.Lock()
         self.login_generation = 0     # bumped by each re-login after a refused token
-
-    async def open(self) -> None:
-        """The client's HTTP session, made here rather than by nio on its first request,
-        for its pool's size (SEND_CONNECTIONS)."""
-        if self.client.client_session is None:
-            self.client.client_session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.client.config.request_timeout),
-                connector=aiohttp.TCPConnector(limit=SEND_CONNECTIONS + OTHER_CONNECTIONS))
 
     async def call(self, what: str, request: Callable[[], Awaitable[T]], *,
                    relogin: bool = True) -> T:
