@@ -15,8 +15,6 @@ from bot.feeds.hints import FeedHints
 # it), a newcomer's welcome.
 DeliveryKind = Literal["item", "image", "edit", "digest", "notice", "reply", "goodbye",
                        "welcome"]
-DELIVERY_KINDS: tuple[DeliveryKind, ...] = (
-    "item", "image", "edit", "digest", "notice", "reply", "goodbye", "welcome")
 ImageMode = Literal["inline", "separate"]
 # The networks a target can be on. A room reference without a network is a Matrix one.
 Network = Literal["matrix"]

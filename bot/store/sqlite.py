@@ -479,11 +479,6 @@ class SqliteStore:
                       (owner, now + lease, row[0]))
         return _delivery(row)
 
-    async def is_pending(self, key: str) -> bool:
-        with self._guard():
-            row = self._conn.execute("SELECT state FROM outbox WHERE key = ?", (key,)).fetchone()
-        return row is not None and row[0] == "pending"
-
     async def event_of(self, feed: str, entry_id: str, room: str) -> str | None:
         """The event that shows this feed entry in this room, if it was posted there."""
         with self._guard():
