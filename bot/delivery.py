@@ -245,22 +245,22 @@ class Deliverer:
         related = None
         if delivery.kind == "edit":
             # The message it corrects, found now: a target's rows go out in order, so
-            # that message was sent (or refused) before this row is reached.
+            # that message was sent (or refused) before this row is reached. Without one,
+            # the transport says whether it has anything to send.
             related = await self._store.event_of(delivery.feed, delivery.subject or "",
-                                           delivery.room)
-            if related is None and not (delivery.payload or {}).get("m.new_content"):
-                await self._store.mark_rejected(delivery.key, "the message it corrects was never "
-                                          "delivered", self._clock.now())
-                log.info("room %s: a correction of item %s of feed %s is dropped: the item "
-                         "was not delivered there", delivery.room, delivery.subject,
-                         delivery.feed)
-                return None
+                                                 delivery.room)
         elif delivery.kind in ("reply", "goodbye"):
             related = delivery.subject
         payload = await self._transport.prepare(
             Outgoing(delivery.key, delivery.kind, delivery.message, delivery.payload, related),
             self._media)
-        if payload is None:
+        if payload is None and delivery.kind == "edit" and related is None:
+            await self._store.mark_rejected(delivery.key, "the message it corrects was never "
+                                            "delivered", self._clock.now())
+            log.info("room %s: a correction of item %s of feed %s is dropped: the item "
+                     "was not delivered there", delivery.room, delivery.subject,
+                     delivery.feed)
+        elif payload is None:
             await self._store.mark_rejected(delivery.key, "nothing to show", self._clock.now())
             log.info("room %s: the picture of item %s of feed %s cannot be shown; skipped",
                      delivery.room, delivery.subject, delivery.feed)
