@@ -31,7 +31,7 @@ from bot.errors import (
     TemporaryTransportError,
 )
 from bot.media import ImageSource
-from bot.model import Delivery, Network, Outgoing, Sent, Target
+from bot.model import Delivery, Network, Outgoing, Sent, Target, network_of
 from bot.store.base import Store
 from bot.store.types import NewDelivery
 
@@ -115,7 +115,7 @@ class Deliverer:
             await asyncio.wait_for(wakeup.wait(), timeout=seconds)
 
     async def run_room(self, room: str, keep: Callable[[], bool] | None = None, *,
-                       network: Network = "matrix") -> None:
+                       network: Network | None = None) -> None:
         """The worker of one target: a room on a network. ``keep`` False (a conversation
         the bot no longer has) ends the worker once the room has nothing to send or
         cannot be reached; new deliveries start another."""
@@ -123,6 +123,7 @@ class Deliverer:
         failures = 0
         unavailable_logged = False
         wakeup = self._wakeup(room)
+        network = network or network_of(room)
         target = Target(network, room)
 
         def lost() -> bool:
@@ -252,7 +253,8 @@ class Deliverer:
         elif delivery.kind in ("reply", "goodbye"):
             related = delivery.subject
         payload = await self._transport.prepare(
-            Outgoing(delivery.key, delivery.kind, delivery.message, delivery.payload, related),
+            Outgoing(delivery.key, delivery.kind, delivery.message, delivery.payload, related,
+                     room=delivery.room),
             self._media)
         if payload is None and delivery.kind == "edit" and related is None:
             await self._store.mark_rejected(delivery.key, "the message it corrects was never "

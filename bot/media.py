@@ -25,6 +25,7 @@ from bot.transport.base import Transport
 
 log = logging.getLogger(__name__)
 
+CHECKED_MEMORY = 512     # pictures whose check is remembered (shown by address)
 MIN_SIDE = 16            # smaller than this on either side: a tracking pixel or a spacer
 
 
@@ -32,6 +33,11 @@ class ImageSource(Protocol):
     """Where a transport gets an entry's picture when it first sends it."""
 
     async def image(self, url: str) -> MediaRow | None: ...
+
+    async def checked(self, url: str) -> bool:
+        """Whether the picture passes the checks (fetched under the SSRF policy, a real
+        image, not a tracking pixel), for networks that show it by its address."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +109,7 @@ class MediaResolver:
         # Rooms' workers resolve the same new image at the same moment: one of them
         # fetches and uploads it, the others wait and find it in the cache.
         self._locks: dict[str, asyncio.Lock] = {}
+        self._checked: dict[str, bool] = {}      # url -> passed (bounded, newest kept)
 
     async def image(self, url: str) -> MediaRow | None:
         """The uploaded image for ``url`` (uploaded at most once), or None when there is
@@ -115,6 +122,27 @@ class MediaResolver:
             # Whoever comes later finds the image in the cache: the lock can go.
             if not lock.locked():
                 self._locks.pop(url, None)
+
+    async def checked(self, url: str) -> bool:
+        known = self._checked.get(url)
+        if known is not None:
+            return known
+        cached = await self._store.media(url)
+        if cached is not None and cached.mxc:
+            return True
+        try:
+            data = (await self._fetcher.fetch(url)).body or b""
+        except FeedError as exc:
+            log.info("image %s not shown: %s", url, exc)
+            return False
+        info = sniff_image(data)
+        passed = info is not None and min(info.width, info.height) >= MIN_SIDE
+        if not passed:
+            log.info("image %s not shown: not a picture worth showing", url)
+        if len(self._checked) >= CHECKED_MEMORY:
+            self._checked.pop(next(iter(self._checked)))
+        self._checked[url] = passed
+        return passed
 
     async def _image(self, url: str) -> MediaRow | None:
         cached = await self._store.media(url)

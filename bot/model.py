@@ -16,8 +16,13 @@ from bot.feeds.hints import FeedHints
 DeliveryKind = Literal["item", "image", "edit", "digest", "notice", "reply", "goodbye",
                        "welcome"]
 ImageMode = Literal["inline", "separate"]
-# The networks a target can be on. A room reference without a network is a Matrix one.
-Network = Literal["matrix"]
+# The networks a target can be on. A room reference without a network is a Matrix one;
+# an XMPP one starts with "xmpp:".
+Network = Literal["matrix", "xmpp"]
+
+
+def network_of(room: str) -> Network:
+    return "xmpp" if room.startswith("xmpp:") else "matrix"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,7 @@ class Outgoing:
     message: Message | None
     payload: dict[str, Any] | None = None       # a row's earlier encoding, if any
     relates_to: str | None = None
+    room: str = ""                              # the target's address, if known
 
 
 def delivery_key(feed: str, entry_id: str, room: str) -> str:

@@ -30,6 +30,7 @@ from tests.support import (
     RegisteredUser,
     SynapseServer,
 )
+from tests.support.prosody import ProsodyServer, prosody_available
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -103,3 +104,13 @@ async def run_bot() -> AsyncIterator[BotRunner]:
     yield start
     for bot in bots:
         await bot.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def prosody(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProsodyServer]:
+    """A running Prosody (group chats with archives), shared by the whole session; ``./dev``
+    installs Debian's package when it is missing."""
+    if not prosody_available():
+        pytest.fail("prosody is not installed: `./dev test` installs it (apt-get install prosody)")
+    async with ProsodyServer(tmp_path_factory.mktemp("prosody")) as server:
+        yield server

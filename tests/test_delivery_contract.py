@@ -27,9 +27,12 @@ from bot.model import Message, Sent, delivery_key
 from bot.store import NewDelivery, PollOutcome, SqliteStore, Store
 from bot.transport.matrix import MatrixTransport
 from bot.transport.matrix.events import DELIVERY_KEY_FIELD, TXN_MEMORY_SECONDS
+from bot.transport.xmpp import XmppAccount, XmppTransport
 from tests.botkit import bot_config, load, write_config
 from tests.support import MemberFactory, NewUserFactory, SynapseServer
 from tests.support.memnet import MemoryNetwork, MemoryTransport
+from tests.support.prosody import ProsodyServer
+from tests.support.xmppmember import XmppMember
 
 FEED = "contract"
 
@@ -51,10 +54,15 @@ class Network:
     closers: list[Callable[[], Awaitable[None]]]
 
 
-@pytest_asyncio.fixture(params=["matrix", "memory"])
+@pytest_asyncio.fixture(params=["matrix", "memory", "xmpp"])
 async def network(request: pytest.FixtureRequest, tmp_path: Path, synapse: SynapseServer,
-                  new_user: NewUserFactory, member: MemberFactory) -> AsyncIterator[Network]:
+                  new_user: NewUserFactory, member: MemberFactory,
+                  prosody: ProsodyServer) -> AsyncIterator[Network]:
     closers: list[Callable[[], Awaitable[None]]] = []
+    if request.param == "xmpp":
+        async for xmpp in xmpp_network(prosody, tmp_path, closers):
+            yield xmpp
+        return
     if request.param == "memory":
         net = MemoryNetwork()
 
@@ -92,6 +100,36 @@ async def network(request: pytest.FixtureRequest, tmp_path: Path, synapse: Synap
         for close in closers:
             await close()
         session_store.close()
+
+
+async def xmpp_network(prosody: ProsodyServer, tmp_path: Path,
+                       closers: list[Callable[[], Awaitable[None]]]) -> AsyncIterator[Network]:
+    """A group chat on a real Prosody, made by its member alice, who reads its archive."""
+    bot = await prosody.register("newsbot")
+    room = prosody.new_room("contract")
+    account = XmppAccount(bot.jid, bot.password, nick="newsbot", host=prosody.host,
+                          port=prosody.port, tls=False)
+    session_store = SqliteStore.open(tmp_path / "xmpp-state")
+    async with XmppMember(prosody, await prosody.register("alice")) as alice:
+        await alice.join(room)
+
+        async def connect_xmpp() -> DeliveryTransport:
+            # No history at join: a delivery is found in the room's archive, the hard way.
+            transport = XmppTransport(account, session_store, join_history=0)
+            await transport.connect()
+            closers.append(transport.close)
+            return transport
+
+        async def received_xmpp() -> list[tuple[str, str]]:
+            return [(m.origin_id, m.body.split("\n", 1)[0].strip("*"))
+                    for m in await alice.archive(room) if m.sender == "newsbot"]
+
+        try:
+            yield Network("xmpp", f"xmpp:{room}", connect_xmpp, received_xmpp, closers)
+        finally:
+            for close in closers:
+                await close()
+            session_store.close()
 
 
 class LaterClock:

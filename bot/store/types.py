@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.model import DeliveryKind, Message, Network
+from bot.model import DeliveryKind, Message, Network, network_of
 
 # The newest entries kept per feed (for `latest`, topics and welcomes).
 RECENT_PER_FEED = 20
@@ -46,6 +46,11 @@ class NewDelivery:
     # in that conversation when the poll commits (not if they left or were forgotten).
     subscriber: str | None = None
     network: Network = "matrix"
+
+    def __post_init__(self) -> None:
+        # The address says the network (bot.model.network_of): an xmpp: room is on XMPP.
+        if self.network != network_of(self.room):
+            object.__setattr__(self, "network", network_of(self.room))
 
 
 @dataclass(frozen=True, slots=True)
