@@ -26,7 +26,7 @@ from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher, FetchResult
 from bot.media import MediaResolver
 from bot.metrics import DELIVERY_OUTCOMES, Metrics
-from bot.model import Delivery
+from bot.model import Delivery, Network
 from bot.poller import FeedPoller
 from bot.rooms import RoomManager
 from bot.store import RoomFeed, SqliteStore, Store
@@ -58,11 +58,7 @@ class App:
         self.clock: Clock = clock or SystemClock()
         self.store: Store = store or SqliteStore.open(config.storage.path)
         if transport is None:
-            from bot.transport.matrix import MatrixTransport
-            transport = MatrixTransport(config.matrix, self.store, config.storage.path,
-                                        encryption=config.encryption,
-                                        reset_cross_signing=reset_cross_signing,
-                                        reset_password=reset_password)
+            transport = self._transports(reset_cross_signing, reset_password)
         self.transport: Transport = transport
         self.rooms = RoomManager(config, self.transport, self.store)   # the rooms: section
         # Images have their own size cap; the SSRF policy is the feeds' one.
@@ -75,7 +71,7 @@ class App:
                                    on_delivered=self._on_delivered)
         self.metrics = Metrics(
             self.store, self.transport, self.clock,
-            lambda: [feed for feed, _ in self._feeds.values()], config.matrix.user_id,
+            lambda: [feed for feed, _ in self._feeds.values()], config.bot_ids,
             lambda: self.deliverer.delivered,
             deliveries=lambda: dict(zip(DELIVERY_OUTCOMES, (
                 self.deliverer.delivered, self.deliverer.refused, self.deliverer.parked),
@@ -98,6 +94,23 @@ class App:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._fetcher: Fetcher | None = None
+
+    def _transports(self, reset_cross_signing: bool, reset_password: str | None) -> Transport:
+        """The network the configuration names, or one transport over both."""
+        config = self.config
+        transports: dict[Network, Transport] = {}
+        if config.matrix is not None:
+            from bot.transport.matrix import MatrixTransport
+            transports["matrix"] = MatrixTransport(
+                config.matrix, self.store, config.storage.path, encryption=config.encryption,
+                reset_cross_signing=reset_cross_signing, reset_password=reset_password)
+        if config.xmpp is not None:
+            from bot.transport.xmpp import XmppTransport, account_of
+            transports["xmpp"] = XmppTransport(account_of(config.xmpp), self.store)
+        if list(transports) == ["matrix"]:
+            return transports["matrix"]
+        from bot.transport.networks import Networks
+        return Networks(transports)
 
     def request_stop(self) -> None:
         if not self._stop.is_set():

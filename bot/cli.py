@@ -156,7 +156,12 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
     reset_password = None
-    if args.reset_cross_signing and config.matrix.password is None:
+    if args.reset_cross_signing and config.matrix is None:
+        print("--reset-cross-signing is for a Matrix account: the configuration has no "
+              "matrix: section", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.reset_cross_signing and config.matrix is not None and \
+            config.matrix.password is None:
         # Replacing cross-signing keys needs the account's password (user-interactive
         # auth); a token-configured bot asks for it here, never keeping it anywhere.
         if not sys.stdin.isatty():
@@ -166,8 +171,10 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_CONFIG
         import getpass
         reset_password = getpass.getpass(f"Password of {config.matrix.user_id}: ")
-    secrets = tuple(s for s in (config.matrix.access_token, config.matrix.password,
-                                reset_password) if s)
+    secrets = tuple(s for s in (
+        config.matrix.access_token if config.matrix else None,
+        config.matrix.password if config.matrix else None,
+        config.xmpp.password if config.xmpp else None, reset_password) if s)
     _setup_logs(args, config.log_level, secrets)
     for warning in warnings:
         log.warning("config: %s", warning)
@@ -206,6 +213,9 @@ async def _doctor(path: Path) -> int:
         return EXIT_CONFIG
     config, _ = loaded
     matrix = config.matrix
+    if matrix is None:
+        print("doctor checks a Matrix device: the configuration has no matrix: section")
+        return EXIT_CONFIG
     token, device = matrix.access_token, matrix.device_id
     if token is None:
         session = load_saved_session(config.storage.path, matrix)

@@ -431,7 +431,7 @@ class CommandRunner:
         lines = [text("stats_header", lang)]
         for view in views:
             readers = await count_readers(self._transport, self._store, view.config,
-                                          self._config.matrix.user_id)
+                                          self._config.bot_ids)
             lines.append(text("stats_line", lang, name=view.config.name,
                               members=readers.members, subscribers=readers.subscribers))
         return Reply("\n".join(lines))

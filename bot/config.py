@@ -104,6 +104,8 @@ def parse_size(text: str | int) -> int:
 
 _SERVER = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?"
 _USER_ID_RE = re.compile(rf"@[^\s:]+:{_SERVER}")
+# xmpp: then a bare JID (no resource): a group chat, or a person for one-to-one chats.
+_XMPP_ADDRESS_RE = re.compile(r"xmpp:[^@/\s\"&'<>:]{1,1023}@[A-Za-z0-9.\-]{1,253}")
 _ROOM_ALIAS_RE = re.compile(rf"#[^\s:]+:{_SERVER}")
 # Room versions up to 11 have "!opaque:server"; version 12 dropped the server part.
 _ROOM_ID_RE = re.compile(rf"![^\s:]+(?::{_SERVER})?")
@@ -546,14 +548,18 @@ class _Custom(_Kind):
 
 @dataclass(frozen=True, slots=True)
 class _Section(_Kind):
-    """A mapping read into the dataclass ``cls``; with ``unwrap``, one of its fields."""
+    """A mapping read into the dataclass ``cls``; with ``unwrap``, one of its fields;
+    ``optional``: an absent section is None (a network the bot is not on)."""
 
     cls: type
     unwrap: str | None = None
+    optional: bool = False
 
     def read(self, f: _Field) -> Any:
         found = f.r.section(f.items, f.parent, f.path, f.key, _known(self.cls),
                             required=f.required)
+        if found is None and self.optional and not f.given:
+            return None
         if found is None:   # a problem was reported, or the section is absent: its defaults
             value = _BAD if f.given or f.required else self.cls()
         else:
@@ -770,9 +776,11 @@ def _read_user_ids(r: _Reader, items: dict[str, Node], path: str,
     nodes = r.sequence(node, full)
     if nodes is None:
         return None
-    return _unique_ids(r, nodes, full, lambda v: bool(_USER_ID_RE.fullmatch(v)),
+    return _unique_ids(r, nodes, full,
+                       lambda v: bool(_USER_ID_RE.fullmatch(v) or _is_xmpp_address(v)),
                        "a Matrix user id like @alice:example.org",
-                       "is not a Matrix user id like @alice:example.org")
+                       "is not a Matrix user id like @alice:example.org or an XMPP "
+                       "address like xmpp:alice@example.org")
 
 
 def _feed_name(f: _Field, text: str, node: Node) -> Any:
@@ -810,10 +818,16 @@ def _read_feed_rooms(f: _Field) -> Any:
         return f.problem(node, "needs at least one room")
     rooms = _unique_ids(
         f.r, nodes, f.full,
-        lambda v: bool(_ROOM_ALIAS_RE.fullmatch(v) or _ROOM_ID_RE.fullmatch(v)),
-        "a room like #news:example.org",
-        "is not a room alias (#name:server) or room id (!id:server)")
+        lambda v: bool(_ROOM_ALIAS_RE.fullmatch(v) or _ROOM_ID_RE.fullmatch(v)
+                       or _is_xmpp_address(v)),
+        "a room like #news:example.org or xmpp:news@conference.example.org",
+        "is not a room alias (#name:server), a room id (!id:server) or an XMPP address "
+        "(xmpp:news@conference.example.org)")
     return _BAD if rooms is None else rooms
+
+
+def _is_xmpp_address(text: str) -> bool:
+    return bool(_XMPP_ADDRESS_RE.fullmatch(text))
 
 
 def _frequent(f: _Field, interval: float, node: Node) -> Any:
@@ -984,9 +998,11 @@ def _check_push_token(r: _Reader, node: Node, path: str, value: str) -> Any:
     return token
 
 
-def _read_private_token(r: _Reader, node: Node, path_key: str, text: str) -> Any:
+def _read_private_token(r: _Reader, node: Node, path_key: str, text: str, *,
+                        what: str = "token") -> Any:
     """A token file that only the bot's user may read: a push token lets anyone who
-    holds it make the bot fetch, so a file others can read is refused, not warned of."""
+    holds it make the bot fetch, so a file others can read is refused, not warned of
+    (``what``: "password" for an XMPP password file, refused likewise)."""
     if not text.strip():
         r.problem(node, path_key, "is empty")
         return _BAD
@@ -1009,6 +1025,8 @@ def _read_private_token(r: _Reader, node: Node, path_key: str, text: str) -> Any
         r.problem(node, path_key, f"{path} may be read by other users (mode "
                                   f"{stat.S_IMODE(mode):04o}); chmod 600 it")
         return _BAD
+    if what == "password":
+        return _check_secret(r, node, f"{path_key} ({path})", token, "password") or _BAD
     return _check_push_token(r, node, f"{path_key} ({path})", token)
 
 
@@ -1043,6 +1061,60 @@ class MatrixConfig:
             f"access_token={mask(self.access_token)}, password={mask(self.password)}, "
             f"device_id={self.device_id!r}, display_name={self.display_name!r})"
         )
+
+
+def _xmpp_jid(f: _Field, text: str, node: Node) -> Any:
+    jid = text.strip()
+    if _XMPP_ADDRESS_RE.fullmatch(f"xmpp:{jid}"):
+        return jid
+    return f.problem(node, f"{_quote(text)} is not an XMPP address like newsbot@example.org")
+
+
+def _read_xmpp_password(f: _Field) -> Any:
+    """``password``, or the content of ``password_file`` (mode 0600)."""
+    password: Any = None
+    found = f.text(secret=True)
+    if found is not None:
+        password = _check_secret(f.r, found[1], f.full, found[0], "password") or _BAD
+    elif f.given:
+        password = _BAD
+    from_file = f.r.string(f.items, f.parent, f.path, "password_file")
+    if from_file is not None:
+        text, node = from_file
+        password = _read_private_token(f.r, node, _join(f.path, "password_file"), text,
+                                       what="password")
+    elif not _is_null(f.items.get("password_file")):
+        password = _BAD
+    return password
+
+
+def _port(f: _Field, port: int, node: Node) -> Any:
+    return port if port <= 65535 else f.problem(node, f"{port} is not a port (1 to 65535)")
+
+
+@dataclass(frozen=True, slots=True)
+class XmppConfig:
+    jid: str = field(metadata=_key(
+        "the bot's XMPP address (its account)", _Text(), required=True, check=_xmpp_jid))
+    password: str | None = field(default=None, metadata=_key(
+        "the account's password; set exactly one of `password` and `password_file`",
+        _Custom(_read_xmpp_password),
+        also=(("password_file", "a file holding the password (mode 0600; relative to the "
+                                "config file)"),)))
+    nick: str = field(default="newsbot", metadata=_key(
+        "the bot's nickname in group chats", _Text(), check=_not_empty))
+    host: str | None = field(default=None, metadata=_key(
+        "server to connect to (DNS SRV records of the address's domain otherwise)", _Text(),
+        check=_or_none, shown="from DNS"))
+    port: int = field(default=5222, metadata=_key("its port", _Int(1), check=_port))
+    tls: bool = field(default=True, metadata=_key(
+        "require TLS; `false` only for a server on this machine's loopback", _Bool()))
+
+    def __repr__(self) -> str:
+        # Hand-written so that logging a config (or a traceback showing it) cannot leak.
+        password = "None" if self.password is None else "'***'"
+        return (f"XmppConfig(jid={self.jid!r}, password={password}, nick={self.nick!r}, "
+                f"host={self.host!r}, port={self.port!r}, tls={self.tls!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -1234,8 +1306,11 @@ class _Metrics:
 @dataclass(frozen=True, slots=True)
 class Config:
     # A section (or list of sections) has no row of its own in the README: its keys do.
-    matrix: MatrixConfig = field(metadata=_key(
-        "", _Section(MatrixConfig), required=True, check=_remember_server))
+    # Each network is optional; at least one is there.
+    matrix: MatrixConfig | None = field(default=None, kw_only=True, metadata=_key(
+        "", _Section(MatrixConfig, optional=True), check=_remember_server))
+    xmpp: XmppConfig | None = field(default=None, kw_only=True, metadata=_key(
+        "", _Section(XmppConfig, optional=True)))
     storage: StorageConfig = field(metadata=_key("", _Section(StorageConfig), required=True))
     fetch: FetchConfig = field(metadata=_key("", _Section(FetchConfig)))
     admins: tuple[str, ...] = field(metadata=_key(
@@ -1256,6 +1331,16 @@ class Config:
     metrics_listen: tuple[str, int] | None = field(default=None, metadata=_key(
         "", _Section(_Metrics, unwrap="listen"), name="metrics"))
     source: Path | None = None                  # not a key: the file it was read from
+
+    @property
+    def bot_ids(self) -> tuple[str, ...]:
+        """The bot's own ids, one per network it is on (never counted as a reader)."""
+        ids = []
+        if self.matrix is not None:
+            ids.append(self.matrix.user_id)
+        if self.xmpp is not None:
+            ids.append(f"xmpp:{self.xmpp.jid}")
+        return tuple(ids)
 
     @property
     def listen(self) -> tuple[str, int] | None:
@@ -1290,6 +1375,23 @@ def _check_matrix(r: _Reader, values: dict[str, Any], items: dict[str, Node], no
     return ok
 
 
+def _check_xmpp(r: _Reader, values: dict[str, Any], items: dict[str, Node], node: Node,
+                path: str) -> bool:
+    ok = True
+    present = [k for k in ("password", "password_file") if not _is_null(items.get(k))]
+    if len(present) != 1:
+        r.problem(node, path, "set one of password or password_file" if not present else
+                  "set only one of password or password_file")
+        ok = False
+    host = values["host"]
+    if values["tls"] is False and host not in ("127.0.0.1", "::1", "localhost"):
+        r.problem(items.get("tls") or node, _join(path, "tls"),
+                  "false is only for a server on loopback (host: 127.0.0.1): a password "
+                  "must not cross a network in clear")
+        ok = False
+    return ok
+
+
 def _check_fetch(r: _Reader, values: dict[str, Any], items: dict[str, Node], node: Node,
                  path: str) -> bool:
     timeout, connect = values["timeout"], values["connect_timeout"]
@@ -1309,9 +1411,32 @@ def _check_room(r: _Reader, values: dict[str, Any], items: dict[str, Node], node
     return True
 
 
+def _check_networks(r: _Reader, values: dict[str, Any], items: dict[str, Node],
+                    node: Node) -> bool:
+    """At least one network; every room and admin on a network the bot is on."""
+    matrix, xmpp, feeds = values["matrix"], values["xmpp"], values["feeds"]
+    if matrix is None and xmpp is None:
+        r.problem(node, "matrix", "required section is missing (or an xmpp: section, for "
+                                  "XMPP only)")
+        return False
+    if matrix is _BAD or xmpp is _BAD or feeds is _BAD:
+        return True
+    ok = True
+    for i, feed in enumerate(feeds):
+        for j, ref in enumerate(feed.rooms):
+            on_xmpp = ref.startswith("xmpp:")
+            if (xmpp if on_xmpp else matrix) is None:
+                r.problem(items["feeds"].value[i], f"feeds[{i}].rooms[{j}]",
+                          f"{ref} is on {'XMPP' if on_xmpp else 'Matrix'}, but the "
+                          f"configuration has no {'xmpp' if on_xmpp else 'matrix'}: section")
+                ok = False
+    return ok
+
+
 def _check_config(r: _Reader, values: dict[str, Any], items: dict[str, Node], node: Node,
                   path: str) -> bool:
     ok = _check_listener(r, values, items, node)
+    ok = _check_networks(r, values, items, node) and ok
     rooms, feeds, encryption = values["rooms"], values["feeds"], values["encryption"]
     if not rooms or any(v is _BAD for v in (rooms, feeds, encryption)):
         return ok
@@ -1345,7 +1470,8 @@ def _check_listener(r: _Reader, values: dict[str, Any], items: dict[str, Node],
 
 _SectionCheck = Callable[[_Reader, dict[str, Any], dict[str, Node], Node, str], bool]
 _SECTION_CHECKS: dict[type, _SectionCheck] = {
-    MatrixConfig: _check_matrix, FetchConfig: _check_fetch, RoomConfig: _check_room,
+    MatrixConfig: _check_matrix, XmppConfig: _check_xmpp, FetchConfig: _check_fetch,
+    RoomConfig: _check_room,
     Config: _check_config,
 }
 

@@ -54,7 +54,7 @@ class Readers:
 
 
 async def count_readers(transport: Messaging, store: Store, feed: FeedConfig,
-                        bot_user: str,
+                        bot_ids: tuple[str, ...],
                         seen: dict[str, list[str]] | None = None) -> Readers:
     """``seen`` (room -> members) lets one counting pass ask for each room once."""
     members: set[str] = set()
@@ -66,7 +66,7 @@ async def count_readers(transport: Messaging, store: Store, feed: FeedConfig,
         else:
             room_members = seen[ref]
         members.update(room_members)
-    members.discard(bot_user)
+    members.difference_update(bot_ids)
     return Readers(len(members), await store.subscriber_count(feed.name))
 
 
@@ -96,7 +96,7 @@ class Snapshot:
 
 class Metrics:
     def __init__(self, store: Store, transport: Messaging, clock: Clock,
-                 feeds: Callable[[], list[FeedConfig]], bot_user: str,
+                 feeds: Callable[[], list[FeedConfig]], bot_ids: tuple[str, ...],
                  delivered: Callable[[], int], *,
                  deliveries: Callable[[], Mapping[str, int]] | None = None) -> None:
         """``delivered``: items sent since the start; ``deliveries``: every outcome's
@@ -105,7 +105,7 @@ class Metrics:
         self._transport = transport
         self._clock = clock
         self._feeds = feeds
-        self._bot_user = bot_user
+        self._bot_ids = bot_ids
         self._delivered = delivered
         self._deliveries = deliveries or (lambda: {"sent": delivered()})
         self.readers: dict[str, Readers] = {}
@@ -141,7 +141,7 @@ class Metrics:
         for feed in self._feeds():
             try:
                 counted[feed.name] = await count_readers(
-                    self._transport, self._store, feed, self._bot_user, seen)
+                    self._transport, self._store, feed, self._bot_ids, seen)
             except TransportError as exc:
                 log.info("metrics: readers of %s not counted now: %s", feed.name, exc)
                 if feed.name in self.readers:

@@ -353,8 +353,9 @@ class RoomManager:
         self._config = config
         self._transport = transport
         self._store = store
-        self._bot = config.matrix.user_id
-        self._server = self._bot.split(":", 1)[1]
+        # Managed rooms are Matrix rooms: without a matrix: section there are none.
+        self._bot = config.matrix.user_id if config.matrix is not None else ""
+        self._server = self._bot.split(":", 1)[1] if self._bot else ""
         self._by_alias = {room.alias: room for room in config.rooms}
         self._by_id: dict[str, RoomConfig] = {}
         self._ours: dict[str, bool] = {}      # event id -> sent by newsbot (for pins)

@@ -267,9 +267,10 @@ def test_missing_required_keys_name_the_parent_line() -> None:
 
 def test_missing_sections() -> None:
     assert problems("language: en\n") == [
-        "config.yaml:1: matrix: required section is missing",
         "config.yaml:1: storage: required section is missing",
         "config.yaml:1: feeds: required section is missing (at least one feed)",
+        "config.yaml:1: matrix: required section is missing (or an xmpp: section, for "
+        "XMPP only)",
     ]
 
 
@@ -339,10 +340,11 @@ def test_every_feed_problem_is_collected() -> None:
         'config.yaml:23: feeds[2].name: "interhop" is already used by feeds[0]',
         'config.yaml:24: feeds[2].url: "https://" is not an http(s) URL',
         'config.yaml:25: feeds[2].rooms[1]: "#a:example.org" is listed twice',
-        'config.yaml:25: feeds[2].rooms[2]: "news" is not a room alias (#name:server) or '
-        "room id (!id:server)",
+        'config.yaml:25: feeds[2].rooms[2]: "news" is not a room alias (#name:server), a '
+        "room id (!id:server) or an XMPP address (xmpp:news@conference.example.org)",
         'config.yaml:25: feeds[2].rooms[3]: "@alice:example.org" is not a room alias '
-        "(#name:server) or room id (!id:server)",
+        "(#name:server), a room id (!id:server) or an XMPP address "
+        "(xmpp:news@conference.example.org)",
         'config.yaml:26: feeds[2].interval: "0.5s" is too short (minimum 1s)',
     ]
 
@@ -362,7 +364,8 @@ def test_admins_are_user_ids() -> None:
     text = VALID.replace('  - "@alice:example.org"\n',
                          '  - "@alice:example.org"\n  - alice\n  - "@alice:example.org"\n')
     assert problems(text) == [
-        'config.yaml:11: admins[1]: "alice" is not a Matrix user id like @alice:example.org',
+        'config.yaml:11: admins[1]: "alice" is not a Matrix user id like @alice:example.org '
+        'or an XMPP address like xmpp:alice@example.org',
         'config.yaml:12: admins[2]: "@alice:example.org" is listed twice',
     ]
 

@@ -51,7 +51,7 @@ async def test_two_apps_in_one_process_keep_their_own_metrics(tmp_path: Path) ->
         store = SqliteStore.open(tmp_path / str(n))
         await store.ensure_feed("actus", "https://example.org/actus")
         apps.append(Metrics(store, Rooms({"!r:x": members}), clock,
-                            lambda: [feed("actus", "!r:x")], "@bot:x", lambda n=n: 10 * n))
+                            lambda: [feed("actus", "!r:x")], ("@bot:x",), lambda n=n: 10 * n))
     first, second = [samples(await m.scrape()) for m in apps]
     actus = (("feed", "actus"),)
     assert first[("newsbot_feed_readers", actus)] == 1
@@ -72,7 +72,7 @@ async def test_readers_are_counted_at_most_once_a_minute_and_kept_through_a_fail
     rooms = Rooms({"!r:x": ["@bot:x", "@a:x"], "!s:x": ["@a:x", "@b:x"]})
     feeds = [feed("actus", "!r:x"), feed("lettre", "!s:x")]
     metrics = Metrics(SqliteStore.open(tmp_path), rooms, clock,
-                      lambda: feeds, "@bot:x", lambda: 0)
+                      lambda: feeds, ("@bot:x",), lambda: 0)
     got = samples(await metrics.scrape())
     assert got[("newsbot_feed_readers", (("feed", "lettre"),))] == 2
     rooms.members["!s:x"].append("@c:x")
@@ -98,7 +98,7 @@ async def test_fetches_parse_failures_deliveries_depth_and_the_delay_to_delivery
     await store.enqueue("actus", rows, clock.now())
     outcomes = {"sent": 7, "refused": 1, "parked": 2}
     metrics = Metrics(store, Rooms({"!r:x": ["@bot:x"]}, direct=("!dm1:x", "!dm2:x")), clock,
-                      lambda: [feed("actus", "!r:x")], "@bot:x", lambda: 7,
+                      lambda: [feed("actus", "!r:x")], ("@bot:x",), lambda: 7,
                       deliveries=lambda: outcomes)
     for outcome in ("304", "304", "200", "error", "parse_error", "bogus"):
         metrics.fetched(outcome)
@@ -132,7 +132,7 @@ async def test_fetches_parse_failures_deliveries_depth_and_the_delay_to_delivery
 
 async def test_every_fetch_outcome_is_shown_from_zero(tmp_path: Path) -> None:
     metrics = Metrics(SqliteStore.open(tmp_path), Rooms({}), FakeClock(), lambda: [],
-                      "@bot:x", lambda: 0)
+                      ("@bot:x",), lambda: 0)
     got = samples(await metrics.scrape())
     for outcome in ("304", "200", "error"):
         assert got[("newsbot_fetches_total", (("outcome", outcome),))] == 0

@@ -65,7 +65,7 @@ class XmppMember:
         self._arrived = asyncio.Condition()
         self._ready = asyncio.Event()
         client.add_event_handler("session_start", lambda _: self._started())
-        client.add_event_handler("groupchat_message", self._on_message)
+        # slixmpp raises "message" for every message, group chats' included.
         client.add_event_handler("message", self._on_message)
 
     def _started(self) -> None:

@@ -37,12 +37,13 @@ if TYPE_CHECKING:
     from slixmpp.stanza import Message as Stanza
     from slixmpp.stanza import Presence
 
+    from bot.config import XmppConfig
     from bot.media import ImageSource
     from bot.store.base import KeyValueStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["XmppAccount", "XmppTransport"]
+__all__ = ["XmppAccount", "XmppTransport", "account_of"]
 
 DIRECTS_KEY = "xmpp.direct_conversations"
 SEND_TIMEOUT = 30.0          # no reflection by then: unknown, looked for before a resend
@@ -55,6 +56,12 @@ _REFUSALS = {"forbidden", "not-allowed", "registration-required", "item-not-foun
              "not-authorized", "conflict", "service-unavailable", "jid-malformed"}
 _MODERATOR_LEVEL = 50.0      # a role of moderator: commands.min_power_level's default
 _ADMIN_LEVEL = 100.0         # an owner or admin affiliation
+
+
+def account_of(config: XmppConfig) -> XmppAccount:
+    assert config.password is not None      # the config refuses a section without one
+    return XmppAccount(config.jid, config.password, nick=config.nick, host=config.host,
+                       port=config.port, tls=config.tls)
 
 
 @dataclass
@@ -387,7 +394,34 @@ class XmppTransport:
         return group.last_ours
 
     async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
-        raise TemporaryTransportError("XMPP messages show pictures by their address")
+        raise RoomUnavailableError("XMPP messages show pictures by their address")
+
+    # -- Matrix room state: XMPP rooms have none -----------------------------------------
+
+    async def create_room(self, *, alias_localpart: str, name: str | None,
+                          topic: str | None, preset: str, initial_state: list[dict[str, Any]],
+                          power_levels: dict[str, Any]) -> str:
+        raise RoomUnavailableError("Matrix rooms are created on Matrix")
+
+    async def room_state(self, room_id: str) -> list[dict[str, Any]]:
+        return []
+
+    async def state_event(self, room_id: str, event_type: str,
+                          state_key: str = "") -> dict[str, Any] | None:
+        return None
+
+    async def set_state(self, room_id: str, event_type: str, content: dict[str, Any],
+                        state_key: str = "") -> str:
+        raise RoomUnavailableError(f"{room_id} is an XMPP room: it has no Matrix state")
+
+    async def room_event(self, room_id: str, event_id: str) -> dict[str, Any]:
+        raise RoomUnavailableError(f"{room_id} is an XMPP room: it has no Matrix events")
+
+    async def directory_published(self, room_id: str) -> bool:
+        return False
+
+    async def set_directory_published(self, room_id: str, published: bool) -> None:
+        raise RoomUnavailableError(f"{room_id} is an XMPP room: it has no Matrix directory")
 
     # -- incoming -----------------------------------------------------------------------
 

@@ -1,0 +1,167 @@
+"""XMPP group chats served from the same configuration, feeds and outbox as Matrix rooms,
+against a real Prosody and a real Synapse, checked from each member's own client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.config import ConfigError, load_config, load_config_text
+from bot.model import delivery_key
+from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.support import (
+    FeedItem,
+    FeedServer,
+    MemberFactory,
+    NewUserFactory,
+    SynapseServer,
+    make_items,
+)
+from tests.support.prosody import ProsodyServer, XmppAccount
+from tests.support.xmppmember import XmppMember
+
+
+def xmpp_section(prosody: ProsodyServer, account: XmppAccount, **extra: Any) -> dict[str, Any]:
+    return {"jid": account.jid, "password": account.password, "nick": "Actualités",
+            "host": prosody.host, "port": prosody.port, "tls": False, **extra}
+
+
+def titles(bodies: list[str]) -> list[str]:
+    return [body.split("\n", 1)[0] for body in bodies]
+
+
+async def test_one_item_reaches_a_matrix_room_and_an_xmpp_group_chat_once_each(
+        synapse: SynapseServer, prosody: ProsodyServer, feed_server: FeedServer,
+        feed_path: str, new_user: NewUserFactory, member: MemberFactory,
+        tmp_path: Path) -> None:
+    bot = await new_user("newsbot")
+    alice = await member(await new_user("alice"))
+    matrix_room = await alice.create_room(name="actualités")
+    bot_xmpp = await prosody.register("newsbot")
+    group = prosody.new_room("actualites")
+    items = make_items(2)
+    feed_server.set_feed(feed_path, items)
+    data = bot_config(homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+                      feeds=[{"name": "lettre", "url": feed_server.url(feed_path),
+                              "rooms": [matrix_room, f"xmpp:{group}"], "backfill": 2}])
+    data["xmpp"] = xmpp_section(prosody, bot_xmpp)
+    cfg = load(write_config(tmp_path / "c.yaml", data), bot)
+    async with XmppMember(prosody, await prosody.register("bob")) as bob:
+        await bob.join(group)
+        await alice.invite(matrix_room, bot.user_id)
+        async with InProcessBot(cfg):
+            seen = await alice.wait_for_messages(matrix_room, 2, sender=bot.user_id)
+            await bob.wait_for(lambda inbox: len([m for m in inbox if m.room == group
+                                                  and m.sender == "Actualités"]) >= 2)
+        oldest_first = [items[1], items[0]]
+        assert [e["content"]["body"].split("\n", 1)[0] for e in seen] == \
+            [i.title for i in oldest_first]
+        async with InProcessBot(cfg):       # a restart: nothing is posted again, anywhere
+            newer = make_items(3)[:1]
+            feed_server.set_feed(feed_path, newer + items)
+            await alice.wait_for_messages(matrix_room, 3, sender=bot.user_id)
+            await bob.wait_for(lambda inbox: len([m for m in inbox if m.room == group
+                                                  and m.sender == "Actualités"]) >= 3)
+        archive = [m for m in await bob.archive(group) if m.sender == "Actualités"]
+    expected = [i.title for i in [*oldest_first, *newer]]
+    assert titles([m.body for m in archive]) == [f"*{t}*" for t in expected]
+    assert [m.origin_id for m in archive] == [
+        delivery_key("lettre", i.guid, f"xmpp:{group}") for i in [*oldest_first, *newer]]
+    # Plain text every client reads: the title styled, the link on its own line.
+    first = archive[0].body.split("\n")
+    assert first[-1] == items[1].link
+    assert len(await alice.messages(matrix_room, sender=bot.user_id)) == 3
+
+
+async def test_an_xmpp_only_bot_needs_no_matrix_section(
+        prosody: ProsodyServer, feed_server: FeedServer, feed_path: str,
+        tmp_path: Path) -> None:
+    bot_xmpp = await prosody.register("newsbot")
+    group = prosody.new_room("seul")
+    items = make_items(1)
+    feed_server.set_feed(feed_path, items)
+    data = {"xmpp": xmpp_section(prosody, bot_xmpp), "storage": {"path": str(tmp_path / "s")},
+            "fetch": {"allow_private_networks": True},
+            "feeds": [{"name": "blog", "url": feed_server.url(feed_path), "interval": "1s",
+                       "rooms": [f"xmpp:{group}"], "backfill": 1}]}
+    cfg, _ = load_config(write_config(tmp_path / "c.yaml", data))
+    assert cfg.matrix is None and cfg.xmpp is not None
+    async with XmppMember(prosody, await prosody.register("carol")) as carol:
+        await carol.join(group)
+        async with InProcessBot(cfg):
+            inbox = await carol.wait_for(
+                lambda inbox: any(m.sender == "Actualités" for m in inbox))
+    assert [m.body.split("\n", 1)[0] for m in inbox if m.sender == "Actualités"] == \
+        [f"*{items[0].title}*"]
+
+
+async def test_hostile_text_stays_plain_and_cannot_break_the_stream(
+        prosody: ProsodyServer, feed_server: FeedServer, feed_path: str,
+        tmp_path: Path) -> None:
+    """Characters XML cannot carry would make the server close the bot's stream (and a
+    feed could do it at every poll): they are dropped, markup stays text, and the next
+    item still arrives."""
+    bot_xmpp = await prosody.register("newsbot")
+    group = prosody.new_room("hostile")
+    hostile = FeedItem(guid="h1", title="Alerte\x01\x0b <script>alert(1)</script> \u202efdp",
+                       link="https://example.org/h1",
+                       summary="<p>Texte\x00 <img src=x onerror=alert(1)> "
+                                   "<a href='javascript:alert(1)'>clic</a></p>")
+    feed_server.set_feed(feed_path, [hostile])
+    data = {"xmpp": xmpp_section(prosody, bot_xmpp), "storage": {"path": str(tmp_path / "s")},
+            "fetch": {"allow_private_networks": True},
+            "feeds": [{"name": "h", "url": feed_server.url(feed_path), "interval": "1s",
+                       "rooms": [f"xmpp:{group}"], "backfill": 1}]}
+    cfg, _ = load_config(write_config(tmp_path / "c.yaml", data))
+    async with XmppMember(prosody, await prosody.register("dave")) as dave:
+        await dave.join(group)
+        async with InProcessBot(cfg):
+            await dave.wait_for(lambda inbox: any(m.sender == "Actualités" for m in inbox))
+            after = FeedItem(guid="h2", title="Suite", link="https://example.org/h2")
+            feed_server.set_feed(feed_path, [after, hostile])
+            inbox = await dave.wait_for(
+                lambda inbox: len([m for m in inbox if m.sender == "Actualités"]) >= 2)
+    bodies = [m.body for m in inbox if m.sender == "Actualités"]
+    assert bodies[0].startswith("*Alerte <script>alert(1)</script> fdp*")
+    assert not any(ch in bodies[0] for ch in "\x00\x01\x0b\u202e")
+    assert "javascript:" not in bodies[0]
+    assert bodies[1].startswith("*Suite*")
+
+
+@pytest.mark.parametrize(("rooms", "sections", "problem"), [
+    (["xmpp:news@conference.example.org"], ("matrix",),
+     "feeds[0].rooms[0]: xmpp:news@conference.example.org is on XMPP, but the "
+     "configuration has no xmpp: section"),
+    (["#news:example.org"], ("xmpp",),
+     "feeds[0].rooms[0]: #news:example.org is on Matrix, but the configuration has no "
+     "matrix: section"),
+    (["xmpp:not an address"], ("xmpp",), "is not a room alias"),
+    (["#news:example.org"], (), "matrix: required section is missing"),
+])
+def test_check_config_names_a_room_whose_network_has_no_section(
+        rooms: list[str], sections: tuple[str, ...], problem: str) -> None:
+    text = "storage: {path: /tmp/x}\nfeeds:\n  - name: n\n    url: https://example.org/f\n" \
+           f"    rooms: {rooms!r}\n".replace("'", '"')
+    if "matrix" in sections:
+        text += "matrix: {homeserver: https://example.org, user_id: '@bot:example.org', " \
+                "password: hunter2-real}\n"
+    if "xmpp" in sections:
+        text += "xmpp: {jid: bot@example.org, password: hunter2-real}\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text)
+    assert any(problem in p for p in caught.value.problems), caught.value.problems
+
+
+def test_xmpp_without_tls_is_only_for_loopback_and_the_password_never_shows() -> None:
+    text = ("storage: {path: /tmp/x}\nfeeds:\n  - {name: n, url: 'https://example.org/f', "
+            "rooms: ['xmpp:n@conference.example.org']}\n"
+            "xmpp: {jid: bot@example.org, password: s3cret-word, host: example.org, "
+            "tls: false}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text)
+    assert any("xmpp.tls" in p and "loopback" in p for p in caught.value.problems)
+    config, _ = load_config_text(text.replace("host: example.org", "host: 127.0.0.1"))
+    assert config.xmpp is not None and "s3cret" not in repr(config.xmpp)
+    assert "s3cret" not in repr(config)
