@@ -28,7 +28,7 @@ from bot.feeds.hints import FeedHints, describe, effective_interval
 from bot.feeds.parse import parse_feed_async
 from bot.i18n import LANGUAGES, format_duration, format_time, text
 from bot.metrics import count_readers
-from bot.model import Message
+from bot.model import Message, network_of
 from bot.render import entry_line
 from bot.store.base import Store
 from bot.store.types import FeedState, NewDelivery, RoomFeed, RoomFeedSettings
@@ -288,6 +288,9 @@ class CommandRunner:
         try:
             if command.name in MODERATOR_COMMANDS and \
                     not await self._may_moderate(message.room_id, message.sender):
+                # XMPP has roles, not power levels (bot.transport.xmpp maps them).
+                if network_of(message.room_id) == "xmpp":
+                    return Reply(text("need_moderator", lang))
                 return Reply(text("need_power", lang, level=self._commands.min_power_level))
             return await getattr(self, f"_cmd_{command.name}")(message, command.args, lang)
         except _UnknownFeed as exc:

@@ -49,6 +49,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "fr": "Je ne connais pas « {command} ». Essayez « {p} help ».",
     },
     "usage": {"en": "Usage: {usage}", "fr": "Utilisation : {usage}"},
+    "need_moderator": {
+        "en": "Sorry, only this room's moderators can do that.",
+        "fr": "Désolé, seuls les modérateurs de ce salon peuvent faire cela.",
+    },
     "need_power": {
         "en": "Sorry, you need power level {level} in this room to do that.",
         "fr": "Désolé, il faut un niveau de pouvoir de {level} dans ce salon pour faire cela.",

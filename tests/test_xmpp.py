@@ -3,12 +3,15 @@ against a real Prosody and a real Synapse, checked from each member's own client
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bot.config import ConfigError, load_config, load_config_text
+from bot.errors import TemporaryTransportError
 from bot.model import delivery_key
 from tests.botkit import InProcessBot, bot_config, load, write_config
 from tests.support import (
@@ -165,3 +168,99 @@ def test_xmpp_without_tls_is_only_for_loopback_and_the_password_never_shows() ->
     config, _ = load_config_text(text.replace("host: example.org", "host: 127.0.0.1"))
     assert config.xmpp is not None and "s3cret" not in repr(config.xmpp)
     assert "s3cret" not in repr(config)
+
+
+async def xmpp_bot(prosody: ProsodyServer, feed_server: FeedServer, feed_path: str,
+                   tmp_path: Path, group: str, **extra: Any) -> Any:
+    bot_xmpp = await prosody.register("newsbot")
+    feed_server.set_feed(feed_path, make_items(1))
+    data = {"xmpp": xmpp_section(prosody, bot_xmpp), "storage": {"path": str(tmp_path / "s")},
+            "fetch": {"allow_private_networks": True},
+            "feeds": [{"name": "lettre", "url": feed_server.url(feed_path), "interval": "1s",
+                       "rooms": [f"xmpp:{group}"]}], **extra}
+    cfg, _ = load_config(write_config(tmp_path / "c.yaml", data))
+    return cfg
+
+
+def answers(inbox: list[Any], group: str) -> list[Any]:
+    return [m for m in inbox if m.room == group and m.sender == "Actualités"]
+
+
+async def test_commands_from_a_moderator_and_refusals_for_a_participant(
+        prosody: ProsodyServer, feed_server: FeedServer, feed_path: str,
+        tmp_path: Path) -> None:
+    group = prosody.new_room("commandes")
+    cfg = await xmpp_bot(prosody, feed_server, feed_path, tmp_path, group, language="fr")
+    async with XmppMember(prosody, await prosody.register("owner")) as owner, \
+            XmppMember(prosody, await prosody.register("guest")) as guest:
+        await owner.join(group)          # the first occupant: the room's owner
+        await guest.join(group)          # a participant, no affiliation
+        async with InProcessBot(cfg):
+            await guest.wait_occupant(group, "Actualités")
+            guest.say(group, "!news pause lettre")
+            refused = await guest.wait_for(lambda inbox: len(answers(inbox, group)) >= 1)
+            owner.say(group, "!news pause lettre")
+            await owner.wait_for(lambda inbox: len(answers(inbox, group)) >= 2)
+            guest.say(group, "!news list")
+            listed = await guest.wait_for(lambda inbox: len(answers(inbox, group)) >= 3)
+    refusal, paused, listing = answers(listed, group)
+    assert refusal.body == "Désolé, seuls les modérateurs de ce salon peuvent faire cela."
+    assert paused.body == "Flux « lettre » mis en pause dans ce salon."
+    assert listing.body.startswith("Flux de ce salon :") and "lettre" in listing.body
+    # Each answer refers to its command (XEP-0461) by the id the room gave it.
+    commands = [m for m in refused + listed if m.body.startswith("!news")]
+    by_room_id = {m.stanza_id: m.body for m in commands if m.stanza_id}
+    assert by_room_id[refusal.reply_to] == "!news pause lettre"
+    assert by_room_id[listing.reply_to] == "!news list"
+
+
+async def test_a_one_to_one_subscription_then_forget_me(
+        prosody: ProsodyServer, feed_server: FeedServer, feed_path: str,
+        tmp_path: Path) -> None:
+    """Personal subscriptions in a one-to-one chat, as in a Matrix direct message: the
+    person's next items arrive there; after "forget me" nothing does and nothing is kept."""
+    group = prosody.new_room("publique")
+    cfg = await xmpp_bot(prosody, feed_server, feed_path, tmp_path, group)
+    cfg = replace(cfg, feeds=tuple(replace(feed, public=True) for feed in cfg.feeds))
+    assert cfg.xmpp is not None
+    bot_jid = cfg.xmpp.jid
+    items = make_items(3)
+    feed_server.set_feed(feed_path, items[2:])
+    async with XmppMember(prosody, await prosody.register("erin")) as erin:
+        async with InProcessBot(cfg) as running:
+            await bot_online(running, group)
+            erin.say(bot_jid, "subscribe lettre", group=False)
+            await erin.wait_for(lambda inbox: len(private(inbox, bot_jid)) >= 1)
+            feed_server.set_feed(feed_path, items[1:])
+            await erin.wait_for(lambda inbox: len(private(inbox, bot_jid)) >= 2)
+            erin.say(bot_jid, "forget me", group=False)
+            await erin.wait_for(lambda inbox: len(private(inbox, bot_jid)) >= 3)
+            store = running.app.store
+            feed_server.clear_requests(feed_path)
+            feed_server.set_feed(feed_path, items)
+            async with asyncio.timeout(30):     # two polls: the first saw the new item
+                while len(feed_server.requests(feed_path)) < 2:
+                    await asyncio.sleep(0.1)
+            person = f"xmpp:{erin.account.jid}"
+            subscriber = await store.subscriber(person)
+            pending = await store.pending_count(person)
+    said = private(erin.inbox, bot_jid)
+    assert "lettre" in said[0].body
+    assert said[1].body.split("\n", 1)[0] == f"*{items[1].title}*"
+    assert subscriber is None and pending == 0
+    assert len(private(erin.inbox, bot_jid)) == 3
+
+
+async def bot_online(running: InProcessBot, group: str) -> None:
+    """Until the bot is connected (it joins its group chat then)."""
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                await running.app.transport.join_room(f"xmpp:{group}")
+                return
+            except TemporaryTransportError:
+                await asyncio.sleep(0.1)
+
+
+def private(inbox: list[Any], bot_jid: str) -> list[Any]:
+    return [m for m in inbox if m.room == bot_jid and m.sender == bot_jid]

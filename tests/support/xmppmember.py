@@ -102,6 +102,13 @@ class XmppMember:
         await self.client.plugin["xep_0045"].join_muc_wait(JID(room), self.nick,
                                                            maxstanzas=history, timeout=30)
 
+    async def wait_occupant(self, room: str, nick: str, timeout: float = 30.0) -> None:
+        """Until ``nick`` is in the room, as this person's client sees it."""
+        muc = self.client.plugin["xep_0045"]
+        async with asyncio.timeout(timeout):
+            while nick not in (muc.get_roster(JID(room)) or []):
+                await asyncio.sleep(0.05)
+
     async def configure(self, room: str, values: dict[str, Any]) -> None:
         """Set room configuration fields (muc#roomconfig_*) as the room's owner."""
         muc = self.client.plugin["xep_0045"]

@@ -476,8 +476,11 @@ class XmppTransport:
         if not body or message.get_plugin("replace", check=True) is not None:
             return
         person = ref_of(str(sender.bare))
+        # Our server's stanza-id (XEP-0359) when it gives one: unlike the sender's own
+        # id, nobody else chooses it, so a reused id cannot silence a reply.
         incoming = IncomingMessage(room_id=person, sender=person,
-                                   event_id=str(message["id"] or ""), body=body,
+                                   event_id=self._stanza_id(message, self.session.bare_jid),
+                                   body=body,
                                    timestamp_ms=int(time.time() * 1000))
         asyncio.get_running_loop().create_task(self._from_person(person, incoming))
 
