@@ -4,6 +4,7 @@ against a real Prosody and a real Synapse, checked from each member's own client
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ import pytest
 from bot.config import ConfigError, load_config, load_config_text
 from bot.errors import TemporaryTransportError
 from bot.model import delivery_key
-from tests.botkit import InProcessBot, bot_config, load, write_config
+from bot.store import SqliteStore
+from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
 from tests.support import (
     FeedItem,
     FeedServer,
     MemberFactory,
     NewUserFactory,
+    RegisteredUser,
     SynapseServer,
     make_items,
 )
@@ -264,3 +267,96 @@ async def bot_online(running: InProcessBot, group: str) -> None:
 
 def private(inbox: list[Any], bot_jid: str) -> list[Any]:
     return [m for m in inbox if m.room == bot_jid and m.sender == bot_jid]
+
+
+async def test_items_published_while_prosody_is_down_arrive_after_it_returns_in_order(
+        prosody: ProsodyServer, feed_server: FeedServer, feed_path: str,
+        tmp_path: Path) -> None:
+    group = prosody.new_room("panne")
+    cfg = await xmpp_bot(prosody, feed_server, feed_path, tmp_path, group)
+    items = make_items(4)
+    feed_server.set_feed(feed_path, items[3:])
+    owner_account = await prosody.register("owner")
+    async with XmppMember(prosody, owner_account) as owner:
+        await owner.join(group)
+        # A persistent room: it outlives its occupants and the server's restart.
+        await owner.configure(group, {"muc#roomconfig_persistentroom": "1"})
+    async with InProcessBot(cfg) as running:
+        await bot_online(running, group)
+        store = running.app.store
+        await prosody.stop()
+        feed_server.set_feed(feed_path, items)      # three new items while it is down
+        room = f"xmpp:{group}"
+        async with asyncio.timeout(60):
+            while await store.pending_count(room) < 3:
+                await asyncio.sleep(0.1)
+        await prosody.start()
+        async with asyncio.timeout(90):
+            while await store.pending_count(room):
+                await asyncio.sleep(0.2)
+    async with XmppMember(prosody, owner_account) as owner:
+        archive = [m for m in await owner.archive(group) if m.sender == "Actualités"]
+    assert titles([m.body for m in archive]) == [f"*{i.title}*" for i in reversed(items[:3])]
+
+
+async def test_kill_9_during_xmpp_sends_posts_each_item_once_in_order(
+        prosody: ProsodyServer, feed_server: FeedServer, feed_path: str,
+        tmp_path: Path) -> None:
+    """The crash matrix of Matrix, on XMPP: a bot process killed -9 at random points while
+    it sends into two group chats, restarted each time; in the end each chat's archive has
+    every item once, in order (no server-side deduplication helps here)."""
+    groups = [prosody.new_room(f"crash{i}") for i in range(2)]
+    bot_xmpp = await prosody.register("newsbot")
+    all_items = make_items(10 * 2 + 1)          # newest first
+    published = 1
+    feed_server.set_feed(feed_path, all_items[-published:])
+    config_path = write_config(tmp_path / "c.yaml", {
+        "xmpp": xmpp_section(prosody, bot_xmpp), "storage": {"path": str(tmp_path / "s")},
+        "fetch": {"allow_private_networks": True},
+        "feeds": [{"name": "news", "url": feed_server.url(feed_path), "interval": "1s",
+                   "backfill": 1, "max_per_poll": 10,
+                   "rooms": [f"xmpp:{group}" for group in groups]}]})
+    nobody = RegisteredUser("@nobody:localhost", "", "", "", "nobody")   # no Matrix here
+    log_path = tmp_path / "bot.log"
+    async with XmppMember(prosody, await prosody.register("owner")) as owner:
+        for group in groups:
+            await owner.join(group)
+        process = BotProcess(config_path, nobody, log_path)
+        await process.start()
+        await owner.wait_for(lambda inbox: all(
+            answers(inbox, group) for group in groups), timeout=60)
+        assert await process.terminate() == 0
+        rng = random.Random(20261130)
+        for cycle in range(10):
+            process = BotProcess(config_path, nobody, log_path)
+            await process.start()
+            async with asyncio.timeout(60):
+                while process.log().count("watching ") < cycle + 2:
+                    await asyncio.sleep(0.05)
+            published += 2
+            feed_server.set_feed(feed_path, all_items[-published:])
+            await asyncio.sleep(rng.uniform(0.0, 1.6))
+            process.kill9()
+            await process.wait()
+        process = BotProcess(config_path, nobody, log_path)
+        await process.start()
+        try:
+            async with asyncio.timeout(60):     # the last process finishes what is left
+                while process.log().count("watching ") < 12:
+                    await asyncio.sleep(0.05)
+            store = SqliteStore.open(tmp_path / "s")
+            try:
+                async with asyncio.timeout(90):
+                    while True:
+                        got = [len(answers(await owner.archive(g), g)) for g in groups]
+                        if got == [published] * 2 and not await store.pending_count():
+                            break
+                        await asyncio.sleep(0.5)
+            finally:
+                store.close()
+        finally:
+            assert await process.terminate() == 0
+        expected = [f"*{item.title}*" for item in reversed(all_items[-published:])]
+        for group in groups:
+            archived = answers(await owner.archive(group), group)
+            assert titles([m.body for m in archived]) == expected, f"{group}: duplicates"

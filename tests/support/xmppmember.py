@@ -115,6 +115,8 @@ class XmppMember:
         form = await muc.get_room_config(room)
         fields = form.get_fields()
         new = self.client.plugin["xep_0004"].make_form(ftype="submit")
+        new.add_field(var="FORM_TYPE", ftype="hidden",
+                      value="http://jabber.org/protocol/muc#roomconfig")
         for var, value in values.items():
             if var in fields:
                 new.add_field(var=var, value=value)
