@@ -12,7 +12,6 @@ Checks that involve several keys belong to their section (`_SECTION_CHECKS`).
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import math
@@ -143,6 +142,14 @@ _RECOMMENDED_INTERVAL = 60.0
 _MIN_SCRUB_LEN = 6
 
 
+def _close_matches(word: str, known: Sequence[str]) -> list[str]:
+    """The likeliest of ``known`` that ``word`` misspells, if any. difflib is loaded with
+    the first mistake: a bot whose config is right never holds it (bench line 6)."""
+    import difflib
+
+    return difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -253,7 +260,7 @@ class _Reader:
                 continue
             key = key_node.value
             if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = _close_matches(key, known)
                 suggestion = f", did you mean {hint[0]!r}?" if hint else ""
                 self.problem(key_node, _join(path, key), f"unknown key{suggestion}")
                 continue
@@ -858,7 +865,7 @@ def _read_template(f: _Field) -> Any:
             return name
         if _TEMPLATE_NAME_RE.fullmatch(name):
             builtins = ", ".join(BUILTIN_TEMPLATES)
-            hint = difflib.get_close_matches(name, list(BUILTIN_TEMPLATES), n=1, cutoff=0.6)
+            hint = _close_matches(name, list(BUILTIN_TEMPLATES))
             advice = (f"did you mean {hint[0]!r}?" if hint else
                       "a template of your own is Jinja2 HTML, such as "
                       "'<b>{{ title }}</b> {{ link }}'")

@@ -10,8 +10,10 @@ import sys
 
 from tests.botkit import ROOT
 
-# Each is loaded when first needed: the listener, a scrape, a template, a body to read.
+# Each is loaded when first needed: the listener, a scrape, a template, a body to read, a
+# misspelt config key to suggest the right one for.
 LAZY = ("aiohttp.web", "prometheus_client", "jinja2", "nh3", "feedparser", "listparser",
+        "difflib",
         "bot.http", "bot.websub", "bot.exposition", "bot.templates", "bot.opml")
 
 _PROBE = """
