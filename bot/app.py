@@ -31,7 +31,7 @@ from bot.poller import FeedPoller
 from bot.rooms import RoomManager
 from bot.store import RoomFeed, SqliteStore, Store
 from bot.subscriptions import PersonalSubscriptions
-from bot.transport.base import EventHandlers, JoinToPoint, Transport
+from bot.transport.base import EventHandlers, GroupChats, JoinToPoint, Transport
 from bot.welcome import Welcomer
 
 if TYPE_CHECKING:   # the listener's modules load aiohttp.web: only when it is on
@@ -57,10 +57,12 @@ class App:
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.store: Store = store or SqliteStore.open(config.storage.path)
+        self._group_chats: GroupChats | None = None
         if transport is None:
             transport = self._transports(reset_cross_signing, reset_password)
         self.transport: Transport = transport
-        self.rooms = RoomManager(config, self.transport, self.store)   # the rooms: section
+        self.rooms = RoomManager(config, self.transport, self.store,   # the rooms: section
+                                 groups=self._group_chats)
         # Images have their own size cap; the SSRF policy is the feeds' one.
         self._image_fetcher = Fetcher(allow_private_networks=config.fetch.allow_private_networks,
                                       max_body_bytes=config.fetch.max_image_bytes,
@@ -106,7 +108,8 @@ class App:
                 reset_cross_signing=reset_cross_signing, reset_password=reset_password)
         if config.xmpp is not None:
             from bot.transport.xmpp import XmppTransport, account_of
-            transports["xmpp"] = XmppTransport(account_of(config.xmpp), self.store)
+            xmpp = XmppTransport(account_of(config.xmpp), self.store)
+            transports["xmpp"] = self._group_chats = xmpp
         if list(transports) == ["matrix"]:
             return transports["matrix"]
         from bot.transport.networks import Networks

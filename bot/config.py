@@ -917,7 +917,8 @@ def _read_room_ref(r: _Reader, items: dict[str, Node], parent: Node, path: str, 
         return None
     text, node = found
     text = text.strip()
-    if _ROOM_ALIAS_RE.fullmatch(text) or (ids and _ROOM_ID_RE.fullmatch(text)):
+    if _ROOM_ALIAS_RE.fullmatch(text) or (ids and _ROOM_ID_RE.fullmatch(text)) or \
+            (not ids and _is_xmpp_address(text)):
         return text
     local = _ALIAS_LOCALPART_RE.fullmatch(text)
     if local is not None and not text.startswith("!"):
@@ -935,6 +936,8 @@ def _room_alias(f: _Field, alias: str, node: Node) -> Any:
         return f.problem(node, f"{_quote(alias)} is already declared by rooms[{aliases[alias]}]")
     aliases[alias] = f.index
     server = f.r.server
+    if _is_xmpp_address(alias):
+        return alias        # a group chat: created wherever its service lets the bot
     if server and alias.split(":", 1)[1] != server:
         f.r.warn(node, f.full, f"newsbot can only create rooms on its own server ({server}): "
                                f"{alias} must exist already, with newsbot in it")
@@ -1187,7 +1190,8 @@ class RoomConfig:
     """An announcement room the bot owns: created when missing, kept as declared."""
 
     alias: str = field(metadata=_key(
-        "the room's stable identity: `#name:server`, or its localpart on the bot's server",
+        "the room's stable identity: `#name:server`, or its localpart on the bot's server; "
+        "or a group chat, `xmpp:name@conference.server`",
         _RoomRef(ids=False), required=True, check=_room_alias))
     # name, topic, avatar: None means not managed (people may set them).
     name: str | None = field(default=None, metadata=_key(
@@ -1409,8 +1413,18 @@ def _check_fetch(r: _Reader, values: dict[str, Any], items: dict[str, Node], nod
     return True
 
 
+# A group chat has none of these: said once, when the configuration sets them.
+_MATRIX_ONLY_ROOM_KEYS = ("avatar", "encrypted", "directory", "space", "history")
+
+
 def _check_room(r: _Reader, values: dict[str, Any], items: dict[str, Node], node: Node,
                 path: str) -> bool:
+    alias = values["alias"]
+    if isinstance(alias, str) and alias.startswith("xmpp:"):
+        for key in _MATRIX_ONLY_ROOM_KEYS:
+            if not _is_null(items.get(key)):
+                r.warn(items[key], _join(path, key), "a Matrix room setting: ignored for "
+                       "an XMPP group chat")
     if values["directory"] is True and values["join_rule"] == "invite":
         r.warn(items.get("directory") or node, _join(path, "directory"),
                "an invite-only room listed in the directory: people will find it but not "
@@ -1429,6 +1443,14 @@ def _check_networks(r: _Reader, values: dict[str, Any], items: dict[str, Node],
     if matrix is _BAD or xmpp is _BAD or feeds is _BAD:
         return True
     ok = True
+    rooms = values["rooms"]
+    for i, room in enumerate(rooms if rooms is not _BAD else ()):
+        on_xmpp = room.alias.startswith("xmpp:")
+        if (xmpp if on_xmpp else matrix) is None:
+            r.problem(items["rooms"].value[i], f"rooms[{i}].alias",
+                      f"{room.alias} is on {'XMPP' if on_xmpp else 'Matrix'}, but the "
+                      f"configuration has no {'xmpp' if on_xmpp else 'matrix'}: section")
+            ok = False
     for i, feed in enumerate(feeds):
         for j, ref in enumerate(feed.rooms):
             on_xmpp = ref.startswith("xmpp:")

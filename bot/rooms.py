@@ -34,7 +34,7 @@ from bot.model import Delivery
 from bot.render import bounded_title
 from bot.store.base import Store
 from bot.store.types import RECENT_PER_FEED
-from bot.transport.base import RoomAdmin
+from bot.transport.base import GroupChats, GroupChatSpec, RoomAdmin
 
 log = logging.getLogger(__name__)
 
@@ -349,9 +349,11 @@ class RoomReport:
 
 
 class RoomManager:
-    def __init__(self, config: Config, transport: RoomAdmin, store: Store) -> None:
+    def __init__(self, config: Config, transport: RoomAdmin, store: Store, *,
+                 groups: GroupChats | None = None) -> None:
         self._config = config
         self._transport = transport
+        self._groups = groups           # XMPP's group chats, when the bot is on XMPP
         self._store = store
         # Managed rooms are Matrix rooms: without a matrix: section there are none.
         self._bot = config.matrix.user_id if config.matrix is not None else ""
@@ -406,6 +408,9 @@ class RoomManager:
         return self.reports
 
     async def _prepare(self, room: RoomConfig, report: RoomReport) -> None:
+        if room.alias.startswith("xmpp:"):
+            await self._prepare_group(room, report)
+            return
         room_id = await self._find_or_create(room, report)
         if room_id is None:
             return
@@ -420,6 +425,24 @@ class RoomManager:
         await self._check_directory(room, room_id, report)
         if room.space is not None:
             await self._add_to_space(room.space, room_id, state, report)
+
+    async def _prepare_group(self, room: RoomConfig, report: RoomReport) -> None:
+        """An XMPP group chat: configured through its form (bot.transport.xmpp.groups)."""
+        if self._groups is None:
+            self._problem(report, "an XMPP group chat, and the bot is not on XMPP")
+            return
+        done = await self._groups.ensure_group(GroupChatSpec(
+            room.alias, room.name, room.topic, public=room.join_rule == "public",
+            moderators=tuple(m for m in room.moderators if m.startswith("xmpp:"))))
+        report.room_id, report.created = room.alias, done.created
+        self._by_id[room.alias] = room
+        if done.created:
+            log.info("room %s: created as declared", room.alias)
+        for change in done.corrections:
+            report.corrections.append(change)
+            log.warning("room %s: %s (restored)", room.alias, change)
+        for problem in done.problems:
+            self._problem(report, problem)
 
     async def _find_or_create(self, room: RoomConfig, report: RoomReport) -> str | None:
         try:
@@ -555,6 +578,10 @@ class RoomManager:
         following = await self._store.next_pending(delivery.room)
         if following is not None and _is_feed_item(following):
             return      # a newer item is about to be posted: that one will be pinned
+        if room.alias.startswith("xmpp:"):
+            if room.topic_latest:
+                await self._show_in_subject(room, delivery)
+            return
         if room.pin_latest:
             try:
                 await self._pin(room, room_id, event_id)
@@ -614,6 +641,24 @@ class RoomManager:
         await self._retry(lambda: self._transport.set_state(room_id, "m.room.topic",
                                                             {"topic": topic}))
         log.info("room %s: the topic now shows the latest issue", room.alias)
+
+    async def _show_in_subject(self, room: RoomConfig, delivery: Delivery) -> None:
+        """A group chat's subject is its topic: the latest issue shows there."""
+        if self._groups is None:
+            return
+        language = await self._store.room_language(room.alias) or self._config.language
+        title, link = await self._title_and_link(delivery, language)
+        latest = text("topic_latest", language, item=f"{title} {link or ''}".strip())
+        try:
+            now = await self._groups.group_subject(room.alias)
+            base = room.topic if room.topic is not None else split_topic(now)[0]
+            subject = join_topic(base, latest)
+            if subject != now:
+                await self._groups.set_group_subject(room.alias, subject)
+                log.info("room %s: the subject now shows the latest issue", room.alias)
+        except TransportError as exc:
+            log.warning("room %s: could not put the latest issue in the subject: %s",
+                        room.alias, exc)
 
     async def _title_and_link(self, delivery: Delivery, language: str) -> tuple[str, str | None]:
         title, link = "", None

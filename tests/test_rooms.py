@@ -201,7 +201,7 @@ def test_config_rooms_section() -> None:
         "joined, invited",
         'c.yaml:16: rooms[0].encrypted: "maybe" is not true or false',
         'c.yaml:17: rooms[0].moderators[0]: "alice" is not a Matrix user id like '
-        "@alice:example.org",
+        "@alice:example.org or an XMPP address like xmpp:alice@example.org",
         'c.yaml:19: rooms[2].alias: "#actus:example.org" is already declared by rooms[1]',
     ]
     _, warnings = rooms_config("""\

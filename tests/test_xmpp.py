@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slixmpp import JID
 
 from bot.config import ConfigError, load_config, load_config_text
 from bot.errors import TemporaryTransportError
@@ -360,3 +361,71 @@ async def test_kill_9_during_xmpp_sends_posts_each_item_once_in_order(
         for group in groups:
             archived = answers(await owner.archive(group), group)
             assert titles([m.body for m in archived]) == expected, f"{group}: duplicates"
+
+
+async def room_report(running: InProcessBot) -> Any:
+    """The announcement room's report, once the bot prepared it at start."""
+    async with asyncio.timeout(30):
+        while not running.app.rooms.reports:
+            await asyncio.sleep(0.05)
+    return running.app.rooms.reports[0]
+
+
+async def room_features(member: XmppMember, room: str) -> tuple[set[str], str]:
+    info = await member.client.plugin["xep_0030"].get_info(jid=JID(room), timeout=15)
+    identities = info["disco_info"]["identities"]
+    name = next((i[3] for i in identities if i[0] == "conference"), "") or ""
+    return set(info["disco_info"]["features"]), str(name)
+
+
+async def test_an_announcement_group_chat_is_created_as_declared_and_drift_corrected(
+        prosody: ProsodyServer, feed_server: FeedServer, feed_path: str,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    group = prosody.new_room("annonces")
+    moderator = await prosody.register("moderatrice")
+    cfg = await xmpp_bot(prosody, feed_server, feed_path, tmp_path, group, rooms=[{
+        "alias": f"xmpp:{group}", "name": "Annonces InterHop", "topic": "Les nouvelles",
+        "join_rule": "public", "topic_latest": True,
+        "moderators": [f"xmpp:{moderator.jid}"]}])
+    items = make_items(2)
+    feed_server.set_feed(feed_path, items[1:])
+    async with XmppMember(prosody, await prosody.register("visiteur")) as visitor:
+        async with InProcessBot(cfg) as running:
+            report = await room_report(running)
+            assert report.created and not report.problems, report
+            features, name = await room_features(visitor, group)
+            assert {"muc_persistent", "muc_public", "muc_open", "muc_moderated"} <= features
+            assert name == "Annonces InterHop"
+            await visitor.join(group)
+            muc = visitor.client.plugin["xep_0045"]
+            assert muc.get_jid_property(JID(group), visitor.nick, "role") == "visitor"
+            assert "moderatrice" in " ".join(
+                str(j) for j in await running.app.transport.on(f"xmpp:{group}").client
+                .plugin["xep_0045"].get_affiliation_list(JID(group), "admin"))
+            feed_server.set_feed(feed_path, items)
+            await visitor.wait_for(lambda inbox: len(answers(inbox, group)) >= 1)
+            async with asyncio.timeout(30):     # the subject follows the latest issue
+                while items[0].title not in running.app.transport.on(
+                        f"xmpp:{group}").subject_of(f"xmpp:{group}"):
+                    await asyncio.sleep(0.1)
+            subject = running.app.transport.on(f"xmpp:{group}").subject_of(f"xmpp:{group}")
+            assert subject.startswith("Les nouvelles")
+    # Someone with the owner's rights closes the room and renames it: at the next start,
+    # the bot restores what the configuration says, and says so in the log.
+    assert cfg.xmpp is not None and cfg.xmpp.password is not None
+    owner = XmppAccount(cfg.xmpp.jid, cfg.xmpp.password)
+    async with XmppMember(prosody, owner, nick="someone") as hand:
+        await hand.join(group)
+        await hand.configure(group, {"muc#roomconfig_membersonly": "1",
+                                     "muc#roomconfig_roomname": "Autre nom"})
+    caplog.clear()
+    async with InProcessBot(cfg) as running:
+        report = await room_report(running)
+        async with XmppMember(prosody, await prosody.register("lecteur")) as reader:
+            features, name = await room_features(reader, group)
+    assert not report.created and not report.problems
+    assert any("members only" in c for c in report.corrections)
+    assert any("name" in c for c in report.corrections)
+    assert "muc_open" in features and name == "Annonces InterHop"
+    assert any("(restored)" in r.message and "members only" in r.message
+               for r in caplog.records)

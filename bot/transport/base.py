@@ -14,7 +14,7 @@ RoomUnavailableError (this room refuses us) and AuthError (credentials refused).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -57,6 +57,35 @@ class EventHandlers:
     # A private conversation ended — its person left it, the bot left it, or the bot lost
     # it (kicked, banned, gone while it was stopped): (room_id, its person or "").
     on_direct_closed: Callable[[str, str], None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupChatSpec:
+    """An announcement room on a network whose rooms are configured by forms rather than
+    by state events (XMPP's group chats): what bot.rooms declares of it."""
+
+    address: str
+    name: str | None
+    description: str | None
+    public: bool                    # listed and open; else members only
+    moderators: tuple[str, ...]     # people given moderator rights (never taken away)
+
+
+@dataclass(slots=True)
+class GroupChatReport:
+    created: bool = False
+    corrections: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+class GroupChats(Protocol):
+    """Announcement rooms that are group chats: created or corrected as declared."""
+
+    async def ensure_group(self, spec: GroupChatSpec) -> GroupChatReport: ...
+
+    async def group_subject(self, room: str) -> str: ...
+
+    async def set_group_subject(self, room: str, subject: str) -> None: ...
 
 
 class RoomLookup(Protocol):

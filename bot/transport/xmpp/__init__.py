@@ -28,9 +28,10 @@ from slixmpp.exceptions import IqError, IqTimeout, PresenceError
 
 from bot.errors import RoomUnavailableError, TemporaryTransportError
 from bot.model import Outgoing, Sent
-from bot.transport.base import EventHandlers, IncomingMessage
+from bot.transport.base import EventHandlers, GroupChatReport, GroupChatSpec, IncomingMessage
 from bot.transport.xmpp.addresses import bare_jid, is_xmpp, ref_of
 from bot.transport.xmpp.encoding import encode
+from bot.transport.xmpp.groups import GroupAdmin
 from bot.transport.xmpp.session import Session, XmppAccount
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class GroupChat:
     jid: str
     joined: bool = False
     removed: str | None = None           # why the room no longer has us (kick, ban)
+    created: bool = False                # our join created it
+    subject: str = ""
     ours: collections.OrderedDict[str, str] = field(default_factory=collections.OrderedDict)
     last_ours: str | None = None         # origin id of the last message we sent there
 
@@ -95,6 +98,7 @@ class XmppTransport:
         self._directs: dict[str, str] = {}        # conversation -> its person
         self._handlers: EventHandlers | None = None
         self._started = time.time()
+        self._admin = GroupAdmin(self)
         client = self.client
         client.add_event_handler("groupchat_message", self._on_groupchat)
         client.add_event_handler("message", self._on_message)
@@ -103,6 +107,7 @@ class XmppTransport:
         client.add_event_handler("groupchat_direct_invite", self._on_direct_invite)
         client.add_event_handler("groupchat_invite", self._on_mediated_invite)
         client.add_event_handler("session_start", self._on_new_session)
+        client.add_event_handler("groupchat_subject", self._on_subject)
 
     # -- connecting ---------------------------------------------------------------------
 
@@ -179,7 +184,7 @@ class XmppTransport:
         self.session.check_ready()
         try:
             muc = self.client.plugin["xep_0045"]
-            _own, _subject, _occupants, history = await muc.join_muc_wait(
+            own, subject, _occupants, history = await muc.join_muc_wait(
                 JID(group.jid), self.account.nick, maxstanzas=self._join_history,
                 timeout=JOIN_TIMEOUT)
         except PresenceError as exc:
@@ -197,7 +202,30 @@ class XmppTransport:
                 if origin:
                     group.remember(origin, self._stanza_id(message, group.jid))
         group.joined = True
-        log.info("joined %s", ref_of(group.jid))
+        group.created = 201 in own["muc"]["status_codes"]
+        group.subject = str(subject["subject"] or "") if subject is not None else ""
+        log.info("%s %s", "created" if group.created else "joined", ref_of(group.jid))
+
+    async def join_group(self, room: str) -> bool:
+        """Join a group chat; whether that join created it (the bot is then its owner)."""
+        ref = await self.join_room(room)
+        group = self._groups.get(bare_jid(ref))
+        if group is None:
+            raise RoomUnavailableError(f"{ref} is not a group chat")
+        return group.created
+
+    def subject_of(self, room: str) -> str:
+        group = self._groups.get(bare_jid(room))
+        return group.subject if group is not None else ""
+
+    async def ensure_group(self, spec: GroupChatSpec) -> GroupChatReport:
+        return await self._admin.ensure_group(spec)
+
+    async def group_subject(self, room: str) -> str:
+        return await self._admin.group_subject(room)
+
+    async def set_group_subject(self, room: str, subject: str) -> None:
+        await self._admin.set_group_subject(room, subject)
 
     async def joined_members(self, room_id: str) -> list[str]:
         jid = bare_jid(room_id)
@@ -464,6 +492,11 @@ class XmppTransport:
             event_id=self._stanza_id(message, room), body=body,
             timestamp_ms=int(time.time() * 1000)))
 
+    def _on_subject(self, message: Stanza) -> None:
+        group = self._groups.get(str(message["from"].bare))
+        if group is not None:
+            group.subject = str(message["subject"] or "")
+
     def _on_message(self, message: Stanza) -> None:
         if message["type"] not in ("chat", "normal"):
             return
@@ -545,6 +578,9 @@ class XmppTransport:
         assert self._handlers is not None
         if await self._handlers.on_invite(room, inviter, False) is not True:
             return
+        group = self._groups.get(bare_jid(room))
+        if group is not None:
+            group.removed = None     # invited back after a kick or a ban
         try:
             await self.join_room(room)
         except (TemporaryTransportError, RoomUnavailableError) as exc:
