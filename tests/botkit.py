@@ -106,8 +106,24 @@ class InProcessBot:
 BotRunner = Callable[..., Awaitable[InProcessBot]]
 
 
+# ``python -m bot`` that first imports what ``run`` imports (a second of CPU, most of a
+# process's start), then waits for "run" on stdin before doing anything: a test restarting
+# the bot many times readies the next process while the current one works. Anything else
+# on stdin (or its end, when the test is gone) exits without running.
+_WARM_START = """\
+import sys
+import bot.app, bot.cli, bot.config, bot.logs, bot.statecheck, bot.feeds.schedules
+if sys.stdin.readline() != "run\\n":
+    sys.exit(3)
+sys.exit(bot.cli.main(sys.argv[1:]))
+"""
+
+
 class BotProcess:
-    """``python -m bot run`` as a child process, its log in a file."""
+    """``python -m bot run`` as a child process, its log in a file.
+
+    ``start()`` launches it; or ``prepare()`` first, which launches it already importing,
+    and ``start()`` then lets it run (the bot's work starts only then)."""
 
     def __init__(self, config_path: Path, bot: RegisteredUser, log_path: Path,
                  *args: str) -> None:
@@ -116,15 +132,42 @@ class BotProcess:
         self.log_path = log_path
         self.args = args
         self.proc: asyncio.subprocess.Process | None = None
+        self._prepared = False
 
-    async def start(self) -> None:
+    def _argv(self) -> list[str]:
+        return [*self.args, "run", "-c", str(self.config_path)]
+
+    async def prepare(self) -> None:
+        assert self.proc is None, "already launched"
         log = self.log_path.open("ab")
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot", *self.args, "run", "-c", str(self.config_path),
+                sys.executable, "-c", _WARM_START, *self._argv(), env=self.env, cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE, stdout=log, stderr=log)
+        finally:
+            log.close()
+        self._prepared = True
+
+    async def start(self) -> None:
+        if self._prepared:
+            assert self.proc is not None and self.proc.stdin is not None
+            self._prepared = False
+            self.proc.stdin.write(b"run\n")
+            await self.proc.stdin.drain()
+            return
+        log = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot", *self._argv(),
                 env=self.env, cwd=ROOT, stdout=log, stderr=log)
         finally:
             log.close()
+
+    async def discard(self) -> None:
+        """Kill a process that never ran (or any other): for a test's cleanup."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
 
     def kill9(self) -> None:
         assert self.proc is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.store import SqliteStore
 from tests.botkit import ROOT, BotProcess, bot_config, write_config
 from tests.support import (
     FeedServer,
@@ -23,11 +24,21 @@ from tests.support import (
 
 
 async def assert_exactly_once(alice: MemberClient, rooms: list[str], bot: RegisteredUser,
-                              expected_titles: list[str]) -> None:
+                              expected_titles: list[str], state: Path) -> None:
+    """Once the running bot's outbox (in ``state``) has nothing left to send, each room
+    holds exactly these items, in this order: nothing more can come (the feed no longer
+    changes), whatever the bot still had to send or to find in a room after a crash."""
     for room in rooms:
         await alice.wait_for_messages(room, len(expected_titles), sender=bot.user_id,
                                       timeout=60)
-    await asyncio.sleep(1.5)   # anything extra would show up now
+    store = SqliteStore.open(state)      # a reader beside the bot (SQLite's WAL)
+    try:
+        deadline = time.monotonic() + 60
+        while await store.pending_count():
+            assert time.monotonic() < deadline, "the bot kept deliveries pending"
+            await asyncio.sleep(0.05)
+    finally:
+        store.close()
     for room in rooms:
         seen = await alice.messages(room, sender=bot.user_id)
         titles = [e["content"]["body"].splitlines()[0] for e in seen]
@@ -40,6 +51,16 @@ async def wait_until_ready(process: BotProcess, starts: int, timeout: float = 60
     while process.log().count("watching ") < starts:
         assert time.monotonic() < deadline, "the bot did not start"
         await asyncio.sleep(0.05)
+
+
+async def fetched_since(feed_server: FeedServer, path: str, since: float,
+                        timeout: float = 60) -> None:
+    """Until the feed server has answered a poll of ``path`` with its body (200) after
+    ``since``."""
+    deadline = time.monotonic() + timeout
+    while not any(r.status == 200 and r.at >= since for r in feed_server.requests(path)):
+        assert time.monotonic() < deadline, "the bot did not poll the feed"
+        await asyncio.sleep(0.02)
 
 
 async def test_kill_9_at_random_points_over_many_cycles(
@@ -63,23 +84,36 @@ async def test_kill_9_at_random_points_over_many_cycles(
     assert await process.terminate() == 0
     rng = random.Random(20261128)
     cycles = 24
-    for cycle in range(cycles):
-        process = BotProcess(config_path, bot, tmp_path / "bot.log")
-        await process.start()
-        # Killed at a random point of its work, counted from when it is ready: on a busy
-        # machine a process can take seconds to start, and a kill before that tests
-        # nothing (and would let every item pile up for one last poll).
-        await wait_until_ready(process, cycle + 2)
-        published += 3                           # three new items for three rooms
-        feed_server.set_feed(feed_path, all_items[-published:])
-        await asyncio.sleep(rng.uniform(0.0, 1.6))
-        process.kill9()
-        await process.wait()
-    process = BotProcess(config_path, bot, tmp_path / "bot.log")
+    # Each next process imports while the current one works: it only starts working
+    # once the current one is dead, as a restarted bot would.
+    upcoming = BotProcess(config_path, bot, tmp_path / "bot.log")
+    await upcoming.prepare()
+    try:
+        for cycle in range(cycles):
+            process, upcoming = upcoming, BotProcess(config_path, bot, tmp_path / "bot.log")
+            await process.start()
+            await upcoming.prepare()
+            # Killed at a random point of its work, counted from when it is ready: on a
+            # busy machine a process can take seconds to start, and a kill before that
+            # tests nothing (and would let every item pile up for one last poll).
+            await wait_until_ready(process, cycle + 2)
+            published += 3                           # three new items for three rooms
+            since = time.time()
+            feed_server.set_feed(feed_path, all_items[-published:])
+            # ... and from when it read them: each cycle kills it somewhere in handling
+            # them (parse, commit, sends), however long its start and first poll took.
+            await fetched_since(feed_server, feed_path, since)
+            await asyncio.sleep(rng.uniform(0.0, 1.0))
+            process.kill9()
+            await process.wait()
+    except BaseException:
+        await upcoming.discard()
+        raise
+    process = upcoming
     await process.start()
     try:
         expected = [item.title for item in reversed(all_items[-published:])]
-        await assert_exactly_once(alice, rooms, bot, expected)
+        await assert_exactly_once(alice, rooms, bot, expected, tmp_path / "state")
     finally:
         assert await process.terminate() == 0
 
@@ -126,6 +160,7 @@ async def test_abrupt_death_between_each_step(
     process = BotProcess(config_path, bot, tmp_path / "bot.log")
     await process.start()
     try:
-        await assert_exactly_once(alice, rooms, bot, [i.title for i in reversed(items)])
+        await assert_exactly_once(alice, rooms, bot, [i.title for i in reversed(items)],
+                                  tmp_path / "state")
     finally:
         assert await process.terminate() == 0
