@@ -39,6 +39,21 @@ async def ask(client: MemberClient, room: str, bot: RegisteredUser, body: str,
     raise AssertionError(f"no reply to {body!r}")
 
 
+async def settled(feed_server: FeedServer, path: str, running: InProcessBot, since: float,
+                  *, status: int | None = None, timeout: float = 30) -> None:
+    """Until the bot, after ``since``, polled ``path`` (answered ``status``, if given), polled
+    it once more, and has nothing left to send: what the first poll found is committed (a
+    feed's polls follow one another) and delivered, so a message it made is in the room."""
+    def done() -> bool:
+        found = [r.at for r in feed_server.requests(path)
+                 if r.at >= since and status in (None, r.status)]
+        return bool(found) and any(r.at > found[0] for r in feed_server.requests(path))
+    deadline = time.monotonic() + timeout
+    while not done() or await running.app.store.pending_count():
+        assert time.monotonic() < deadline, f"the bot did not poll {path} twice"
+        await asyncio.sleep(0.05)
+
+
 async def no_reply(client: MemberClient, room: str, bot: RegisteredUser, event_id: str,
                    wait: float = 2.0) -> None:
     await asyncio.sleep(wait)
@@ -98,7 +113,8 @@ async def test_moderator_adds_a_feed_and_its_next_item_arrives(
     assert answer == ("Added “le-blog-d-interhop”: Le blog d'InterHop (3 entries). "
                       "Its new items will be posted here.")
     before = len(await rig.member.messages(rig.room, sender=rig.bot.user_id))
-    await asyncio.sleep(2.5)   # the first poll marks the 3 entries as seen, posts none
+    # `add` saw the 3 entries: its polls post none.
+    await settled(feed_server, path, rig.running, time.time())
     assert len(await rig.member.messages(rig.room, sender=rig.bot.user_id)) == before
     newer = make_items(4, prefix="blog")
     feed_server.set_feed(path, newer, title="Le blog d'InterHop")
@@ -125,7 +141,11 @@ async def test_member_without_power_is_refused_with_the_reason(rig: Rig) -> None
 async def test_list_and_status_show_a_failing_feed(
         rig: Rig, feed_server: FeedServer, feed_path: str) -> None:
     feed_server.set_raw(feed_path, b"oops", status=500, content_type="text/plain")
-    await asyncio.sleep(2.5)
+    deadline = time.monotonic() + 30
+    while not ((state := await rig.running.app.store.feed_state("officiel")) and
+               state.failures):
+        assert time.monotonic() < deadline, "the bot did not record the failure"
+        await asyncio.sleep(0.05)
     listing = await ask(rig.member, rig.room, rig.bot, "!news list")
     assert "last error: HTTP 500" in listing
     status = await ask(rig.member, rig.room, rig.bot, "!news status")
@@ -176,8 +196,9 @@ async def test_pause_resume_and_filters(
     bot, room, member = rig.bot, rig.room, rig.member
     assert await ask(rig.moderator, room, bot, "!news pause officiel") == \
         "Paused “officiel” in this room."
+    since = time.time()
     feed_server.set_feed(feed_path, make_items(3))
-    await asyncio.sleep(2.5)
+    await settled(feed_server, feed_path, rig.running, since, status=200)
     assert "PAUSED" in await ask(member, room, bot, "!news list")
     assert await ask(rig.moderator, room, bot, "!news resume officiel") == \
         "Resumed “officiel”: new items will be posted again."
@@ -190,8 +211,9 @@ async def test_pause_resume_and_filters(
     # l'hôpital", item 9 "Réunion du comité de pilotage", item 11 "Sécurité des données
     # de santé"; items 4 to 11 are new now.
     items = make_items(11)
+    since = time.time()
     feed_server.set_feed(feed_path, items[:8])
-    await asyncio.sleep(3)
+    await settled(feed_server, feed_path, rig.running, since, status=200)
     titles = [e["content"]["body"].splitlines()[0]
               for e in await member.messages(room, sender=bot.user_id, msgtypes=["m.notice"])
               if "m.relates_to" not in e["content"]]
@@ -249,5 +271,8 @@ async def test_notices_edits_and_other_rooms_are_ignored(rig: Rig) -> None:
         "m.new_content": {"msgtype": "m.text", "body": "!news help"},
         "m.relates_to": {"rel_type": "m.replace", "event_id": notice}})
     chat = await rig.moderator.send_text(rig.room, "bonjour, !news help")
+    # A room's commands are handled, and its replies sent, in order: once a later
+    # command is answered, any reply to those three would be in the room.
+    await ask(rig.moderator, rig.room, rig.bot, "!news help")
     for event_id in (notice, edit, chat):
-        await no_reply(rig.moderator, rig.room, rig.bot, event_id, wait=0.7)
+        await no_reply(rig.moderator, rig.room, rig.bot, event_id, wait=0)
