@@ -86,7 +86,7 @@ class MatrixTransport:
         self._sync = Sync(self._connection, store, user_id, timeout_ms=sync_timeout_ms,
                           max_retry_wait=max_connect_wait, encryption=self._encryption,
                           membership=self._membership, directs=self._directs,
-                          invites=invites)
+                          invites=invites, activity=self._messages.activity)
         self._admin = RoomAdministration(self._connection)
         # Rows of the outbox made Matrix events, sent exactly once.
         self._outgoing = MatrixMessages(self)

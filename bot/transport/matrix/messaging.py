@@ -4,14 +4,65 @@ after a crash."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import io
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from bot.transport.matrix.encryption import Encryption
 from bot.transport.matrix.events import DELIVERY_KEY_FIELD, safe_event_content
 from bot.transport.matrix.membership import Membership
 from bot.transport.matrix.session import Connection
+
+
+class SendActivity:
+    """Whether the bot is in the middle of a burst of its own sends (an item fanned out to
+    many rooms), so that the sync can keep out of its way (sync.py). A send or two (a
+    command's answer) is no burst: the sync goes on as usual."""
+
+    def __init__(self, *, burst: int = 3, linger: float = 1.0) -> None:
+        self._burst = burst         # this many sends at once make a burst
+        self._linger = linger       # it goes on while sends follow this closely
+        self._in_flight = 0
+        self._last = 0.0
+        self._bursting = False
+        self._changed = asyncio.Event()
+        self.began = asyncio.Event()    # set when a burst begins
+
+    @contextlib.contextmanager
+    def sending(self) -> Iterator[None]:
+        self._in_flight += 1
+        if self._in_flight >= self._burst and not self._bursting:
+            self._bursting = True
+            self.began.set()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            self._last = time.monotonic()
+            self._changed.set()
+
+    async def settled(self, deadline: float) -> None:
+        """Return once no burst is under way (none in flight, none ended within ``linger``
+        seconds), or at ``deadline`` (``time.monotonic()``) whatever happens."""
+        while self._bursting:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            if self._in_flight == 0:
+                quiet_for = now - self._last
+                if quiet_for >= self._linger:
+                    self._bursting = False
+                    return
+                wait = min(self._linger - quiet_for, deadline - now)
+            else:
+                wait = deadline - now
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
 
 
 class Messages:
@@ -22,15 +73,18 @@ class Messages:
         self._user_id = user_id
         self._membership = membership
         self._encryption = encryption
+        self.activity = SendActivity()
 
     async def send_message(self, room_id: str, content: dict[str, object],
                            txn_id: str) -> str:
         content = safe_event_content(content)  # whoever wrote it: one sanitiser, one cleaner
         self._membership.check_not_removed(room_id)
         await self._encryption.before_send(room_id)
-        resp = await self._connection.call(f"sending to {room_id}", lambda: self._client.room_send(
-            room_id, "m.room.message", dict(content), tx_id=txn_id,
-            ignore_unverified_devices=True))
+        with self.activity.sending():
+            resp = await self._connection.call(
+                f"sending to {room_id}", lambda: self._client.room_send(
+                    room_id, "m.room.message", dict(content), tx_id=txn_id,
+                    ignore_unverified_devices=True))
         self._encryption.sent(room_id)
         return str(resp.event_id)
 
