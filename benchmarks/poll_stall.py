@@ -101,7 +101,7 @@ async def run(state: Path, server: Served, rooms: int) -> dict[str, float]:
     async with Fetcher(allow_private_networks=True) as fetcher:
         poller = FeedPoller(feed, store=store, fetcher=fetcher, clock=SystemClock(),
                             fetch_config=FetchConfig(allow_private_networks=True),
-                            language="fr", limiter=asyncio.Semaphore(1),
+                            language="fr",
                             on_enqueued=lambda _rooms: None)
         for label, version in (("first sight", "v1"), ("same body", "v1"),
                                ("every entry changed", "v2")):

@@ -27,7 +27,7 @@ from bot.feeds.fetch import Fetcher, FetchResult
 from bot.media import MediaResolver
 from bot.metrics import DELIVERY_OUTCOMES, Metrics
 from bot.model import Delivery, Network
-from bot.poller import FeedPoller
+from bot.poller import FeedPoller, Polls
 from bot.rooms import RoomManager
 from bot.store import RoomFeed, SqliteStore, Store
 from bot.subscriptions import PersonalSubscriptions
@@ -84,13 +84,14 @@ class App:
                                                    on_enqueued=self._enqueued,
                                                    transport=self.transport)
         self._stop = asyncio.Event()
-        self._limiter = asyncio.Semaphore(config.fetch.concurrency)
+        # Every feed's schedule, in one task (bot.poller.Polls), fetch.concurrency at once.
+        self._polls = Polls(asyncio.Semaphore(config.fetch.concurrency))
+        self._polls_task: asyncio.Task[None] | None = None
         # One jitter source for every poller: a Random holds 2.5 KiB of state, 25 MiB
         # at 10,000 feeds if each had its own.
         self._rng = random.Random()
         self._room_ids: dict[str, str] = {}          # configured room name -> room id
         self._feeds: dict[str, tuple[FeedConfig, bool]] = {}   # name -> (feed, from config)
-        self._poller_tasks: dict[str, asyncio.Task[None]] = {}
         self._pollers: dict[str, FeedPoller] = {}
         self._sync_task: asyncio.Task[None] | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -240,10 +241,9 @@ class App:
         self._start_feed(self._room_feed_config(feed), from_config=False, first=first)
 
     async def remove_room_feed(self, name: str) -> None:
-        task = self._poller_tasks.pop(name, None)
-        self._pollers.pop(name, None)
-        if task is not None:
-            task.cancel()
+        poller = self._pollers.pop(name, None)
+        if poller is not None:
+            self._polls.remove(poller)
         self._feeds.pop(name, None)
         await self.store.remove_room_feed(name)
         log.info("feed %s removed", name)
@@ -261,12 +261,11 @@ class App:
         self._feeds[feed.name] = (feed, from_config)
         poller = FeedPoller(feed, store=self.store, fetcher=self._fetcher, clock=self.clock,
                             fetch_config=self.config.fetch, language=self.config.language,
-                            limiter=self._limiter, on_enqueued=self._enqueued,
+                            on_enqueued=self._enqueued,
                             room_language=self._room_language, observe=self.metrics.fetched,
                             rng=self._rng)
         self._pollers[feed.name] = poller
-        self._poller_tasks[feed.name] = self._tasks.create_task(poller.run(first),
-                                                                name=f"poll {feed.name}")
+        self._polls.add(poller, first)
         for room in feed.rooms:
             self._start_worker(room)
 
@@ -302,28 +301,25 @@ class App:
 
     async def _pushed(self, name: str, fetched: FetchResult) -> None:
         """A body a hub pushed: the feed's poller reads it as if it had fetched it."""
-        poller, task = self._pollers.get(name), self._poller_tasks.get(name)
-        if poller is None or task is None or task.done():
+        poller = self._pollers.get(name)
+        if poller is None or poller.ended:
             return
         poller.hand_over(fetched)
 
     def poll_soon(self, name: str) -> PushOutcome:
         """A push: poll the feed ``name`` now (bot.poller's poll_soon)."""
-        poller, task = self._pollers.get(name), self._poller_tasks.get(name)
-        if poller is None or task is None:
+        poller = self._pollers.get(name)
+        if poller is None:
             return "unknown"
-        if task.done():
+        if poller.ended:
             return "stopped"
         return "queued" if poller.poll_soon() else "joined"
 
     def loops(self) -> list[Loop]:
-        """The loops health wants running: the sync, every feed's poller (one that
-        ended by itself polls a feed gone for good) and the worker of every room the
-        feeds post to."""
+        """The loops health wants running: the sync, the feeds' polling (one task for
+        every feed) and the worker of every room the feeds post to."""
         from bot.http import Loop  # asked by the listener's health check
-        loops = [Loop("sync", self._sync_task)]
-        loops += [Loop(f"poller of feed {name}", task, may_end=True)
-                  for name, task in self._poller_tasks.items()]
+        loops = [Loop("sync", self._sync_task), Loop("feed polling", self._polls_task)]
         rooms = dict.fromkeys(r for feed, _ in self._feeds.values() for r in feed.rooms)
         loops += [Loop(f"delivery to {room}", self._workers.get(room)) for room in rooms]
         return loops
@@ -438,6 +434,7 @@ class App:
                 self._start_feed(config_feed, from_config=True)
             for room_feed in room_feeds:
                 self._start_feed(room_feed, from_config=False)
+            self._polls_task = tg.create_task(self._polls.run(), name="polls")
             log.info("watching %d feed(s) for %d room(s)", len(self._feeds),
                      len(self._workers))
             commands = CommandRunner(cfg, self.store, self.transport, fetcher, self,
@@ -452,14 +449,14 @@ class App:
                                      on_member_joined=welcomer.submit,
                                      on_direct_closed=self._direct_closed)
             self._sync_task = tg.create_task(self.transport.run_sync(handlers), name="sync")
-            background = [self._sync_task,
+            background = [self._sync_task, self._polls_task,
                           tg.create_task(commands.run(), name="commands"),
                           tg.create_task(self.subscriptions.run(), name="digests"),
                           tg.create_task(welcomer.run(), name="welcome"),
                           *self._http_task(tg),
                           tg.create_task(self._maintain(), name="maintenance")]
             await self._stop.wait()
-            for task in [*background, *self._poller_tasks.values()]:
+            for task in background:
                 task.cancel()
             self.deliverer.stop()
             _, late = await asyncio.wait(self._workers.values(), timeout=DRAIN_SECONDS) \

@@ -10,9 +10,11 @@ time, never the event loop's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import functools
+import heapq
 import html
+import itertools
 import logging
 import math
 import random
@@ -94,9 +96,32 @@ def jittered(interval: float, rng: random.Random) -> float:
     return interval * rng.uniform(0.9, 1.0)
 
 
+def _ignore(_outcome: str) -> None:
+    pass
+
+
+def _decided(hints: FeedHints, set_by_command: float | None,
+             interval: Interval) -> tuple[object, ...]:
+    """What the log says of an interval: it is logged again when this changes (not each
+    time a CDN's Age moves max-age by a few seconds)."""
+    return (interval.hint, interval.base, interval.ceiling, set_by_command is not None,
+            None if interval.hint == "max-age" else interval.asked,
+            hints.skip_hours, hints.skip_days)
+
+
 class FeedPoller:
+    """One feed: its poll (``poll_once``) and what the next one needs to know. When it is
+    polled is ``Polls``'s to say: a poller has no task of its own."""
+
+    # 10,000 feeds are 10,000 of these: no __dict__, and nothing made before it is needed.
+    __slots__ = ("_clock", "_entry", "_fetch_config", "_fetch_observed",
+                 "_fetcher", "_first", "_hints", "_interval", "_language", "_last_push",
+                 "_observe", "_on_enqueued", "_plan_budget", "_polls", "_push_asked",
+                 "_push_gap", "_pushed_body", "_rng", "_room_language", "_state", "_store",
+                 "_task", "ended", "feed")
+
     def __init__(self, feed: FeedConfig, *, store: Store, fetcher: Fetcher, clock: Clock,
-                 fetch_config: FetchConfig, language: str, limiter: asyncio.Semaphore,
+                 fetch_config: FetchConfig, language: str,
                  on_enqueued: Callable[[list[str]], None],
                  room_language: Callable[[str], Awaitable[str | None]] | None = None,
                  rng: random.Random | None = None,
@@ -109,59 +134,53 @@ class FeedPoller:
         self._clock = clock
         self._fetch_config = fetch_config
         self._language = feed.language or language
-        self._limiter = limiter
         self._on_enqueued = on_enqueued
         self._room_language = room_language or _no_language
         self._rng = rng or random.Random()
         self._plan_budget = plan_budget
         # Told how each fetch ended: "304", "200", "error" or "parse_error" (metrics).
-        self._observe = observe or (lambda _outcome: None)
+        self._observe = observe or _ignore
         self._push_gap = push_gap
-        self._pushed = asyncio.Event()
+        self._push_asked = False                    # a push asked for a poll not begun yet
         self._last_push: float | None = None        # loop time the last push's poll began
         self._pushed_body: FetchResult | None = None   # the latest body a hub pushed
+        self._first: FetchResult | None = None      # the body its first poll reads (add)
         self._fetch_observed = False
         # The feed's last known hints, with the Cache-Control of the last 304 (which is
         # not stored); None: read them from the store.
         self._hints: FeedHints | None = None
-        self._explained: tuple[object, ...] | None = None
         # The last interval worked out, and from what (an unchanged poll without
         # Cache-Control keeps the same hints object): a 304 need not work it out again.
         self._interval: tuple[FeedHints, float | None, Interval] | None = None
-        self._unseen = functools.partial(store.unseen, feed.name)
         # The feed's state as last read (None: read it from the store), kept after a
         # changed body and an unchanged poll. The poller is its only writer and an
         # unchanged poll moves only its times, which only a changed body reads (afresh):
         # so a 304 reads nothing.
         self._state: FeedState | None = None
+        # Its place on a schedule (Polls): the schedule, its entry in the heap (None:
+        # not waiting), its poll under way.
+        self._polls: Polls | None = None
+        self._entry: _Entry | None = None
+        self._task: asyncio.Task[float] | None = None
+        # It polls no more by itself: disabled (HTTP 410 Gone, now or before this start).
+        self.ended = False
 
     def poll_soon(self) -> bool:
-        """Poll now, through the schedule's own loop (one poll at a time, the same
-        decisions), no sooner than PUSH_GAP after the last push's poll. False: a poll
-        asked for before, not begun yet, covers this one."""
-        asked = not self._pushed.is_set()
-        self._pushed.set()
+        """Poll now, through the schedule (one poll of a feed at a time, the same
+        decisions), no sooner than PUSH_GAP after the last push's poll began. False: a
+        poll asked for before, not begun yet, covers this one."""
+        asked = not self._push_asked
+        self._push_asked = True
+        if self._polls is not None:
+            self._polls.pushed(self)
         return asked
 
     def hand_over(self, fetched: FetchResult) -> bool:
-        """A body a hub pushed: read by the schedule's own loop, as a poll of it (one
-        poll at a time: a push never overlaps a scheduled poll and its state writes).
-        Bodies pushed before it was read are replaced by the latest one."""
+        """A body a hub pushed: read by the schedule's next poll of the feed, as a poll of
+        it (one poll at a time: a push never overlaps a scheduled poll and its state
+        writes). Bodies pushed before it was read are replaced by the latest one."""
         self._pushed_body = fetched
         return self.poll_soon()
-
-    async def _wait(self, seconds: float) -> None:
-        """Sleep until the next poll is due, or until a push asks for one."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._pushed.wait(), timeout=seconds)
-        if self._pushed.is_set():
-            loop = asyncio.get_running_loop()
-            if self._last_push is not None:
-                gap = self._last_push + self._push_gap - loop.time()
-                if gap > 0:
-                    await asyncio.sleep(gap)
-            self._last_push = loop.time()
-            self._pushed.clear()        # after the gap: pushes during it are this poll
 
     async def interval(self) -> float:
         """The config's interval, unless a moderator set another by command."""
@@ -195,38 +214,41 @@ class FeedPoller:
         latest = now + max(delay, self._fetch_config.max_interval)
         return next_allowed(now + delay, hints, latest) - now
 
-    async def run(self, first: FetchResult | None = None) -> None:
-        """Poll on schedule until cancelled. ``first``: a body already fetched for this
-        feed (by ``add``), handled as its first poll, so what was reported then is what
-        the feed's first sight is."""
-        state = self._state = await self._store.ensure_feed(self.feed.name, self.feed.url)
+    async def _start(self) -> float | None:
+        """Before the first poll: the feed's state made (or read); the seconds until that
+        poll, None if the feed is disabled."""
+        state = await self._store.ensure_feed(self.feed.name, self.feed.url)
+        self._state = self._kept(state)
         if state.disabled:
             log.warning("feed %s is not polled: %s; give it a new url in the config to "
                         "poll it again", self.feed.name, state.disabled)
-            return
+            return None
+        if self._first is not None:
+            return 0.0
         now = self._clock.now()
-        if first is not None:
-            first_delay = None
-        elif state.next_fetch is None or state.next_fetch <= now:
+        if state.next_fetch is None or state.next_fetch <= now:
             # Spread the first polls a little so a restart does not hit every server at once.
-            first_delay = self._rng.uniform(0, min(2.0, await self.interval() / 10))
+            return self._rng.uniform(0, min(2.0, await self.interval() / 10))
+        return min(state.next_fetch - now, await self._longest_wait())
+
+    def _kept(self, state: FeedState | None) -> FeedState | None:
+        """The state kept between polls, holding the config's own strings for its name
+        and address when they are the same: three strings less a feed (2 MiB at 10,000)."""
+        feed = self.feed
+        if state is None or state.name != feed.name or state.configured_url != feed.url:
+            return state
+        return replace(state, name=feed.name, configured_url=feed.url,
+                       url=feed.url if state.url == feed.url else state.url)
+
+    async def _poll_due(self) -> float:
+        """The poll Polls starts: of the body given at the start, or the one a hub pushed
+        last, or fetched."""
+        fetched: FetchResult | None
+        if self._first is not None:
+            fetched, self._first = self._first, None
         else:
-            first_delay = min(state.next_fetch - now, await self._longest_wait())
-        if first_delay is not None:
-            await self._wait(first_delay)
-            first, self._pushed_body = self._pushed_body, None
-        while True:
-            started = asyncio.get_running_loop().time()
-            async with self._limiter:
-                delay = await self.poll_once(first)
-            first = None
-            if math.isinf(delay):
-                return
-            # Counted from the start of the poll: waiting for a slot or a slow server
-            # must not stretch the interval.
-            elapsed = asyncio.get_running_loop().time() - started
-            await self._wait(max(delay - elapsed, 0.0))
-            first, self._pushed_body = self._pushed_body, None
+            fetched, self._pushed_body = self._pushed_body, None
+        return await self.poll_once(fetched)
 
     async def poll_once(self, fetched: FetchResult | None = None) -> float:
         """Poll now (or handle ``fetched``); returns the seconds to wait before the next
@@ -275,7 +297,8 @@ class FeedPoller:
         read = await read_feed(self._fetcher, state.url, etag=state.etag if known else None,
                                last_modified=state.last_modified if known else None,
                                body_hash=state.body_hash if known else None,
-                               initialized=state.initialized, unseen=self._unseen,
+                               initialized=state.initialized,
+                               unseen=functools.partial(self._store.unseen, feed.name),
                                fetched=fetched)
         if fetched is None:
             self._fetch_observed = True     # what fails after this is not the fetch's
@@ -327,7 +350,7 @@ class FeedPoller:
             recent=_recent(feed.name, entries), fingerprints=planned.posted,
             digest=planned.digest, changed=planned.changed,
             corrections=planned.corrections, hints=hints.to_json()))
-        self._state = await self._store.feed_state(feed.name)
+        self._state = self._kept(await self._store.feed_state(feed.name))
         posted = len(decision.to_post) - len(waiting) - len(planned.failed)
         if posted:
             log.info("feed %s: %d new item(s) queued", feed.name, posted)
@@ -354,14 +377,13 @@ class FeedPoller:
             return last[2]
         interval = effective_interval(set_by_command or self.feed.interval, hints,
                                       self._fetch_config.max_interval)
-        decided = (interval.hint, interval.base, interval.ceiling, set_by_command is not None,
-                   None if interval.hint == "max-age" else interval.asked,
-                   hints.skip_hours, hints.skip_days)
-        if decided != self._explained and (self._explained is not None or interval.hint
-                                           or hints.skips):
+        # What was decided last is worked out again from the last interval rather than
+        # kept: a tuple less per feed, and only when the hints changed.
+        explained = None if last is None else _decided(*last)
+        if _decided(hints, set_by_command, interval) != explained and (
+                explained is not None or interval.hint or hints.skips):
             log.info("feed %s: polled %s", self.feed.name, describe(
                 interval, hints, by_command=set_by_command is not None, language="en"))
-        self._explained = decided
         self._interval = (hints, set_by_command, interval)
         return interval
 
@@ -443,3 +465,159 @@ class FeedPoller:
             last_modified=read.validators.last_modified,
             body_hash=read.validators.body_hash or state.body_hash, title=None,
             new_url=new_url, seen_entry_ids=(), deliveries=()))
+
+
+# (due, order, poller): a poller's place in the heap; ``order`` breaks ties.
+_Entry = tuple[float, int, FeedPoller]
+
+
+class Polls:
+    """When every feed is polled, kept by one task: a heap of (due, poller) instead of a
+    task per feed waiting on its own timer and event (about 3 KiB a feed, 30 MiB at
+    10,000). A due poll starts when one of the ``limiter``'s slots (fetch.concurrency) is
+    free, as a task of its own: at most that many poll tasks at once, earliest due first.
+
+    A feed's schedule is what its poller says: its first poll (``_start``: the stored
+    next_fetch, or soon after a restart, spread), then the delay ``poll_once`` returns
+    (jittered, backed off after failures, raised by hints), counted from when the poll was
+    due, so that waiting for a slot or a slow server does not stretch the interval. A push
+    (``FeedPoller.poll_soon``) moves the feed's next poll to now, but no sooner than
+    ``push_gap`` after the last push's poll began; one under way is followed by another. A
+    feed is never polled twice at once. ``run`` is cancelled to stop: polls under way are
+    cancelled with it (a poll's outcome is one transaction: all of it or none).
+    """
+
+    def __init__(self, limiter: asyncio.Semaphore) -> None:
+        self._limiter = limiter
+        self._heap: list[_Entry] = []
+        self._order = itertools.count()
+        self._new: collections.deque[FeedPoller] = collections.deque()   # not started yet
+        self._woken = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def add(self, poller: FeedPoller, first: FetchResult | None = None) -> None:
+        """Poll this feed from now on. ``first``: a body already fetched for it (by a
+        command adding it), read as its first poll, so what was reported then is what the
+        feed's first sight is."""
+        poller._polls, poller._first = self, first
+        self._new.append(poller)
+        self._wake()
+
+    def remove(self, poller: FeedPoller) -> None:
+        """Poll it no more; a poll of it under way is cancelled."""
+        if poller._polls is not self:
+            return
+        poller._polls = poller._entry = None
+        if poller._task is not None:
+            poller._task.cancel()
+
+    def pushed(self, poller: FeedPoller) -> None:
+        """``poller.poll_soon()`` was called: bring its next poll forward. A feed not
+        started yet or being polled is rescheduled when that is done."""
+        if poller._polls is self and poller._entry is not None:
+            due = self._push_due(poller, asyncio.get_running_loop().time())
+            if due < poller._entry[0]:
+                self._at(poller, due)
+                self._wake()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.TaskGroup() as group:
+            while True:
+                self._woken = False
+                while self._new:
+                    await self._start(self._new.popleft(), loop)
+                entry = self._next()
+                if entry is None or entry[0] > loop.time():
+                    await self._sleep(loop, None if entry is None else entry[0])
+                    continue
+                await self._limiter.acquire()
+                # Waiting for the slot, the feed may have been removed or pushed behind
+                # another: look again.
+                entry = self._next()
+                if entry is None or entry[0] > loop.time():
+                    self._limiter.release()
+                    continue
+                heapq.heappop(self._heap)
+                poller = entry[2]
+                poller._entry = None
+                if poller._push_asked:      # this poll is the push's
+                    poller._push_asked = False
+                    poller._last_push = loop.time()
+                task = poller._task = group.create_task(poller._poll_due(),
+                                                        name=f"poll {poller.feed.name}")
+                # A callback, not a finally: a task cancelled before it ran (a feed
+                # removed at once) runs no code of its own, and its slot must come back.
+                task.add_done_callback(functools.partial(self._polled, poller, entry[0]))
+
+    async def _start(self, poller: FeedPoller, loop: asyncio.AbstractEventLoop) -> None:
+        if poller._polls is not self:
+            return      # removed before it started
+        delay = await poller._start()
+        if delay is None:
+            poller.ended = True
+        elif poller._polls is self:
+            self._after_wait(poller, loop.time(), delay)
+
+    def _polled(self, poller: FeedPoller, due: float, task: asyncio.Task[float]) -> None:
+        self._limiter.release()
+        poller._task = None
+        # Cancelled: removed, or the bot stops. An exception: the task group stops the
+        # bot with it (a StorageError; poll_once keeps every other one to its feed).
+        if task.cancelled() or task.exception() is not None:
+            return
+        delay = task.result()
+        if math.isinf(delay):
+            poller.ended = True
+        elif poller._polls is self:
+            self._after_wait(poller, due, delay)
+            self._wake()
+
+    def _after_wait(self, poller: FeedPoller, start: float, delay: float) -> None:
+        due = start + delay
+        if poller._push_asked:
+            due = min(due, self._push_due(poller, asyncio.get_running_loop().time()))
+        self._at(poller, due)
+
+    @staticmethod
+    def _push_due(poller: FeedPoller, now: float) -> float:
+        last = poller._last_push
+        return now if last is None else max(now, last + poller._push_gap)
+
+    def _at(self, poller: FeedPoller, due: float) -> None:
+        # The entry it replaces stays in the heap, stale, until it comes to the top.
+        entry = poller._entry = (due, next(self._order), poller)
+        heapq.heappush(self._heap, entry)
+
+    def _next(self) -> _Entry | None:
+        """The earliest entry still valid (a stale one is dropped)."""
+        heap = self._heap
+        while heap:
+            entry = heap[0]
+            if entry[2]._entry is entry:
+                return entry
+            heapq.heappop(heap)
+        return None
+
+    def _wake(self) -> None:
+        self._woken = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, until: float | None) -> None:
+        """Until ``until`` (loop time; None: for ever), or until woken."""
+        if self._woken:
+            return
+        waiter = self._waiter = loop.create_future()
+        timer = None if until is None else loop.call_at(until, _done, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

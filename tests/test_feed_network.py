@@ -56,7 +56,6 @@ class Rig:
     fetch_config: FetchConfig
     clock: FakeClock = field(default_factory=lambda: FakeClock(START))
     enqueued: list[list[str]] = field(default_factory=list)
-    limiter: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
 
     async def poller(self, name: str, url: str, *, interval: float = 60.0,
                rooms: tuple[str, ...] | None = None) -> FeedPoller:
@@ -66,7 +65,7 @@ class Rig:
         await self.store.ensure_feed(name, url)
         return feed_poller(feed, self.store, self.fetcher, clock=self.clock,
                            fetch_config=self.fetch_config, language="en",
-                           limiter=self.limiter, on_enqueued=self.enqueued.append, seed=3)
+                           on_enqueued=self.enqueued.append, seed=3)
 
     async def state(self, name: str) -> FeedState:
         state = await self.store.feed_state(name)

@@ -21,6 +21,7 @@ from bot.config import FeedConfig, load_config, load_config_text
 from bot.errors import ConfigError
 from bot.feeds.fetch import Fetcher
 from bot.http import BODY_TIMEOUT, HttpListener, Loop, PushOutcome
+from bot.poller import Polls
 from bot.store import SqliteStore
 from tests.botkit import BotRunner, bot_config, bot_environ, write_config
 from tests.support import (
@@ -239,7 +240,9 @@ async def test_pushes_close_together_make_one_poll_through_the_feeds_own_loop(
     outcomes: list[str] = []
     async with Fetcher(allow_private_networks=True) as fetcher:
         poller = feed_poller(feed, store, fetcher, observe=outcomes.append, push_gap=1.0)
-        task = asyncio.create_task(poller.run())
+        polls = Polls(asyncio.Semaphore(1))
+        polls.add(poller)
+        task = asyncio.create_task(polls.run())
         try:
             await until(lambda: len(feed_server.requests(feed_path)) == 1, "the first poll")
             # Right after a scheduled poll, a push still polls at once.

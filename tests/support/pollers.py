@@ -3,7 +3,6 @@ fetcher, with the defaults a test rarely changes."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +18,9 @@ def feed_poller(feed: FeedConfig, store: Store, fetcher: Fetcher, *,
                 clock: Clock | None = None, language: str = "fr",
                 fetch_config: FetchConfig | None = None,
                 on_enqueued: Callable[[list[str]], None] | None = None,
-                limiter: asyncio.Semaphore | None = None, seed: int = 0,
+                seed: int = 0,
                 **options: Any) -> FeedPoller:
     return FeedPoller(feed, store=store, fetcher=fetcher, clock=clock or SystemClock(),
                       fetch_config=fetch_config or FetchConfig(), language=language,
-                      limiter=limiter or asyncio.Semaphore(1),
                       on_enqueued=on_enqueued or (lambda _rooms: None),
                       rng=random.Random(seed), **options)
