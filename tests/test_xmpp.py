@@ -4,6 +4,7 @@ against a real Prosody and a real Synapse, checked from each member's own client
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -233,6 +234,7 @@ async def test_a_one_to_one_subscription_then_forget_me(
     async with XmppMember(prosody, await prosody.register("erin")) as erin:
         async with InProcessBot(cfg) as running:
             await bot_online(running, group)
+            await first_poll_done(feed_server, feed_path)
             erin.say(bot_jid, "subscribe lettre", group=False)
             await erin.wait_for(lambda inbox: len(private(inbox, bot_jid)) >= 1)
             feed_server.set_feed(feed_path, items[1:])
@@ -253,6 +255,14 @@ async def test_a_one_to_one_subscription_then_forget_me(
     assert said[1].body.split("\n", 1)[0] == f"*{items[1].title}*"
     assert subscriber is None and pending == 0
     assert len(private(erin.inbox, bot_jid)) == 3
+
+
+async def first_poll_done(feed_server: FeedServer, feed_path: str) -> None:
+    """Until the bot's first poll of the feed is done (its second one began): what the
+    feed shows from then on is new, not first sight."""
+    async with asyncio.timeout(60):
+        while len(feed_server.requests(feed_path)) < 2:
+            await asyncio.sleep(0.05)
 
 
 async def bot_online(running: InProcessBot, group: str) -> None:
@@ -284,6 +294,7 @@ async def test_items_published_while_prosody_is_down_arrive_after_it_returns_in_
         await owner.configure(group, {"muc#roomconfig_persistentroom": "1"})
     async with InProcessBot(cfg) as running:
         await bot_online(running, group)
+        await first_poll_done(feed_server, feed_path)
         store = running.app.store
         await prosody.stop()
         feed_server.set_feed(feed_path, items)      # three new items while it is down
@@ -396,6 +407,7 @@ async def test_an_announcement_group_chat_is_created_as_declared_and_drift_corre
             features, name = await room_features(visitor, group)
             assert {"muc_persistent", "muc_public", "muc_open", "muc_moderated"} <= features
             assert name == "Annonces InterHop"
+            await first_poll_done(feed_server, feed_path)
             await visitor.join(group)
             muc = visitor.client.plugin["xep_0045"]
             assert muc.get_jid_property(JID(group), visitor.nick, "role") == "visitor"
@@ -429,3 +441,74 @@ async def test_an_announcement_group_chat_is_created_as_declared_and_drift_corre
     assert "muc_open" in features and name == "Annonces InterHop"
     assert any("(restored)" in r.message and "members only" in r.message
                for r in caplog.records)
+
+
+async def test_pictures_travel_as_out_of_band_urls_and_the_last_item_is_corrected(
+        prosody: ProsodyServer, feed_server: FeedServer, feed_path: str,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A picture that passes the checks goes as XEP-0066 data, a tracking pixel does not;
+    a correction of the bot's last message is an XEP-0308 correction of it, and one of an
+    older message is not sent (clients apply corrections to the last message only)."""
+    from tests.test_images_edits import PIXEL_GIF, item, png, serve_bytes
+    caplog.set_level(logging.INFO, logger="bot.transport.xmpp")
+    group = prosody.new_room("images")
+    picture_url = serve_bytes(feed_server, feed_path + "/pic.png", png(800, 400), "image/png")
+    pixel_url = serve_bytes(feed_server, feed_path + "/pixel.gif", PIXEL_GIF, "image/gif")
+    first = [item(2, summary=f'<p>Avec un pixel <img src="{pixel_url}"></p>'),
+             item(1, summary=f'<p>Illustré <img src="{picture_url}" alt="x"></p>')]
+    cfg = await xmpp_bot(prosody, feed_server, feed_path, tmp_path, group)
+    cfg = replace(cfg, feeds=tuple(replace(f, backfill=2) for f in cfg.feeds))
+    feed_server.set_feed(feed_path, first)
+    async with XmppMember(prosody, await prosody.register("bob")) as bob:
+        await bob.join(group)
+        async with InProcessBot(cfg):
+            posted = answers(await bob.wait_for(
+                lambda inbox: len(answers(inbox, group)) >= 2), group)
+            illustrated, with_pixel = posted
+            assert illustrated.oob == picture_url and with_pixel.oob == ""
+            # Item 2 is the bot's last message: its correction is applied in place.
+            feed_server.set_feed(feed_path, [item(2, title="Numéro 2 (corrigé)"), first[1]])
+            corrected = answers(await bob.wait_for(
+                lambda inbox: len(answers(inbox, group)) >= 3), group)[2]
+            assert corrected.replaces == with_pixel.origin_id
+            assert corrected.body.startswith("*Numéro 2 (corrigé)*")
+            # Item 1 is not the last one any more: no correction a client would misplace.
+            feed_server.set_feed(feed_path, [item(2, title="Numéro 2 (corrigé)"),
+                                             item(1, title="Numéro 1 (corrigé)")])
+            async with asyncio.timeout(30):
+                while not any("no longer the bot's last message" in r.message
+                              for r in caplog.records):
+                    await asyncio.sleep(0.1)
+    assert len(answers(bob.inbox, group)) == 3
+
+
+async def test_a_kicked_bot_waits_says_so_once_and_resumes_when_invited_back(
+        prosody: ProsodyServer, feed_server: FeedServer, feed_path: str,
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    group = prosody.new_room("expulsion")
+    cfg = await xmpp_bot(prosody, feed_server, feed_path, tmp_path, group)
+    assert cfg.xmpp is not None
+    items = make_items(3)
+    feed_server.set_feed(feed_path, items[2:])
+    async with XmppMember(prosody, await prosody.register("owner")) as owner:
+        await owner.join(group)
+        async with InProcessBot(cfg) as running:
+            await owner.wait_occupant(group, "Actualités")
+            await first_poll_done(feed_server, feed_path)
+            await owner.set_role(group, "Actualités", "none")      # kicked
+            feed_server.set_feed(feed_path, items[1:])
+            store, room = running.app.store, f"xmpp:{group}"
+            async with asyncio.timeout(30):
+                while not await store.pending_count(room):
+                    await asyncio.sleep(0.1)
+            feed_server.set_feed(feed_path, items)
+            async with asyncio.timeout(30):
+                while await store.pending_count(room) < 2:
+                    await asyncio.sleep(0.1)
+            kicked = [r for r in caplog.records if "was kicked" in r.message]
+            assert len(kicked) == 1
+            assert not answers(owner.inbox, group)
+            owner.client.plugin["xep_0045"].invite(JID(group), JID(cfg.xmpp.jid))
+            inbox = await owner.wait_for(lambda inbox: len(answers(inbox, group)) >= 2)
+    assert titles([m.body for m in answers(inbox, group)]) == \
+        [f"*{i.title}*" for i in reversed(items[:2])]
