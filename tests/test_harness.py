@@ -194,3 +194,15 @@ def test_the_demo_runs_as_dev_demo_runs_it(tmp_path: Path) -> None:
     assert run.stdout.count("[m.notice] from @newsbot:localhost") == 3, run.stdout
     assert run.stdout.rstrip().endswith("3 messages, each posted once."), run.stdout
     assert (tmp_path / "config.yaml").exists()      # --keep kept the demo's files
+
+
+def test_the_xmpp_demo_runs_as_dev_demo_xmpp_runs_it(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "tests.support.demo", "xmpp", "--keep",
+                          str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("  from Actualités\n") == 3, run.stdout
+    assert "Abonnement à actualites enregistré" in run.stdout, run.stdout
+    assert "ERROR" not in run.stdout + run.stderr, run.stdout + run.stderr
+    assert run.stdout.rstrip().endswith("3 messages in the group chat, each posted once."), \
+        run.stdout
