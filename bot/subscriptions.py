@@ -45,7 +45,6 @@ DIGEST_PERIODS = {"daily": 86400.0, "weekly": 7 * 86400.0}
 DIGEST_FEED = "newsbot.digest"          # the outbox's feed column for digests
 ARCHIVE_DEFAULT, ARCHIVE_MAX = 5, 20
 POINTER_EVERY = 3600.0      # one pointer to a person's conversation per hour, at most
-READABLE_HISTORY = ("shared", "world_readable")
 
 
 def small_number(word: str) -> int | None:
@@ -114,20 +113,12 @@ class PersonalSubscriptions:
         if self._transport is None:
             return False
         try:
-            room_id = await self._transport.resolve_room(room)
-            rule = await self._transport.state_event(room_id, "m.room.join_rules") or {}
-            history = await self._transport.state_event(room_id,
-                                                        "m.room.history_visibility")
-            # No history_visibility event means "shared" (the specification's default).
-            seen = (history or {}).get("history_visibility", "shared")
-            if rule.get("join_rule") == "public" and seen in READABLE_HISTORY:
-                return True
-            member = await self._transport.state_event(room_id, "m.room.member", user_id)
+            return await self._transport.may_read(await self._transport.resolve_room(room),
+                                                  user_id)
         except TransportError as exc:
             log.warning("archive: cannot tell who may read %s (%s); its feeds are not shown",
                         room, exc)
             return False
-        return member is not None and member.get("membership") == "join"
 
     async def language(self, user_id: str) -> str:
         subscriber = await self._store.subscriber(user_id)

@@ -512,3 +512,29 @@ async def test_a_kicked_bot_waits_says_so_once_and_resumes_when_invited_back(
             inbox = await owner.wait_for(lambda inbox: len(answers(inbox, group)) >= 2)
     assert titles([m.body for m in answers(inbox, group)]) == \
         [f"*{i.title}*" for i in reversed(items[:2])]
+
+
+@pytest.mark.parametrize("open_room", [True, False], ids=["open", "members-only"])
+async def test_archive_in_a_one_to_one_chat_follows_who_may_read_the_group_chat(
+        prosody: ProsodyServer, feed_server: FeedServer, feed_path: str, tmp_path: Path,
+        open_room: bool) -> None:
+    """The archive's privacy rule, on XMPP: the issues of a group chat anyone may join are
+    anyone's to read; those of a members-only one only its members'."""
+    group = prosody.new_room("archives")
+    cfg = await xmpp_bot(prosody, feed_server, feed_path, tmp_path, group, rooms=[{
+        "alias": f"xmpp:{group}", "join_rule": "public" if open_room else "invite"}])
+    cfg = replace(cfg, feeds=tuple(replace(f, backfill=1) for f in cfg.feeds))
+    assert cfg.xmpp is not None
+    items = make_items(1)
+    feed_server.set_feed(feed_path, items)
+    async with XmppMember(prosody, await prosody.register("curieuse")) as reader, \
+            InProcessBot(cfg) as running:
+        await room_report(running)
+        async with asyncio.timeout(30):      # the issue was posted (and so recorded)
+            while await running.app.store.pending_count(f"xmpp:{group}") or \
+                    not await running.app.store.latest(["lettre"], 1):
+                await asyncio.sleep(0.1)
+        reader.say(cfg.xmpp.jid, "archive", group=False)
+        said = private(await reader.wait_for(
+            lambda inbox: bool(private(inbox, cfg.xmpp.jid))), cfg.xmpp.jid)
+    assert (items[0].title in said[0].body) is open_room, said[0].body

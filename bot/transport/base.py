@@ -152,6 +152,12 @@ class Messaging(RoomLookup, Protocol):
         every level, as in room version 12)."""
         ...
 
+    async def may_read(self, room_id: str, user_id: str) -> bool:
+        """Whether this person may read what is posted in the room: anyone may (an open
+        room whose history anyone joining reads), or they are in it now. The privacy rule
+        of a private archive: a room that cannot be checked counts as closed."""
+        ...
+
     async def close(self) -> None:
         ...
 

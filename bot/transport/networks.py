@@ -101,6 +101,9 @@ class Networks:
     async def power_level(self, room_id: str, user_id: str) -> float:
         return await self.on(room_id).power_level(room_id, user_id)
 
+    async def may_read(self, room_id: str, user_id: str) -> bool:
+        return await self.on(room_id).may_read(room_id, user_id)
+
     # -- RoomAdmin: Matrix rooms ----------------------------------------------------------
 
     async def create_room(self, *, alias_localpart: str, name: str | None,

@@ -49,6 +49,9 @@ from bot.transport.matrix.session import (
 )
 from bot.transport.matrix.sync import SYNC_FILTER, SYNC_TOKEN_KEY, Sync
 
+# Histories a newcomer reads from the start: an open room with one is readable by anyone.
+READABLE_HISTORY = ("shared", "world_readable")
+
 __all__ = ["CRYPTO_DIRNAME", "DIRECT_ROOMS_KEY", "REMOVED_ROOMS_KEY", "SESSION_FILENAME",
            "SYNC_FILTER", "SYNC_TOKEN_KEY", "MatrixTransport", "Session", "load_saved_session"]
 
@@ -152,6 +155,16 @@ class MatrixTransport:
 
     async def power_level(self, room_id: str, user_id: str) -> float:
         return await self._membership.power_level(room_id, user_id)
+
+    async def may_read(self, room_id: str, user_id: str) -> bool:
+        rule = await self.state_event(room_id, "m.room.join_rules") or {}
+        history = await self.state_event(room_id, "m.room.history_visibility")
+        # No history_visibility event means "shared" (the specification's default).
+        seen = (history or {}).get("history_visibility", "shared")
+        if rule.get("join_rule") == "public" and seen in READABLE_HISTORY:
+            return True
+        member = await self.state_event(room_id, "m.room.member", user_id)
+        return member is not None and member.get("membership") == "join"
 
     async def prepare(self, outgoing: Outgoing,
                       images: ImageSource | None) -> dict[str, Any] | None:

@@ -258,6 +258,32 @@ class XmppTransport:
             return _MODERATOR_LEVEL if role == "moderator" else 0.0
         return 0.0
 
+    async def may_read(self, room_id: str, user_id: str) -> bool:
+        """An open, listed group chat anyone may join; else its occupants now and its
+        members (what the bot may see of them)."""
+        if self.is_direct(room_id):
+            return self._directs.get(room_id) == user_id
+        jid = bare_jid(room_id)
+        try:
+            info = await self.client.plugin["xep_0030"].get_info(jid=JID(jid), timeout=15)
+        except (IqError, IqTimeout) as exc:
+            raise TemporaryTransportError(f"{room_id} did not say who may read it") from exc
+        features = set(info["disco_info"]["features"])
+        if {"muc_public", "muc_open", "muc_unsecured"} <= features:
+            return True
+        if user_id in await self.joined_members(room_id):
+            return True
+        muc = self.client.plugin["xep_0045"]
+        person = bare_jid(user_id) if is_xmpp(user_id) else ""
+        for affiliation in ("owner", "admin", "member"):
+            try:
+                listed = await muc.get_affiliation_list(JID(jid), affiliation, timeout=15)
+            except (IqError, IqTimeout):
+                return False        # cannot be checked: closed
+            if person in {str(JID(str(j)).bare) for j in listed}:
+                return True
+        return False
+
     # -- one-to-one chats ---------------------------------------------------------------
 
     def is_direct(self, room_id: str) -> bool:
