@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -114,7 +115,8 @@ class Session:
         if self._reconnect is not None:
             self._reconnect.cancel()
         if self.ready.is_set():
-            self.client.disconnect(wait=2.0)
-            await asyncio.sleep(0)
+            # A clean end of stream (the server stops routing to us at once), bounded.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.client.disconnect(wait=2.0), 5)
         self.client.cancel_connection_attempt()
         self.ready.clear()
