@@ -107,12 +107,14 @@ BotRunner = Callable[..., Awaitable[InProcessBot]]
 
 
 # ``python -m bot`` that first imports what ``run`` imports (a second of CPU, most of a
-# process's start), then waits for "run" on stdin before doing anything: a test restarting
-# the bot many times readies the next process while the current one works. Anything else
-# on stdin (or its end, when the test is gone) exits without running.
+# process's start) and what its first new item loads (feedparser, Jinja2, nh3), then
+# waits for "run" on stdin before doing anything: a test restarting the bot many times
+# readies the next process while the current one works. Anything else on stdin (or its
+# end, when the test is gone) exits without running.
 _WARM_START = """\
 import sys
 import bot.app, bot.cli, bot.config, bot.logs, bot.statecheck, bot.feeds.schedules
+import feedparser, jinja2, nh3
 if sys.stdin.readline() != "run\\n":
     sys.exit(3)
 sys.exit(bot.cli.main(sys.argv[1:]))
