@@ -88,7 +88,7 @@ async def _newsbot_round(pollers: list[FeedPoller]) -> None:
     limiter = asyncio.Semaphore(CONCURRENCY)
 
     async def one(poller: FeedPoller) -> None:
-        async with limiter:      # as FeedPoller.run does, with App's shared limiter
+        async with limiter:      # as Polls does, with App's shared limiter
             await poller.poll_once()
 
     await asyncio.gather(*(one(p) for p in pollers))

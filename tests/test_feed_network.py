@@ -61,7 +61,7 @@ class Rig:
                rooms: tuple[str, ...] | None = None) -> FeedPoller:
         feed = FeedConfig(name=name, url=url, rooms=rooms or (f"!{name}:test",),
                           interval=interval)
-        # What FeedPoller.run() does first; a changed URL replaces the stored one.
+        # What a poller does first (Polls starts it); a changed URL replaces the stored one.
         await self.store.ensure_feed(name, url)
         return feed_poller(feed, self.store, self.fetcher, clock=self.clock,
                            fetch_config=self.fetch_config, language="en",
