@@ -1229,7 +1229,8 @@ class FeedConfig:
     url: str = field(metadata=_key(
         "http(s) URL; changing it reposts nothing", _Text(), required=True, check=_feed_url))
     rooms: tuple[str, ...] = field(metadata=_key(
-        "room ids (`!id:server`) or aliases (`#name:server`)", _Custom(_read_feed_rooms),
+        "room ids (`!id:server`), aliases (`#name:server`) or XMPP addresses "
+        "(`xmpp:name@conference.server`)", _Custom(_read_feed_rooms),
         required=True))
     interval: float = field(default=15 * 60.0, metadata=_key(
         "time between polls", _Duration(_MIN_INTERVAL), check=_frequent))
