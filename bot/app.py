@@ -15,7 +15,7 @@ import logging
 import random
 import signal
 from collections.abc import Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from bot.clock import Clock, SystemClock
@@ -49,12 +49,22 @@ KEEP_SENT_ROWS = 30 * 24 * 3600.0
 KEEP_MEDIA_ROWS = 90 * 24 * 3600.0
 
 
+@dataclass(frozen=True, slots=True)
+class Waits:
+    """The longest waits between retries: a send to the network, a reconnection. Nothing an
+    operator sets; tests of outages shorten them so that recovery is seen in seconds."""
+
+    delivery_retry_cap: float = 300.0
+    reconnect_cap: float = 60.0
+
+
 class App:
     def __init__(self, config: Config, *, transport: Transport | None = None,
                  store: Store | None = None, clock: Clock | None = None,
                  reset_cross_signing: bool = False, reset_password: str | None = None,
-                 ) -> None:
+                 waits: Waits = Waits()) -> None:
         self.config = config
+        self.waits = waits
         self.clock: Clock = clock or SystemClock()
         self.store: Store = store or SqliteStore.open(config.storage.path)
         self._group_chats: GroupChats | None = None
@@ -70,7 +80,8 @@ class App:
                                       connect_timeout=config.fetch.connect_timeout)
         media = MediaResolver(self._image_fetcher, self.transport, self.store, self.clock)
         self.deliverer = Deliverer(self.store, self.transport, self.clock, media=media,
-                                   on_delivered=self._on_delivered)
+                                   on_delivered=self._on_delivered,
+                                   retry_cap=waits.delivery_retry_cap)
         self.metrics = Metrics(
             self.store, self.transport, self.clock,
             lambda: [feed for feed, _ in self._feeds.values()], config.bot_ids,
@@ -106,7 +117,8 @@ class App:
             from bot.transport.matrix import MatrixTransport
             transports["matrix"] = MatrixTransport(
                 config.matrix, self.store, config.storage.path, encryption=config.encryption,
-                reset_cross_signing=reset_cross_signing, reset_password=reset_password)
+                reset_cross_signing=reset_cross_signing, reset_password=reset_password,
+                max_connect_wait=self.waits.reconnect_cap)
         if config.xmpp is not None:
             from bot.transport.xmpp import XmppTransport, account_of
             xmpp = XmppTransport(account_of(config.xmpp), self.store)

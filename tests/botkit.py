@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from bot.app import App
+from bot.app import App, Waits
 from bot.clock import Clock
 from bot.config import Config, load_config
 from tests.support import RegisteredUser
@@ -62,9 +62,11 @@ class InProcessBot:
     reach into the App before it runs.
     """
 
-    def __init__(self, config: Config, *, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, *, clock: Clock | None = None,
+                 waits: Waits | None = None) -> None:
         self.config = config
         self.clock = clock
+        self.waits = waits or Waits()
         self._app: App | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -76,7 +78,7 @@ class InProcessBot:
 
     def build(self) -> App:
         assert self.task is None, "the bot is already running"
-        self._app = App(self.config, clock=self.clock)
+        self._app = App(self.config, clock=self.clock, waits=self.waits)
         return self._app
 
     async def start(self) -> App:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.app import Waits
 from bot.delivery import Deliverer
 from bot.model import Message, delivery_key
 from bot.store import NewDelivery, PollOutcome, SqliteStore
@@ -281,7 +282,7 @@ async def test_homeserver_down_at_start_and_during_delivery(
                     "backfill": 1}])), bot)
         caplog.set_level(logging.INFO)
         await hs.stop()
-        async with InProcessBot(cfg):
+        async with InProcessBot(cfg, waits=Waits(delivery_retry_cap=2.0, reconnect_cap=2.0)):
             await asyncio.sleep(2)        # the bot waits for the homeserver, no crash
             assert any("homeserver unreachable" in r.getMessage() for r in caplog.records)
             await hs.start()

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from bot.app import Waits
 from bot.store.sqlite import DB_FILENAME
 from tests.botkit import BotProcess, InProcessBot, bot_config, load, write_config
 from tests.support import (
@@ -24,6 +25,9 @@ from tests.support import (
     make_items,
 )
 from tests.support.proxy import FaultyProxy
+
+# Outages end in seconds here: the bot retries within 2 s, not after its usual backoff.
+SHORT_WAITS = Waits(delivery_retry_cap=2.0, reconnect_cap=2.0)
 
 
 def titles(events: list[dict]) -> list[str]:
@@ -162,7 +166,7 @@ async def test_reverse_proxy_502_504_and_slow_answers_lose_nothing(
             homeserver=proxy.base_url, bot=bot, storage=tmp_path / "state",
             feeds=[{"name": "news", "url": feed_server.url(feed_path), "rooms": [room],
                     "backfill": 1}])), bot)
-        async with InProcessBot(cfg):
+        async with InProcessBot(cfg, waits=SHORT_WAITS):
             await alice.wait_for_messages(room, 1, sender=bot.user_id)
             published = 1
             for mode in ("502", "504", "slow"):
@@ -195,7 +199,7 @@ async def test_homeserver_restarted_mid_delivery(
             homeserver=hs.base_url, bot=bot, storage=tmp_path / "state",
             feeds=[{"name": "news", "url": feed_server.url(feed_path), "rooms": [room],
                     "backfill": 10, "max_per_poll": 10}])), bot)
-        async with InProcessBot(cfg) as running:
+        async with InProcessBot(cfg, waits=SHORT_WAITS) as running:
             assert running.app is not None
             store = running.app.store
             deadline = time.monotonic() + 20
