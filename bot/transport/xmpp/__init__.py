@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,7 @@ JOIN_TIMEOUT = 30.0
 JOIN_HISTORY = 20            # stanzas of history asked at join, to learn what we sent
 LOOKUP_DEPTH = 500           # messages of an archive searched for a delivery
 KNOWN_IDS = 1000             # origin ids of ours remembered per room
+MAX_BACKGROUND = 1000        # incoming messages and invitations being looked at, at most
 # Presence errors that mean "this room will not have us" rather than "try again later".
 _REFUSALS = {"forbidden", "not-allowed", "registration-required", "item-not-found",
              "not-authorized", "conflict", "service-unavailable", "jid-malformed"}
@@ -97,7 +99,9 @@ class XmppTransport:
         self._reflections: dict[str, asyncio.Future[str]] = {}
         self._directs: dict[str, str] = {}        # conversation -> its person
         self._handlers: EventHandlers | None = None
-        self._started = time.time()
+        # Work started from slixmpp's handlers (which cannot wait): held until done, and
+        # cancelled at close.
+        self._background: set[asyncio.Task[None]] = set()
         self._admin = GroupAdmin(self)
         client = self.client
         client.add_event_handler("groupchat_message", self._on_groupchat)
@@ -121,7 +125,19 @@ class XmppTransport:
     async def close(self) -> None:
         for waiting in self._reflections.values():
             waiting.cancel()
+        for task in list(self._background):
+            task.cancel()
         await self.session.close()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        if len(self._background) >= MAX_BACKGROUND:
+            # A flood of messages or invitations from strangers: dropped, not queued.
+            work.close()
+            log.warning("too much XMPP work waiting; dropping an incoming message")
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _on_new_session(self, _event: object) -> None:
         """A new session (not a resumed one) is in no room: rejoin every group chat."""
@@ -129,7 +145,7 @@ class XmppTransport:
         for group in self._groups.values():
             group.joined = False
         for jid in rejoin:
-            asyncio.get_running_loop().create_task(self._rejoin(jid))
+            self._spawn(self._rejoin(jid))
 
     async def _rejoin(self, jid: str) -> None:
         try:
@@ -541,7 +557,7 @@ class XmppTransport:
                                    event_id=self._stanza_id(message, self.session.bare_jid),
                                    body=body,
                                    timestamp_ms=int(time.time() * 1000))
-        asyncio.get_running_loop().create_task(self._from_person(person, incoming))
+        self._spawn(self._from_person(person, incoming))
 
     async def _from_person(self, person: str, incoming: IncomingMessage) -> None:
         """A person writing to the bot opens a conversation, as an invitation does on
@@ -597,7 +613,7 @@ class XmppTransport:
     def _invited(self, room: str, inviter: str) -> None:
         if self._handlers is None or not room:
             return
-        asyncio.get_running_loop().create_task(self._answer_invite(ref_of(room),
+        self._spawn(self._answer_invite(ref_of(room),
                                                                    ref_of(inviter)))
 
     async def _answer_invite(self, room: str, inviter: str) -> None:
