@@ -303,7 +303,7 @@ async def test_an_item_published_right_after_add_is_posted(
     feed_server.set_feed(feed_path, [item(1), item(2)])
     config = load(write_config(tmp_path / "c.yaml", bot_config(
         homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state", language="fr",
-        admins=[admin_user.user_id], commands={"default_interval": "20s"},
+        admins=[admin_user.user_id], commands={"default_interval": "3s"},
         feeds=[{"name": "autre", "url": feed_server.url(feed_path + "-other"),
                 "rooms": [room]}])), bot)
     feed_server.set_feed(feed_path + "-other", [])
@@ -322,7 +322,12 @@ async def test_an_item_published_right_after_add_is_posted(
         # Its next poll, one interval later: the feed's first poll (up to a tenth of an
         # interval after `add`, before) took what it then found as already seen.
         await wait_until(item_three, timeout=45)
-        await asyncio.sleep(2.5)
+        # Two more polls with nothing left to send: nothing else can come.
+        polls = len(feed_server.requests(feed_path))
+        async def settled() -> bool:
+            return len(feed_server.requests(feed_path)) >= polls + 2 and \
+                not await running.app.store.pending_count(room)
+        await wait_until(settled, timeout=45)
         posted = [e for e in await admin.messages(room, sender=bot.user_id)
                   if e["content"]["body"].startswith("Numéro")]
     finally:
