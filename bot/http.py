@@ -79,11 +79,13 @@ class HttpListener:
                  loops: Callable[[], Iterable[Loop]], metrics: Metrics | None = None,
                  push: Callable[[str], PushOutcome] | None = None,
                  push_token: str | None = None,
-                 routes: Sequence[web.RouteDef] = ()) -> None:
+                 routes: Sequence[web.RouteDef] = (),
+                 body_timeout: float = BODY_TIMEOUT) -> None:
         """``push`` and ``push_token``: both, or push is not served. ``routes``: more
         routes on the same listener."""
         self._store = store
         self._clock = clock
+        self._body_timeout = body_timeout
         self._loops = loops
         self._metrics = metrics
         self._push = push if push_token else None
@@ -106,7 +108,9 @@ class HttpListener:
 
     async def serve(self, host: str, port: int) -> None:
         """Serve until cancelled."""
-        runner = web.AppRunner(self.application(), access_log=None)
+        # A stop waits at most a second for requests under way: a slow or stalled client
+        # must not hold the bot's shutdown (aiohttp would wait a minute).
+        runner = web.AppRunner(self.application(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
             try:
@@ -185,7 +189,7 @@ class HttpListener:
                            headers={"WWW-Authenticate": 'Bearer realm="newsbot"'})
         try:
             # Read (and ignored) so the connection stays usable; bounded in size and time.
-            if not await asyncio.wait_for(_small_body(request), BODY_TIMEOUT):
+            if not await asyncio.wait_for(_small_body(request), self._body_timeout):
                 return _answer(413, error=f"a push needs no body (at most {MAX_BODY} bytes)")
         except TimeoutError:
             return _answer(408, error="the body was too slow to arrive")

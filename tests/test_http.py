@@ -192,7 +192,7 @@ async def test_push_bodies_are_bounded_in_size_and_time(tmp_path: Path) -> None:
     store = SqliteStore.open(tmp_path)
     pushes = Pushes()
     listener = HttpListener(store, SystemClock(), loops=lambda: [], push=pushes,
-                            push_token=TOKEN)
+                            push_token=TOKEN, body_timeout=0.5)
     async with listening(listener) as base:
         url = f"{base}/feeds/actus/poll"
         assert (await post(url, data=b"x" * 100))[0] == 202          # small: ignored

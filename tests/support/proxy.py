@@ -38,7 +38,10 @@ class FaultyProxy:
         self._session = aiohttp.ClientSession(auto_decompress=False)
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        # A stop does not wait for the requests still proxied (a client's /sync long poll
+        # waits up to 30 s for the homeserver's answer): they are cut, as a restarted
+        # nginx would cut them.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
