@@ -116,7 +116,7 @@ BotRunner = Callable[..., Awaitable[InProcessBot]]
 _WARM_START = """\
 import sys
 import bot.app, bot.cli, bot.config, bot.logs, bot.statecheck, bot.feeds.schedules
-import feedparser, jinja2, nh3
+import feedparser, jinja2, nh3, slixmpp
 if sys.stdin.readline() != "run\\n":
     sys.exit(3)
 sys.exit(bot.cli.main(sys.argv[1:]))

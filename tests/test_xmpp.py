@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from tests.support import (
 )
 from tests.support.prosody import ProsodyServer, XmppAccount
 from tests.support.xmppmember import XmppMember
+from tests.test_crash import fetched_since
 
 
 def xmpp_section(prosody: ProsodyServer, account: XmppAccount, **extra: Any) -> dict[str, Any]:
@@ -339,18 +341,29 @@ async def test_kill_9_during_xmpp_sends_posts_each_item_once_in_order(
             answers(inbox, group) for group in groups), timeout=60)
         assert await process.terminate() == 0
         rng = random.Random(20261130)
-        for cycle in range(10):
-            process = BotProcess(config_path, nobody, log_path)
-            await process.start()
-            async with asyncio.timeout(60):
-                while process.log().count("watching ") < cycle + 2:
-                    await asyncio.sleep(0.05)
-            published += 2
-            feed_server.set_feed(feed_path, all_items[-published:])
-            await asyncio.sleep(rng.uniform(0.0, 1.6))
-            process.kill9()
-            await process.wait()
-        process = BotProcess(config_path, nobody, log_path)
+        # As for Matrix (tests/test_crash.py): each next process imports while the current
+        # one works, and each is killed a random time after it read the new items.
+        upcoming = BotProcess(config_path, nobody, log_path)
+        await upcoming.prepare()
+        try:
+            for cycle in range(10):
+                process, upcoming = upcoming, BotProcess(config_path, nobody, log_path)
+                await process.start()
+                await upcoming.prepare()
+                async with asyncio.timeout(60):
+                    while process.log().count("watching ") < cycle + 2:
+                        await asyncio.sleep(0.05)
+                published += 2
+                since = time.time()
+                feed_server.set_feed(feed_path, all_items[-published:])
+                await fetched_since(feed_server, feed_path, since)
+                await asyncio.sleep(rng.uniform(0.0, 1.0))
+                process.kill9()
+                await process.wait()
+        except BaseException:
+            await upcoming.discard()
+            raise
+        process = upcoming
         await process.start()
         try:
             async with asyncio.timeout(60):     # the last process finishes what is left
