@@ -282,16 +282,21 @@ async def test_homeserver_down_at_start_and_during_delivery(
                     "backfill": 1}])), bot)
         caplog.set_level(logging.INFO)
         await hs.stop()
-        async with InProcessBot(cfg, waits=Waits(delivery_retry_cap=2.0, reconnect_cap=2.0)):
-            await asyncio.sleep(2)        # the bot waits for the homeserver, no crash
-            assert any("homeserver unreachable" in r.getMessage() for r in caplog.records)
+        async with InProcessBot(cfg, waits=Waits(delivery_retry_cap=2.0,
+                                                 reconnect_cap=2.0)) as running:
+            async with asyncio.timeout(30):   # the bot waits for the homeserver, no crash
+                while not any("homeserver unreachable" in r.getMessage()
+                              for r in caplog.records):
+                    await asyncio.sleep(0.1)
             await hs.start()
             async with MemberClient(hs.base_url, alice_user) as alice:
                 await alice.wait_for_messages(room, 1, sender=bot.user_id, timeout=40)
                 await hs.stop()               # down while new items arrive
                 items = make_items(4)
                 feed_server.set_feed(feed_path, items)
-                await asyncio.sleep(3)
+                async with asyncio.timeout(30):     # polled and queued while it is down
+                    while await running.app.store.pending_count(room) < 3:
+                        await asyncio.sleep(0.1)
                 await hs.start()
                 seen = await alice.wait_for_messages(room, 4, sender=bot.user_id, timeout=60)
         async with MemberClient(hs.base_url, alice_user) as alice:
