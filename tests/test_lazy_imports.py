@@ -11,10 +11,11 @@ import sys
 from tests.botkit import ROOT
 
 # Each is loaded when first needed: the listener, a scrape, a template, a body to read, a
-# misspelt config key to suggest the right one for.
+# misspelt config key to suggest the right one for, an xmpp: section.
 LAZY = ("aiohttp.web", "prometheus_client", "jinja2", "nh3", "feedparser", "listparser",
-        "difflib",
-        "bot.http", "bot.websub", "bot.exposition", "bot.templates", "bot.opml")
+        "difflib", "slixmpp",
+        "bot.http", "bot.websub", "bot.exposition", "bot.templates", "bot.opml",
+        "bot.transport.xmpp", "bot.transport.networks")
 
 _PROBE = """
 import json, sys
