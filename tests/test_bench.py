@@ -69,6 +69,7 @@ def test_the_table_has_a_row_per_figure_and_names_a_failed_line() -> None:
     by_measure = {row.measure.split(",")[0]: row for row in made}
     cpu = by_measure["CPU per 1"]
     assert (cpu.ratio, cpu.met) == ("2.00×", "NO")
+    assert cpu.filed == "1.6–2.9×"           # issue 13's "today", printed beside the new
     assert by_measure["10"].met == "yes"                      # 0.91× ≥ 0.85×
     memory = [row for row in made if row.measure.startswith("resident memory")]
     assert [row.met for row in memory] == ["NO", "yes"]      # 62 > 50 MiB; 110 ≤ 120 MiB
@@ -78,6 +79,7 @@ def test_the_table_has_a_row_per_figure_and_names_a_failed_line() -> None:
     assert any(row.measure == "line 4: failed" for row in made)
     printed = table(made)
     assert printed.splitlines()[0].startswith("| measure | newsbot | limit (bare) |")
+    assert printed.splitlines()[0].endswith("| at filing |")
     assert len(printed.splitlines()) == len(made) + 2
 
 
