@@ -7,9 +7,10 @@ the worst lateness during each kind of poll of one feed of about 2 MB (400 entri
 5 KB): its first sight (50 entries planned for 3 rooms), the same body again, and a
 body where every entry changed (each posted one compared, 50 corrections planned). The
 feed server runs on a loop of its own in another thread: serving and compressing 2 MB is
-not counted. Parsing, deciding and planning run in worker threads; what remains on the
-loop is the fetch, the store's writes (record_poll: about 10 ms here) and the
-bookkeeping between them, plus waiting for the GIL while those threads run Python.
+not counted. A body this large is parsed in a worker process (bot.feeds.parse.LARGE_BODY),
+deciding and planning run in a worker thread; what remains on the loop is the fetch, the
+store's writes (record_poll: about 5 ms here) and the bookkeeping between them, plus
+waiting for the GIL while the planning thread runs Python.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import hashlib
 import html
 import io
 import json
+import os
 import re
 import warnings as _warnings
 import xml.sax
@@ -20,13 +21,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from html.parser import HTMLParser
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from bot.clean import bounded_title, clean_link
 from bot.errors import ParseError
 from bot.feeds.hints import FeedHints, read_skips, read_ttl, read_update_period
 from bot.model import Entry, ParsedFeed
+
+if TYPE_CHECKING:
+    from concurrent.futures import ProcessPoolExecutor
 
 __all__ = ["parse_feed", "parse_feed_async"]
 
@@ -166,10 +170,86 @@ def _valid_text(feed: ParsedFeed) -> ParsedFeed:
                    entries=tuple(entry(e) for e in feed.entries))
 
 
+# A body this large takes feedparser most of a second of pure Python (2 MB: 0.65-1 s). In
+# a thread it holds the GIL in 5 ms slices, and every step of the loop (a command's reply
+# is dozens) waits for the next slice: such bodies go to a process of their own.
+LARGE_BODY = 256 * 1024
+# The process (feedparser loaded: some 40 MB) is let go after this long without a large
+# body, so a small server that polls one only now and then does not keep it (what stays is
+# multiprocessing's resource tracker, some 12 MB).
+PROCESS_IDLE_SECONDS = 300.0
+
+
+class _ParseProcess:
+    """One worker process, started on the first large body and stopped when idle."""
+
+    def __init__(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._busy = 0
+        self._idle: asyncio.TimerHandle | None = None
+
+    async def parse(self, body: bytes, content_type: str | None, url: str) -> ParsedFeed:
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        pool = self._pool or self._start()
+        self._busy += 1
+        try:
+            return await asyncio.wrap_future(pool.submit(
+                parse_feed, body, content_type=content_type, url=url))
+        except BrokenProcessPool:
+            # The worker died (killed, out of memory): a new one for the next body; this
+            # one is parsed as before, in a thread.
+            if self._pool is pool:
+                self._pool = None
+                pool.shutdown(wait=False, cancel_futures=True)
+            return await asyncio.to_thread(parse_feed, body, content_type=content_type,
+                                           url=url)
+        finally:
+            self._busy -= 1
+            if not self._busy and self._pool is not None:
+                self._idle = asyncio.get_running_loop().call_later(
+                    PROCESS_IDLE_SECONDS, self.stop)
+
+    def _start(self) -> ProcessPoolExecutor:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # Spawned, never forked: the bot's threads (SQLite, the planner) may hold locks at
+        # that moment. Not a forkserver either: it would stay when the worker is let go.
+        self._pool = ProcessPoolExecutor(max_workers=1,
+                                         mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_background)
+        return self._pool
+
+    def stop(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+        if self._pool is not None and not self._busy:
+            self._pool.shutdown(wait=False)
+            self._pool = None
+
+
+def _background() -> None:
+    """The worker yields the CPU to the bot's own process: on a small server, parsing
+    must not slow a command's reply, and a parse that waits a little costs nobody."""
+    if hasattr(os, "nice"):
+        os.nice(10)
+
+
+_PROCESS = _ParseProcess()
+
+
 async def parse_feed_async(
     body: bytes, *, content_type: str | None = None, url: str = ""
 ) -> ParsedFeed:
-    """``parse_feed`` in a worker thread: feedparser is CPU-bound and would block the loop."""
+    """``parse_feed`` off the loop: feedparser is CPU-bound. A large body is parsed in a
+    worker process (see LARGE_BODY), a small one in a thread."""
+    if len(body) > LARGE_BODY:
+        return await _PROCESS.parse(body, content_type, url)
     return await asyncio.to_thread(parse_feed, body, content_type=content_type, url=url)
 
 
