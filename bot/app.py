@@ -31,7 +31,7 @@ from bot.poller import FeedPoller, Polls
 from bot.rooms import RoomManager
 from bot.store import RoomFeed, SqliteStore, Store
 from bot.subscriptions import PersonalSubscriptions
-from bot.transport.base import EventHandlers, GroupChats, JoinToPoint, Transport
+from bot.transport.base import EventHandlers, GroupChats, JoinToPoint, Messaging, Transport
 from bot.welcome import Welcomer
 
 if TYPE_CHECKING:   # the listener's modules load aiohttp.web: only when it is on
@@ -112,10 +112,11 @@ class App:
     def _transports(self, reset_cross_signing: bool, reset_password: str | None) -> Transport:
         """The network the configuration names, or one transport over both."""
         config = self.config
-        transports: dict[Network, Transport] = {}
+        transports: dict[Network, Messaging] = {}
+        matrix: Transport | None = None
         if config.matrix is not None:
             from bot.transport.matrix import MatrixTransport
-            transports["matrix"] = MatrixTransport(
+            transports["matrix"] = matrix = MatrixTransport(
                 config.matrix, self.store, config.storage.path, encryption=config.encryption,
                 reset_cross_signing=reset_cross_signing, reset_password=reset_password,
                 max_connect_wait=self.waits.reconnect_cap)
@@ -123,10 +124,10 @@ class App:
             from bot.transport.xmpp import XmppTransport, account_of
             xmpp = XmppTransport(account_of(config.xmpp), self.store)
             transports["xmpp"] = self._group_chats = xmpp
-        if list(transports) == ["matrix"]:
-            return transports["matrix"]
+        if matrix is not None and len(transports) == 1:
+            return matrix
         from bot.transport.networks import Networks
-        return Networks(transports)
+        return Networks(transports, matrix)
 
     def request_stop(self) -> None:
         if not self._stop.is_set():

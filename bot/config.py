@@ -31,6 +31,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ConfigError
 from .i18n import LANGUAGES
+from .model import XMPP_ADDRESS_RE, XMPP_PREFIX, network_of
 from .render import (
     CONTENT_MODES,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -103,8 +104,6 @@ def parse_size(text: str | int) -> int:
 
 _SERVER = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::\d{1,5})?"
 _USER_ID_RE = re.compile(rf"@[^\s:]+:{_SERVER}")
-# xmpp: then a bare JID (no resource): a group chat, or a person for one-to-one chats.
-_XMPP_ADDRESS_RE = re.compile(r"xmpp:[^@/\s\"&'<>:]{1,1023}@[A-Za-z0-9.\-]{1,253}")
 _ROOM_ALIAS_RE = re.compile(rf"#[^\s:]+:{_SERVER}")
 # Room versions up to 11 have "!opaque:server"; version 12 dropped the server part.
 _ROOM_ID_RE = re.compile(rf"![^\s:]+(?::{_SERVER})?")
@@ -834,7 +833,7 @@ def _read_feed_rooms(f: _Field) -> Any:
 
 
 def _is_xmpp_address(text: str) -> bool:
-    return bool(_XMPP_ADDRESS_RE.fullmatch(text))
+    return bool(XMPP_ADDRESS_RE.fullmatch(text))
 
 
 def _frequent(f: _Field, interval: float, node: Node) -> Any:
@@ -1075,7 +1074,7 @@ class MatrixConfig:
 
 def _xmpp_jid(f: _Field, text: str, node: Node) -> Any:
     jid = text.strip()
-    if _XMPP_ADDRESS_RE.fullmatch(f"xmpp:{jid}"):
+    if XMPP_ADDRESS_RE.fullmatch(f"{XMPP_PREFIX}{jid}"):
         return jid
     return f.problem(node, f"{_quote(text)} is not an XMPP address like newsbot@example.org")
 
@@ -1421,7 +1420,7 @@ _MATRIX_ONLY_ROOM_KEYS = ("avatar", "encrypted", "directory", "space", "history"
 def _check_room(r: _Reader, values: dict[str, Any], items: dict[str, Node], node: Node,
                 path: str) -> bool:
     alias = values["alias"]
-    if isinstance(alias, str) and alias.startswith("xmpp:"):
+    if isinstance(alias, str) and network_of(alias) == "xmpp":
         for key in _MATRIX_ONLY_ROOM_KEYS:
             if not _is_null(items.get(key)):
                 r.warn(items[key], _join(path, key), "a Matrix room setting: ignored for "
@@ -1446,7 +1445,7 @@ def _check_networks(r: _Reader, values: dict[str, Any], items: dict[str, Node],
     ok = True
     rooms = values["rooms"]
     for i, room in enumerate(rooms if rooms is not _BAD else ()):
-        on_xmpp = room.alias.startswith("xmpp:")
+        on_xmpp = network_of(room.alias) == "xmpp"
         if (xmpp if on_xmpp else matrix) is None:
             r.problem(items["rooms"].value[i], f"rooms[{i}].alias",
                       f"{room.alias} is on {'XMPP' if on_xmpp else 'Matrix'}, but the "
@@ -1454,7 +1453,7 @@ def _check_networks(r: _Reader, values: dict[str, Any], items: dict[str, Node],
             ok = False
     for i, feed in enumerate(feeds):
         for j, ref in enumerate(feed.rooms):
-            on_xmpp = ref.startswith("xmpp:")
+            on_xmpp = network_of(ref) == "xmpp"
             if (xmpp if on_xmpp else matrix) is None:
                 r.problem(items["feeds"].value[i], f"feeds[{i}].rooms[{j}]",
                           f"{ref} is on {'XMPP' if on_xmpp else 'Matrix'}, but the "

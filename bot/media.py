@@ -123,6 +123,15 @@ class MediaResolver:
             if not lock.locked():
                 self._locks.pop(url, None)
 
+    async def _fetch(self, url: str) -> tuple[bytes, ImageInfo | None] | None:
+        """The picture's bytes and what they are; None when they could not be fetched."""
+        try:
+            data = (await self._fetcher.fetch(url)).body or b""
+        except FeedError as exc:
+            log.info("image %s not shown: %s", url, exc)
+            return None
+        return data, sniff_image(data)
+
     async def checked(self, url: str) -> bool:
         known = self._checked.get(url)
         if known is not None:
@@ -130,15 +139,10 @@ class MediaResolver:
         cached = await self._store.media(url)
         if cached is not None and cached.mxc:
             return True
-        try:
-            data = (await self._fetcher.fetch(url)).body or b""
-        except FeedError as exc:
-            log.info("image %s not shown: %s", url, exc)
+        fetched = await self._fetch(url)
+        if fetched is None:
             return False
-        info = sniff_image(data)
-        passed = info is not None and min(info.width, info.height) >= MIN_SIDE
-        if not passed:
-            log.info("image %s not shown: not a picture worth showing", url)
+        passed = _worth_showing(url, fetched[1])
         if len(self._checked) >= CHECKED_MEMORY:
             self._checked.pop(next(iter(self._checked)))
         self._checked[url] = passed
@@ -148,17 +152,11 @@ class MediaResolver:
         cached = await self._store.media(url)
         if cached is not None:
             return cached if cached.mxc else None
-        try:
-            result = await self._fetcher.fetch(url)
-            data = result.body or b""
-        except FeedError as exc:
-            log.info("image %s not shown: %s", url, exc)
+        fetched = await self._fetch(url)
+        if fetched is None:
             return None      # not cached: the server may be back next time
-        info = sniff_image(data)
-        if info is None or min(info.width, info.height) < MIN_SIDE:
-            why = "not a PNG, JPEG, GIF or WebP image" if info is None else \
-                f"{info.width}x{info.height}, a tracking pixel or a spacer"
-            log.info("image %s not shown: %s", url, why)
+        data, info = fetched
+        if not _worth_showing(url, info) or info is None:
             await self._store.put_media(MediaRow(url, None, None, len(data), None, None),
                                   self._clock.now())
             return None
@@ -177,3 +175,13 @@ class MediaResolver:
         row = MediaRow(url, mxc, info.mimetype, len(data), info.width, info.height)
         await self._store.put_media(row, self._clock.now())
         return row
+
+
+def _worth_showing(url: str, info: ImageInfo | None) -> bool:
+    """A real picture, not a tracking pixel or a spacer (why not is logged)."""
+    if info is None or min(info.width, info.height) < MIN_SIDE:
+        why = "not a PNG, JPEG, GIF or WebP image" if info is None else \
+            f"{info.width}x{info.height}, a tracking pixel or a spacer"
+        log.info("image %s not shown: %s", url, why)
+        return False
+    return True

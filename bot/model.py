@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -21,8 +22,15 @@ ImageMode = Literal["inline", "separate"]
 Network = Literal["matrix", "xmpp"]
 
 
+XMPP_PREFIX = "xmpp:"
+# xmpp: then a bare JID (no resource), bounded like XMPP's own limits: a group chat, or a
+# person (one-to-one chats, admins, moderators). The one definition the config and the
+# XMPP transport both check addresses with.
+XMPP_ADDRESS_RE = re.compile(r"xmpp:[^@/\s\"&'<>:]{1,1023}@[A-Za-z0-9.\-]{1,253}")
+
+
 def network_of(room: str) -> Network:
-    return "xmpp" if room.startswith("xmpp:") else "matrix"
+    return "xmpp" if room.startswith(XMPP_PREFIX) else "matrix"
 
 
 @dataclass(frozen=True, slots=True)

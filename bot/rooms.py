@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from bot.config import Config, RoomConfig
 from bot.errors import AuthError, RateLimitedError, RoomUnavailableError, TransportError
 from bot.i18n import MESSAGES, text
-from bot.model import Delivery
+from bot.model import Delivery, network_of
 from bot.render import bounded_title
 from bot.store.base import Store
 from bot.store.types import RECENT_PER_FEED
@@ -408,7 +408,7 @@ class RoomManager:
         return self.reports
 
     async def _prepare(self, room: RoomConfig, report: RoomReport) -> None:
-        if room.alias.startswith("xmpp:"):
+        if network_of(room.alias) == "xmpp":
             await self._prepare_group(room, report)
             return
         room_id = await self._find_or_create(room, report)
@@ -433,7 +433,7 @@ class RoomManager:
             return
         done = await self._groups.ensure_group(GroupChatSpec(
             room.alias, room.name, room.topic, public=room.join_rule == "public",
-            moderators=tuple(m for m in room.moderators if m.startswith("xmpp:"))))
+            moderators=tuple(m for m in room.moderators if network_of(m) == "xmpp")))
         report.room_id, report.created = room.alias, done.created
         self._by_id[room.alias] = room
         if done.created:
@@ -578,7 +578,7 @@ class RoomManager:
         following = await self._store.next_pending(delivery.room)
         if following is not None and _is_feed_item(following):
             return      # a newer item is about to be posted: that one will be pinned
-        if room.alias.startswith("xmpp:"):
+        if network_of(room.alias) == "xmpp":
             if room.topic_latest:
                 await self._show_in_subject(room, delivery)
             return
@@ -626,16 +626,21 @@ class RoomManager:
             self._ours.clear()
         self._ours[event_id] = ours
 
-    async def _show_in_topic(self, room: RoomConfig, room_id: str,
-                             delivery: Delivery) -> None:
+    async def _topic_with_latest(self, room: RoomConfig, room_id: str, delivery: Delivery,
+                                 now: str) -> str:
+        """The room's topic (or a group chat's subject) ending with the latest issue."""
         language = await self._store.room_language(room_id) or self._config.language
         title, link = await self._title_and_link(delivery, language)
         latest = text("topic_latest", language, item=f"{title} {link or ''}".strip())
+        base = room.topic if room.topic is not None else split_topic(now)[0]
+        return join_topic(base, latest)
+
+    async def _show_in_topic(self, room: RoomConfig, room_id: str,
+                             delivery: Delivery) -> None:
         current = await self._retry(
             lambda: self._transport.state_event(room_id, "m.room.topic")) or {}
         now = current.get("topic") if isinstance(current.get("topic"), str) else ""
-        base = room.topic if room.topic is not None else split_topic(str(now))[0]
-        topic = join_topic(base, latest)
+        topic = await self._topic_with_latest(room, room_id, delivery, str(now))
         if topic == now:
             return
         await self._retry(lambda: self._transport.set_state(room_id, "m.room.topic",
@@ -646,13 +651,9 @@ class RoomManager:
         """A group chat's subject is its topic: the latest issue shows there."""
         if self._groups is None:
             return
-        language = await self._store.room_language(room.alias) or self._config.language
-        title, link = await self._title_and_link(delivery, language)
-        latest = text("topic_latest", language, item=f"{title} {link or ''}".strip())
         try:
             now = await self._groups.group_subject(room.alias)
-            base = room.topic if room.topic is not None else split_topic(now)[0]
-            subject = join_topic(base, latest)
+            subject = await self._topic_with_latest(room, room.alias, delivery, now)
             if subject != now:
                 await self._groups.set_group_subject(room.alias, subject)
                 log.info("room %s: the subject now shows the latest issue", room.alias)

@@ -2,7 +2,8 @@
 (or person) is on, so that features never ask which network they talk to.
 
 A room reference says its network (bot.model.network_of): ``xmpp:`` addresses are XMPP,
-everything else Matrix. Managing rooms' state (RoomAdmin) is Matrix's only, for now.
+everything else Matrix. Room state (RoomAdmin) is Matrix's: XMPP's announcement rooms are
+group chats, configured through their forms (bot.transport.base.GroupChats).
 """
 
 from __future__ import annotations
@@ -13,23 +14,27 @@ from typing import TYPE_CHECKING, Any
 
 from bot.errors import RoomUnavailableError
 from bot.model import Network, Outgoing, Sent, network_of
-from bot.transport.base import EventHandlers, Transport
+from bot.transport.base import EventHandlers, Messaging, RoomAdmin, Transport
 
 if TYPE_CHECKING:
     from bot.media import ImageSource
 
 
 class Networks:
-    def __init__(self, transports: Mapping[Network, Transport]) -> None:
+    def __init__(self, transports: Mapping[Network, Messaging],
+                 matrix: Transport | None = None) -> None:
+        """``transports``: each network's messaging; ``matrix``: Matrix's whole transport,
+        when the bot is on Matrix (its room state)."""
         if not transports:
             raise ValueError("at least one network")
         self._transports = dict(transports)
+        self._admin = matrix
 
     @property
     def networks(self) -> tuple[Network, ...]:
         return tuple(self._transports)
 
-    def on(self, ref: str) -> Transport:
+    def on(self, ref: str) -> Messaging:
         """The transport of the network ``ref`` (a room, a person) is on."""
         network = network_of(ref)
         transport = self._transports.get(network)
@@ -38,12 +43,11 @@ class Networks:
                                        f"(no {network}: section in the configuration)")
         return transport
 
-    @property
-    def _matrix(self) -> Transport:
-        transport = self._transports.get("matrix")
-        if transport is None:
-            raise RoomUnavailableError("managed rooms are Matrix rooms: no matrix: section")
-        return transport
+    def _matrix(self, room: str = "") -> RoomAdmin:
+        if self._admin is None or network_of(room) != "matrix":
+            raise RoomUnavailableError(f"{room or 'this'} is not a Matrix room: it has no "
+                                       "Matrix state")
+        return self._admin
 
     # -- Messaging ----------------------------------------------------------------------
 
@@ -72,7 +76,9 @@ class Networks:
                                            now=now)
 
     async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
-        return await self._matrix.upload_media(data, content_type, filename)
+        if self._admin is None:
+            raise RoomUnavailableError("media are uploaded to Matrix: no matrix: section")
+        return await self._admin.upload_media(data, content_type, filename)
 
     async def run_sync(self, handlers: EventHandlers) -> None:
         async with asyncio.TaskGroup() as group:
@@ -109,26 +115,26 @@ class Networks:
     async def create_room(self, *, alias_localpart: str, name: str | None,
                           topic: str | None, preset: str, initial_state: list[dict[str, Any]],
                           power_levels: dict[str, Any]) -> str:
-        return await self._matrix.create_room(
+        return await self._matrix().create_room(
             alias_localpart=alias_localpart, name=name, topic=topic, preset=preset,
             initial_state=initial_state, power_levels=power_levels)
 
     async def room_state(self, room_id: str) -> list[dict[str, Any]]:
-        return await self.on(room_id).room_state(room_id)
+        return await self._matrix(room_id).room_state(room_id)
 
     async def state_event(self, room_id: str, event_type: str,
                           state_key: str = "") -> dict[str, Any] | None:
-        return await self.on(room_id).state_event(room_id, event_type, state_key)
+        return await self._matrix(room_id).state_event(room_id, event_type, state_key)
 
     async def set_state(self, room_id: str, event_type: str, content: dict[str, Any],
                         state_key: str = "") -> str:
-        return await self.on(room_id).set_state(room_id, event_type, content, state_key)
+        return await self._matrix(room_id).set_state(room_id, event_type, content, state_key)
 
     async def room_event(self, room_id: str, event_id: str) -> dict[str, Any]:
-        return await self.on(room_id).room_event(room_id, event_id)
+        return await self._matrix(room_id).room_event(room_id, event_id)
 
     async def directory_published(self, room_id: str) -> bool:
-        return await self.on(room_id).directory_published(room_id)
+        return await self._matrix(room_id).directory_published(room_id)
 
     async def set_directory_published(self, room_id: str, published: bool) -> None:
-        await self.on(room_id).set_directory_published(room_id, published)
+        await self._matrix(room_id).set_directory_published(room_id, published)

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncGenerator, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -405,33 +405,42 @@ class XmppTransport:
         except IqTimeout as exc:
             raise TemporaryTransportError("the XMPP server did not answer") from exc
 
+    async def _ours_in_archive(self, jid: str, group: bool) -> AsyncGenerator[str, None]:
+        """The origin ids of our messages in a group chat's archive (or, for a one-to-one
+        chat, our own archive with that person), newest first, LOOKUP_DEPTH messages at
+        most. IqTimeout becomes a temporary error; IqError (no archive) propagates."""
+        mam = self.client.plugin["xep_0313"]
+        results = mam.iterate(jid=JID(jid), reverse=True, rsm={"max": 100}) if group else \
+            mam.iterate(with_jid=JID(jid), reverse=True, rsm={"max": 100})
+        ours = self.session.bare_jid
+        scanned = 0
+        try:
+            async for result in results:
+                archived = result["mam_result"]["forwarded"]["stanza"]
+                sender = archived["from"]
+                mine = str(sender.resource) == self.account.nick if group \
+                    else str(sender.bare) == ours
+                origin = str(archived["origin_id"]["id"] or "")
+                if mine and origin:
+                    yield origin
+                scanned += 1
+                if scanned >= LOOKUP_DEPTH:
+                    return
+        except IqTimeout as exc:
+            raise TemporaryTransportError(f"{ref_of(jid)}'s archive did not answer") from exc
+
     async def find_delivery(self, room_id: str, key: str) -> str | None:
         """Our message with this origin id in the room's (or our own) archive."""
         jid = bare_jid(room_id)
         group = self._groups.get(jid)
         if group is not None and key in group.ours:
             return key
-        mam = self.client.plugin["xep_0313"]
-        ours = ref_of(self.session.bare_jid)
         try:
-            if group is not None:
-                results = mam.iterate(jid=JID(jid), reverse=True, rsm={"max": 100})
-            else:
-                results = mam.iterate(with_jid=JID(jid), reverse=True, rsm={"max": 100})
-            scanned = 0
-            async for result in results:
-                archived = result["mam_result"]["forwarded"]["stanza"]
-                if archived["origin_id"]["id"] == key:
-                    sender = archived["from"]
-                    mine = (str(sender.resource) == self.account.nick) if group is not None \
-                        else ref_of(str(sender.bare)) == ours
-                    if mine:
+            async with contextlib.aclosing(self._ours_in_archive(jid, group is not None)) \
+                    as found:
+                async for origin in found:
+                    if origin == key:
                         return key
-                scanned += 1
-                if scanned >= LOOKUP_DEPTH:
-                    break
-        except IqTimeout as exc:
-            raise TemporaryTransportError(f"{room_id}'s archive did not answer") from exc
         except IqError as exc:
             if group is None or group.joined is False:
                 raise TemporaryTransportError(f"{room_id}'s archive: {exc}") from exc
@@ -442,56 +451,18 @@ class XmppTransport:
     async def _last_ours(self, group: GroupChat) -> str | None:
         """The origin id of our last message in a group chat: known since we joined, or
         read from the archive's end."""
-        if group.last_ours is not None:
-            return group.last_ours
-        try:
-            scanned = 0
-            async for result in self.client.plugin["xep_0313"].iterate(
-                    jid=JID(group.jid), reverse=True, rsm={"max": 50}):
-                archived = result["mam_result"]["forwarded"]["stanza"]
-                if str(archived["from"].resource) == self.account.nick and \
-                        archived["origin_id"]["id"]:
-                    group.last_ours = str(archived["origin_id"]["id"])
-                    break
-                scanned += 1
-                if scanned >= LOOKUP_DEPTH:
-                    break
-        except IqTimeout as exc:
-            raise TemporaryTransportError(f"{ref_of(group.jid)}'s archive did not answer") \
-                from exc
-        except IqError:
-            pass            # no archive: we do not know, so no correction is sent
+        if group.last_ours is None:
+            # No archive: unknown, and no correction is sent.
+            with contextlib.suppress(IqError):
+                async with contextlib.aclosing(self._ours_in_archive(group.jid, True)) \
+                        as found:
+                    async for origin in found:
+                        group.last_ours = origin
+                        break
         return group.last_ours
 
     async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
         raise RoomUnavailableError("XMPP messages show pictures by their address")
-
-    # -- Matrix room state: XMPP rooms have none -----------------------------------------
-
-    async def create_room(self, *, alias_localpart: str, name: str | None,
-                          topic: str | None, preset: str, initial_state: list[dict[str, Any]],
-                          power_levels: dict[str, Any]) -> str:
-        raise RoomUnavailableError("Matrix rooms are created on Matrix")
-
-    async def room_state(self, room_id: str) -> list[dict[str, Any]]:
-        return []
-
-    async def state_event(self, room_id: str, event_type: str,
-                          state_key: str = "") -> dict[str, Any] | None:
-        return None
-
-    async def set_state(self, room_id: str, event_type: str, content: dict[str, Any],
-                        state_key: str = "") -> str:
-        raise RoomUnavailableError(f"{room_id} is an XMPP room: it has no Matrix state")
-
-    async def room_event(self, room_id: str, event_id: str) -> dict[str, Any]:
-        raise RoomUnavailableError(f"{room_id} is an XMPP room: it has no Matrix events")
-
-    async def directory_published(self, room_id: str) -> bool:
-        return False
-
-    async def set_directory_published(self, room_id: str, published: bool) -> None:
-        raise RoomUnavailableError(f"{room_id} is an XMPP room: it has no Matrix directory")
 
     # -- incoming -----------------------------------------------------------------------
 

@@ -7,16 +7,13 @@ way (``xmpp:alice@example.org``), so that an XMPP id never looks like a Matrix o
 
 from __future__ import annotations
 
-import re
+from bot.model import XMPP_ADDRESS_RE, XMPP_PREFIX, network_of
 
-PREFIX = "xmpp:"
-
-# localpart@domain, no resource; bounded like XMPP's own limits (1023 bytes per part).
-_BARE_JID_RE = re.compile(r"[^@/\s\"&'<>:]{1,1023}@[A-Za-z0-9.\-\[\]:]{1,1023}")
+PREFIX = XMPP_PREFIX
 
 
 def is_xmpp(ref: str) -> bool:
-    return ref.startswith(PREFIX)
+    return network_of(ref) == "xmpp"
 
 
 def bare_jid(ref: str) -> str:
@@ -24,7 +21,7 @@ def bare_jid(ref: str) -> str:
     if not is_xmpp(ref):
         raise ValueError(f"{ref!r} is not an xmpp: address")
     jid = ref[len(PREFIX):].split("?", 1)[0]
-    if not _BARE_JID_RE.fullmatch(jid):
+    if not XMPP_ADDRESS_RE.fullmatch(PREFIX + jid):
         raise ValueError(f"{ref!r} is not an address like xmpp:room@conference.example.org")
     local, domain = jid.split("@", 1)
     return f"{local}@{domain.lower()}"
