@@ -479,8 +479,9 @@ class Polls:
 
     A feed's schedule is what its poller says: its first poll (``_start``: the stored
     next_fetch, or soon after a restart, spread), then the delay ``poll_once`` returns
-    (jittered, backed off after failures, raised by hints), counted from when the poll was
-    due, so that waiting for a slot or a slow server does not stretch the interval. A push
+    (jittered, backed off after failures, raised by hints), counted from when the poll
+    began, so that a poll late for a slot is never followed by another less than an
+    interval later. A push
     (``FeedPoller.poll_soon``) moves the feed's next poll to now, but no sooner than
     ``push_gap`` after the last push's poll began; one under way is followed by another. A
     feed is never polled twice at once. ``run`` is cancelled to stop: polls under way are
@@ -551,7 +552,10 @@ class Polls:
                                                         name=f"poll {poller.feed.name}")
                 # A callback, not a finally: a task cancelled before it ran (a feed
                 # removed at once) runs no code of its own, and its slot must come back.
-                task.add_done_callback(functools.partial(self._polled, poller, entry[0]))
+                # The next poll is counted from when this one began, not from when it was
+                # due: a poll late for a slot is not followed by a catch-up one less than an
+                # interval later (never more than once per interval, under load too).
+                task.add_done_callback(functools.partial(self._polled, poller, loop.time()))
 
     async def _start(self, poller: FeedPoller, loop: asyncio.AbstractEventLoop) -> None:
         if poller._polls is not self:
@@ -562,7 +566,7 @@ class Polls:
         elif poller._polls is self:
             self._after_wait(poller, loop.time(), delay)
 
-    def _polled(self, poller: FeedPoller, due: float, task: asyncio.Task[float]) -> None:
+    def _polled(self, poller: FeedPoller, began: float, task: asyncio.Task[float]) -> None:
         self._limiter.release()
         poller._task = None
         # Cancelled: removed, or the bot stops. An exception: the task group stops the
@@ -573,7 +577,7 @@ class Polls:
         if math.isinf(delay):
             poller.ended = True
         elif poller._polls is self:
-            self._after_wait(poller, due, delay)
+            self._after_wait(poller, began, delay)
             self._wake()
 
     def _after_wait(self, poller: FeedPoller, start: float, delay: float) -> None:
