@@ -222,3 +222,53 @@ async def test_an_answer_goes_first_but_never_between_an_item_and_its_picture(
     assert await store.claim_next(Target("matrix", "!r:x"), owner="local", now=6.0,
                                   lease=60) is None
     store.close()
+
+
+async def test_a_lease_is_held_by_one_owner_until_it_lapses(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    assert await store.take_lease("feed:news", "a", now=100.0, duration=30.0)
+    assert not await store.take_lease("feed:news", "b", now=110.0, duration=30.0)
+    assert await store.take_lease("feed:news", "a", now=120.0, duration=30.0)   # renewed
+    assert not await store.take_lease("feed:news", "b", now=140.0, duration=30.0)
+    assert [(le.name, le.owner, le.until) for le in await store.leases(140.0)] == \
+        [("feed:news", "a", 150.0)]
+    assert await store.take_lease("feed:news", "b", now=150.0, duration=30.0)   # lapsed
+    assert not await store.take_lease("feed:news", "a", now=151.0, duration=30.0)
+    await store.release_lease("feed:news", "a")          # not a's: nothing changes
+    assert [le.owner for le in await store.leases(151.0)] == ["b"]
+    await store.release_lease("feed:news", "b")
+    assert await store.leases(151.0) == []
+    assert await store.take_lease("feed:news", "a", now=152.0, duration=30.0)
+    store.close()
+
+
+async def test_an_event_is_taken_once_by_anyone(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    assert await store.take_once("command:$e1", "a", 100.0)
+    assert not await store.take_once("command:$e1", "b", 101.0)
+    assert not await store.take_once("command:$e1", "a", 102.0)
+    assert await store.take_once("command:$e2", "b", 200.0)
+    assert await store.prune_taken(150.0) == 1
+    assert not await store.take_once("command:$e2", "a", 201.0)
+    store.close()
+
+
+async def test_an_attempt_needs_a_live_claim_of_its_owner(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path)
+    await store.ensure_feed("news", "http://a/feed")
+    await store.record_poll(outcome("news", ["a"], ["!r:x"]))
+    target = Target("matrix", "!r:x")
+    d = await store.claim_next(target, owner="a", now=100.0, lease=10.0)
+    assert d is not None
+    assert await store.claim_next(target, owner="b", now=105.0, lease=10.0) is None
+    # a's attempt renews its claim: b still cannot take it after the first lease.
+    assert await store.mark_attempt(d.key, 108.0, owner="a", lease=10.0)
+    assert await store.claim_next(target, owner="b", now=112.0, lease=10.0) is None
+    # a froze past its claim; b takes the row over, and a's late attempt is refused.
+    taken = await store.claim_next(target, owner="b", now=119.0, lease=10.0)
+    assert taken is not None and taken.key == d.key and taken.attempts == 1
+    assert not await store.mark_attempt(d.key, 120.0, owner="a", lease=10.0)
+    assert await store.mark_attempt(d.key, 120.0, owner="b", lease=10.0)
+    again = await store.next_pending("!r:x")
+    assert again is not None and again.attempts == 2
+    store.close()

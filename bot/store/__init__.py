@@ -1,13 +1,21 @@
 """The bot's state: value types (types), the protocol the bot asks of a store (base), and
 its SQLite implementation (sqlite)."""
 
-from bot.store.base import FeedStore, KeyValueStore, OutboxStore, Store, SubscriptionStore
+from bot.store.base import (
+    FeedStore,
+    KeyValueStore,
+    LeaseStore,
+    OutboxStore,
+    Store,
+    SubscriptionStore,
+)
 from bot.store.sqlite import SqliteStore
 from bot.store.types import (
     RECENT_PER_FEED,
     Correction,
     DigestItem,
     FeedState,
+    Lease,
     MediaRow,
     NewDelivery,
     PollOutcome,
@@ -18,6 +26,6 @@ from bot.store.types import (
 )
 
 __all__ = ["RECENT_PER_FEED", "Correction", "DigestItem", "FeedState", "FeedStore",
-           "KeyValueStore", "MediaRow", "NewDelivery", "OutboxStore", "PollOutcome",
-           "RecentEntry", "RoomFeed", "RoomFeedSettings", "SqliteStore", "Store",
+           "KeyValueStore", "Lease", "LeaseStore", "MediaRow", "NewDelivery", "OutboxStore",
+           "PollOutcome", "RecentEntry", "RoomFeed", "RoomFeedSettings", "SqliteStore", "Store",
            "Subscriber", "SubscriptionStore"]

@@ -16,6 +16,7 @@ from bot.model import Delivery, Message, Target
 from bot.store.types import (
     DigestItem,
     FeedState,
+    Lease,
     MediaRow,
     NewDelivery,
     PollOutcome,
@@ -78,7 +79,13 @@ class OutboxStore(Protocol):
 
     async def next_pending(self, room: str, network: str = "matrix") -> Delivery | None: ...
     async def mark_attempt(self, key: str, now: float, payload: dict[str, Any] | None = None,
-                           *, expected: Message | None | Literal[False] = False) -> bool: ...
+                           *, expected: Message | None | Literal[False] = False,
+                           owner: str | None = None, lease: float = 0.0) -> bool:
+        """Record an attempt before sending (with the payload about to go). False, and
+        nothing recorded, when the row no longer holds ``expected`` (a correction), or
+        when ``owner`` is given and its claim on the row lapsed (another instance may
+        have taken it); else ``owner``'s claim is renewed for ``lease`` seconds."""
+        ...
     async def mark_sent(self, key: str, event_id: str, now: float) -> None: ...
     async def mark_rejected(self, key: str, error: str, now: float) -> None: ...
     async def record_failure_of(self, key: str, error: str, now: float, *,
@@ -125,7 +132,36 @@ class KeyValueStore(Protocol):
     async def prune_media(self, older_than: float) -> int: ...
 
 
-class Store(FeedStore, OutboxStore, SubscriptionStore, KeyValueStore, Protocol):
+class LeaseStore(Protocol):
+    """What several instances on one database share out: leases and events taken once."""
+
+    async def take_lease(self, name: str, owner: str, *, now: float, duration: float) -> bool:
+        """Hold ``name`` for ``owner`` until ``now + duration``: True when it was free,
+        had lapsed, or was already ``owner``'s (renewed); False while another holds it."""
+        ...
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Let go of a lease (only if ``owner`` holds it)."""
+        ...
+
+    async def leases(self, now: float) -> list[Lease]:
+        """The leases held at ``now``, by any instance."""
+        ...
+
+    async def take_once(self, key: str, owner: str, now: float) -> bool:
+        """True for the first instance that takes ``key`` (e.g. a command's event), False
+        for every later call, by anyone."""
+        ...
+
+    async def prune_taken(self, older_than: float) -> int: ...
+
+
+class Store(FeedStore, OutboxStore, SubscriptionStore, KeyValueStore, LeaseStore, Protocol):
     """All of the bot's state."""
+
+    # True when several instances may share this state (PostgreSQL): the bot then
+    # polls under leases and answers under a leader lease. False: the store is this
+    # process's alone.
+    shared: bool
 
     def close(self) -> None: ...

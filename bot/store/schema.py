@@ -207,6 +207,21 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE feed_state ADD COLUMN hints TEXT;
     """,
+    # 9: several instances on one database. A lease (a feed's polling, the leadership) is
+    # held by one instance until a time, renewed while it lives and taken when it lapses;
+    # an event taken by one instance (a command) is never taken by another.
+    """
+    CREATE TABLE lease (
+        name        TEXT PRIMARY KEY,   -- feed:<name>, leader
+        owner       TEXT NOT NULL,      -- the instance
+        until       REAL NOT NULL
+    );
+    CREATE TABLE taken (
+        key         TEXT PRIMARY KEY,   -- e.g. command:<event id>
+        owner       TEXT NOT NULL,
+        taken_at    REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -26,6 +26,7 @@ from bot.store.types import (
     Correction,
     DigestItem,
     FeedState,
+    Lease,
     MediaRow,
     NewDelivery,
     PollOutcome,
@@ -119,6 +120,8 @@ class SqliteStore:
     Unchanged polls may be written behind (``record_not_modified(later=True)``): each
     transaction writes those waiting first, so no later write is overtaken by an older
     one, and reads see them as if written."""
+
+    shared = False      # one process's alone: SQLite is not for several instances
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
@@ -524,22 +527,29 @@ class SqliteStore:
         return int(row[0])
 
     async def mark_attempt(self, key: str, now: float, payload: dict[str, Any] | None = None, *,
-                     expected: Message | None | Literal[False] = False) -> bool:
+                     expected: Message | None | Literal[False] = False,
+                     owner: str | None = None, lease: float = 0.0) -> bool:
         """Recorded *before* sending, so a crash mid-send is known on restart, with the
         ``payload`` about to be sent (kept: a resend sends the very same). With
         ``expected`` (the message the row held when read, None for a row of an older
         newsbot), only if the row still holds that (a correction may have replaced it
         meanwhile): False, and nothing recorded, when it does not."""
         sets = "attempts = attempts + 1, first_attempt_at = COALESCE(first_attempt_at, ?)"
-        params: list[object] = [now]
+        set_params: list[object] = [now]
         if payload is not None:
             sets += ", payload = ?"
-            params.append(json.dumps(payload, ensure_ascii=False))
+            set_params.append(json.dumps(payload, ensure_ascii=False))
         where = "key = ?"
-        params.append(key)
+        where_params: list[object] = [key]
         if expected is not False:
             where += " AND message IS ?"
-            params.append(None if expected is None else _message_json(expected))
+            where_params.append(None if expected is None else _message_json(expected))
+        if owner is not None:
+            sets += ", claimed_until = ?"
+            set_params.append(now + lease)
+            where += " AND claimed_by = ? AND claimed_until > ?"
+            where_params += [owner, now]
+        params = set_params + where_params
         with self._guard(), self._transaction() as c:
             cur = c.execute(f"UPDATE outbox SET {sets} WHERE {where}", params)
         return cur.rowcount > 0
@@ -821,6 +831,38 @@ class SqliteStore:
             c.execute("INSERT INTO room_settings (room, language) VALUES (?, ?) "
                       "ON CONFLICT (room) DO UPDATE SET language = excluded.language",
                       (room, language))
+
+    # -- leases (several instances; one here, but the same rules) ------------------------
+
+    async def take_lease(self, name: str, owner: str, *, now: float, duration: float) -> bool:
+        with self._guard(), self._transaction() as c:
+            cur = c.execute(
+                "INSERT INTO lease (name, owner, until) VALUES (?, ?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET owner = excluded.owner, until = excluded.until "
+                "WHERE lease.owner = excluded.owner OR lease.until <= ?",
+                (name, owner, now + duration, now))
+        return cur.rowcount > 0
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        with self._guard(), self._transaction() as c:
+            c.execute("DELETE FROM lease WHERE name = ? AND owner = ?", (name, owner))
+
+    async def leases(self, now: float) -> list[Lease]:
+        with self._guard():
+            rows = self._conn.execute("SELECT name, owner, until FROM lease WHERE until > ? "
+                                      "ORDER BY name", (now,)).fetchall()
+        return [Lease(*row) for row in rows]
+
+    async def take_once(self, key: str, owner: str, now: float) -> bool:
+        with self._guard(), self._transaction() as c:
+            cur = c.execute("INSERT OR IGNORE INTO taken (key, owner, taken_at) VALUES (?, ?, ?)",
+                            (key, owner, now))
+        return cur.rowcount > 0
+
+    async def prune_taken(self, older_than: float) -> int:
+        with self._guard(), self._transaction() as c:
+            cur = c.execute("DELETE FROM taken WHERE taken_at < ?", (older_than,))
+        return cur.rowcount
 
     # -- small facts -------------------------------------------------------------------
 

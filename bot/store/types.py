@@ -152,3 +152,12 @@ class PollOutcome:
     carried: Sequence[str] | None = None
     # What the feed asks about its polling, JSON (bot.feeds.hints); None: leave it.
     hints: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds a lease (a feed's polling, the leadership) until when."""
+
+    name: str
+    owner: str
+    until: float
