@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
 import yaml
 from yaml.constructor import ConstructorError, SafeConstructor
@@ -1126,11 +1126,71 @@ class XmppConfig:
                 f"host={self.host!r}, port={self.port!r}, tls={self.tls!r})")
 
 
+def _read_database_url(f: _Field) -> Any:
+    """``url`` (PostgreSQL), its password from ``${VAR}`` in it or from ``password_file``."""
+    found = f.text(secret=True)
+    if found is None:
+        lone = f.r.string(f.items, f.parent, f.path, "password_file")
+        if lone is not None:
+            f.r.problem(lone[1], _join(f.path, "password_file"), "is only used with `url`")
+            return _BAD
+        return _BAD if f.given else None
+    text, node = found
+    url = text.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        return f.problem(node, "expected a PostgreSQL address like "
+                               "postgresql://newsbot@db.example.org/newsbot")
+    if parts.password:
+        f.r.secrets.add(unquote(parts.password))
+    from_file = f.r.string(f.items, f.parent, f.path, "password_file")
+    if from_file is not None:
+        if parts.password:
+            f.r.problem(from_file[1], _join(f.path, "password_file"),
+                        "the address already holds a password; keep only one")
+            return _BAD
+        password = _read_private_token(f.r, from_file[1], _join(f.path, "password_file"),
+                                       from_file[0], what="password")
+        if password is _BAD:
+            return _BAD
+        user = quote(parts.username or "", safe="")
+        host = parts.netloc.rpartition("@")[2]
+        url = urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+    elif not _is_null(f.items.get("password_file")):
+        return _BAD
+    query = dict(parse_qsl(parts.query))
+    if parts.hostname not in _LOOPBACK_HOSTS and query.get("sslmode") not in (
+            "require", "verify-ca", "verify-full"):
+        f.r.warn(node, f.full, "the connection to a database on another machine may be "
+                               "unencrypted; add ?sslmode=verify-full (or require)")
+    return url
+
+
+def _masked_url(url: str) -> str:
+    """A database address fit for a log line: its password replaced."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
+
+
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     path: Path = field(metadata=_key(
-        "directory for the state (relative to the config file)", _Text(), required=True,
+        "directory for the state (relative to the config file); with `url`, this "
+        "instance's own files (its session, its encryption keys)", _Text(), required=True,
         check=_state_path))
+    url: str | None = field(default=None, metadata=_key(
+        "PostgreSQL database for the shared state, e.g. `postgresql://newsbot@db/newsbot`, "
+        "so several instances can run (SQLite in `path` otherwise); its password in a "
+        "`${VAR}` or in `password_file`", _Custom(_read_database_url), shown="SQLite in `path`",
+        also=(("password_file", "a file holding the database password (mode 0600)"),)))
+
+    def __repr__(self) -> str:
+        # Hand-written so that logging a config (or a traceback showing it) cannot leak.
+        url = None if self.url is None else _masked_url(self.url)
+        return f"StorageConfig(path={self.path!r}, url={url!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -774,3 +774,46 @@ def test_table_of_keys_lists_each_key_once_with_its_default() -> None:
         "required", "`15m`", "`5MiB`", "`40KiB`", "`6h`", "`true`", "`[]`", "—")
     with pytest.raises(ValueError, match="markers"):
         readme_with_key_table("# a README without the table\n")
+
+
+def with_storage(lines: str) -> str:
+    return VALID.replace("storage:\n  path: data/newsbot.db\n",
+                         "storage:\n  path: data/newsbot.db\n" + lines)
+
+
+def test_storage_url_selects_postgresql_with_its_password_from_a_variable() -> None:
+    config, warnings = load(with_storage(
+        "  url: postgresql://newsbot:${DB_PASSWORD}@127.0.0.1:5433/newsbot\n"),
+        env={"DB_PASSWORD": "s3cr3t-p@ss"})
+    assert config.storage.url == "postgresql://newsbot:s3cr3t-p@ss@127.0.0.1:5433/newsbot"
+    assert "s3cr3t" not in repr(config) and "***" in repr(config.storage)
+    assert warnings == []
+    default, _ = load(VALID)
+    assert default.storage.url is None
+
+
+def test_storage_password_file_goes_into_the_address(tmp_path: Path) -> None:
+    secret = tmp_path / "db.pass"
+    secret.write_text("zq/9 xk:1\n")
+    secret.chmod(0o600)
+    config, _ = load(with_storage(f"  url: postgresql://newsbot@localhost/newsbot\n"
+                                  f"  password_file: {secret}\n"))
+    assert config.storage.url == "postgresql://newsbot:zq%2F9%20xk%3A1@localhost/newsbot"
+    assert "zq" not in repr(config.storage)
+    secret.chmod(0o644)
+    found = problems(with_storage(f"  url: postgresql://newsbot@localhost/newsbot\n"
+                                  f"  password_file: {secret}\n"))
+    assert any("storage.password_file" in p and "chmod 600" in p for p in found)
+    assert "zq" not in "\n".join(found)
+
+
+def test_bad_storage_urls_are_explained() -> None:
+    found = problems(with_storage("  url: mysql://newsbot@db/newsbot\n"))
+    assert any("storage.url" in p and "PostgreSQL address" in p for p in found)
+    found = problems(with_storage("  password_file: /nonexistent\n"))
+    assert any("storage.password_file" in p and "only used with `url`" in p for p in found)
+    _, warnings = load(with_storage("  url: postgresql://newsbot@db.example.org/newsbot\n"))
+    assert any("sslmode=verify-full" in w for w in warnings)
+    _, warnings = load(with_storage(
+        "  url: postgresql://newsbot@db.example.org/newsbot?sslmode=verify-full\n"))
+    assert warnings == []
