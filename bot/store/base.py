@@ -165,3 +165,7 @@ class Store(FeedStore, OutboxStore, SubscriptionStore, KeyValueStore, LeaseStore
     shared: bool
 
     def close(self) -> None: ...
+
+    async def aclose(self) -> None:
+        """Write what waits and close gracefully (a server store's connections too)."""
+        ...

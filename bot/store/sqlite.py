@@ -210,6 +210,9 @@ class SqliteStore:
         finally:
             self._conn.close()
 
+    async def aclose(self) -> None:
+        self.close()
+
     def flush(self) -> None:
         """Write the unchanged polls waiting in memory, now."""
         if self._flush_timer is not None:
