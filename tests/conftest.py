@@ -18,6 +18,7 @@ import pytest_asyncio
 
 from bot.clock import Clock
 from bot.config import Config
+from bot.store import SqliteStore, Store
 
 # `tests.*` import as packages because pyproject's `pythonpath = ["."]` puts the checkout's
 # root on sys.path.
@@ -30,6 +31,7 @@ from tests.support import (
     RegisteredUser,
     SynapseServer,
 )
+from tests.support.postgres import PostgresServer, StoreOpener, postgres_available
 from tests.support.prosody import ProsodyServer, prosody_available
 
 
@@ -114,3 +116,54 @@ async def prosody(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pro
         pytest.fail("prosody is not installed: `./dev test` installs it (apt-get install prosody)")
     async with ProsodyServer(tmp_path_factory.mktemp("prosody")) as server:
         yield server
+
+
+@pytest_asyncio.fixture(scope="session")
+async def postgres() -> AsyncIterator[PostgresServer]:
+    """A running PostgreSQL cluster shared by the session (``await
+    postgres.new_database()``: a fresh database's URL); ``./dev`` installs Debian's package
+    when it is missing."""
+    if not postgres_available():
+        pytest.fail("PostgreSQL is not installed: `./dev test` installs it "
+                    "(apt-get install postgresql)")
+    async with PostgresServer() as server:
+        yield server
+
+
+# The stores a store test runs on: the embedded one and the shared one.
+STORE_KINDS = ("sqlite", "postgres")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_server(store_kind: str, request: pytest.FixtureRequest) -> PostgresServer | None:
+    # The cluster starts only when a PostgreSQL case runs.
+    return request.getfixturevalue("postgres") if store_kind == "postgres" else None
+
+
+@pytest_asyncio.fixture
+async def open_store(store_server: PostgresServer | None,
+                     tmp_path: Path) -> AsyncIterator[StoreOpener]:
+    """``store = await open_store()``: a store of the test's kind (SQLite in ``tmp_path``,
+    or a fresh PostgreSQL database); calling it again opens the same state anew (as after
+    a restart). Every store opened is closed after the test."""
+    stores: list[Store] = []
+    url = None if store_server is None else await store_server.new_database()
+
+    async def open_one() -> Store:
+        store: Store
+        if url is None:
+            store = SqliteStore.open(tmp_path)
+        else:
+            from bot.store.postgres import PostgresStore
+            store = await PostgresStore.open(url, max_size=4)
+        stores.append(store)
+        return store
+
+    yield open_one
+    for store in stores:
+        await store.aclose()
