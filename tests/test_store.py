@@ -1,13 +1,23 @@
+"""The store's behaviour, on SQLite and on PostgreSQL (``open_store``), and what is
+particular to each: SQLite's file, PostgreSQL's server and several instances on it."""
+
+import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from bot.errors import StorageError
 from bot.model import Image, Message, Target, delivery_key
 from bot.store import NewDelivery, PollOutcome, SqliteStore
+from bot.store.postgres import PostgresStore
 from bot.store.schema import SCHEMA_VERSION
-from bot.store.sqlite import DB_FILENAME
+from bot.store.schema_pg import MIGRATIONS_PG
+from bot.store.sqlite import DB_FILENAME, _split_statements
+from tests.support import free_port
+from tests.support.postgres import PostgresServer, StoreOpener
 
 
 def outcome(feed: str, entries: list[str], rooms: list[str], *, now: float = 100.0,
@@ -26,14 +36,14 @@ def test_schema_version_and_wal(tmp_path: Path) -> None:
     store.close()
 
 
-async def test_poll_is_recorded_atomically_and_survives_reopen(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_poll_is_recorded_atomically_and_survives_reopen(open_store: StoreOpener) -> None:
+    store = await open_store()
     await store.ensure_feed("news", "http://a/feed")
     rooms = await store.record_poll(outcome("news", ["a", "b"], ["!r1:x", "!r2:x"]))
     assert rooms == ["!r1:x", "!r2:x"]
     store.close()
 
-    store = SqliteStore.open(tmp_path)
+    store = await open_store()
     state = await store.feed_state("news")
     assert state is not None and state.initialized and state.etag == "e1"
     assert await store.unseen("news", ["a", "b", "c"]) == {"c"}
@@ -43,8 +53,8 @@ async def test_poll_is_recorded_atomically_and_survives_reopen(tmp_path: Path) -
     assert await store.pending_count() == 4
 
 
-async def test_outbox_is_ordered_and_sent_items_leave_it(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_outbox_is_ordered_and_sent_items_leave_it(open_store: StoreOpener) -> None:
+    store = await open_store()
     await store.ensure_feed("news", "http://a/feed")
     await store.record_poll(outcome("news", ["a", "b"], ["!r:x"]))
     await store.record_poll(outcome("news", ["c"], ["!r:x"], now=200))
@@ -57,16 +67,16 @@ async def test_outbox_is_ordered_and_sent_items_leave_it(tmp_path: Path) -> None
     assert await store.pending_count() == 0
 
 
-async def test_same_delivery_enqueued_twice_is_one_row(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_same_delivery_enqueued_twice_is_one_row(open_store: StoreOpener) -> None:
+    store = await open_store()
     await store.ensure_feed("news", "http://a/feed")
     await store.record_poll(outcome("news", ["a"], ["!r:x"]))
     assert await store.record_poll(outcome("news", ["a"], ["!r:x"])) == []
     assert await store.pending_count() == 1
 
 
-async def test_attempt_is_remembered(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_attempt_is_remembered(open_store: StoreOpener) -> None:
+    store = await open_store()
     await store.ensure_feed("news", "http://a/feed")
     await store.record_poll(outcome("news", ["a"], ["!r:x"]))
     d = await store.next_pending("!r:x")
@@ -77,8 +87,8 @@ async def test_attempt_is_remembered(tmp_path: Path) -> None:
     assert again is not None and again.first_attempt_at == 500.0 and again.attempts == 2
 
 
-async def test_changed_url_keeps_seen_entries_and_drops_validators(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_changed_url_keeps_seen_entries_and_drops_validators(open_store: StoreOpener) -> None:
+    store = await open_store()
     await store.ensure_feed("news", "http://old/feed")
     await store.record_poll(outcome("news", ["a"], []))
     state = await store.ensure_feed("news", "http://new/feed")
@@ -86,8 +96,8 @@ async def test_changed_url_keeps_seen_entries_and_drops_validators(tmp_path: Pat
     assert await store.unseen("news", ["a"]) == set()
 
 
-async def test_failed_write_leaves_nothing_half_done(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_failed_write_leaves_nothing_half_done(open_store: StoreOpener) -> None:
+    store = await open_store()
     await store.ensure_feed("news", "http://a/feed")
     bad = outcome("news", ["a", "b"], ["!r:x"])
     unwritable = Message("z", "z", mentions=({1},))     # type: ignore[arg-type]
@@ -115,8 +125,8 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
         SqliteStore.open(tmp_path)
 
 
-async def test_kv_roundtrip(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_kv_roundtrip(open_store: StoreOpener) -> None:
+    store = await open_store()
     await store.put("k", "1")
     await store.put("k", "2")
     assert await store.get("k") == "2"
@@ -140,8 +150,8 @@ async def test_a_version_1_database_is_migrated_keeping_its_data(tmp_path: Path)
     assert await store.unseen("n", ["e1", "e2"]) == {"e2"}
 
 
-async def test_disabling_a_feed_queues_its_notices_once(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_disabling_a_feed_queues_its_notices_once(open_store: StoreOpener) -> None:
+    store = await open_store()
     await store.ensure_feed("news", "http://a/feed")
     notice = [NewDelivery("gone", "!r:x", Message("gone", "gone"))]
     assert await store.disable_feed("news", "410", now=1.0, notices=notice) == ["!r:x"]
@@ -181,9 +191,9 @@ async def test_read_only_storage_is_a_clear_error(tmp_path: Path) -> None:
         await store.ensure_feed("news", "http://a/feed")
 
 
-async def test_old_media_rows_are_forgotten(tmp_path: Path) -> None:
+async def test_old_media_rows_are_forgotten(open_store: StoreOpener) -> None:
     from bot.store import MediaRow
-    store = SqliteStore.open(tmp_path)
+    store = await open_store()
     await store.put_media(MediaRow("http://a/old.png", "mxc://x/1", "image/png", 10, 20, 20), 100.0)
     await store.put_media(MediaRow("http://a/new.png", "mxc://x/2", "image/png", 10, 20, 20), 900.0)
     assert await store.prune_media(500.0) == 1
@@ -192,8 +202,8 @@ async def test_old_media_rows_are_forgotten(tmp_path: Path) -> None:
 
 
 async def test_an_answer_goes_first_but_never_between_an_item_and_its_picture(
-        tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+        open_store: StoreOpener) -> None:
+    store = await open_store()
     await store.ensure_feed("news", "http://a/feed")
     picture = Message("a", "", image=Image("https://a/a.png", "separate", "a"))
     await store.record_poll(PollOutcome(
@@ -224,8 +234,8 @@ async def test_an_answer_goes_first_but_never_between_an_item_and_its_picture(
     store.close()
 
 
-async def test_a_lease_is_held_by_one_owner_until_it_lapses(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_a_lease_is_held_by_one_owner_until_it_lapses(open_store: StoreOpener) -> None:
+    store = await open_store()
     assert await store.take_lease("feed:news", "a", now=100.0, duration=30.0)
     assert not await store.take_lease("feed:news", "b", now=110.0, duration=30.0)
     assert await store.take_lease("feed:news", "a", now=120.0, duration=30.0)   # renewed
@@ -242,8 +252,8 @@ async def test_a_lease_is_held_by_one_owner_until_it_lapses(tmp_path: Path) -> N
     store.close()
 
 
-async def test_an_event_is_taken_once_by_anyone(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_an_event_is_taken_once_by_anyone(open_store: StoreOpener) -> None:
+    store = await open_store()
     assert await store.take_once("command:$e1", "a", 100.0)
     assert not await store.take_once("command:$e1", "b", 101.0)
     assert not await store.take_once("command:$e1", "a", 102.0)
@@ -253,8 +263,8 @@ async def test_an_event_is_taken_once_by_anyone(tmp_path: Path) -> None:
     store.close()
 
 
-async def test_an_attempt_needs_a_live_claim_of_its_owner(tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path)
+async def test_an_attempt_needs_a_live_claim_of_its_owner(open_store: StoreOpener) -> None:
+    store = await open_store()
     await store.ensure_feed("news", "http://a/feed")
     await store.record_poll(outcome("news", ["a"], ["!r:x"]))
     target = Target("matrix", "!r:x")
@@ -272,3 +282,265 @@ async def test_an_attempt_needs_a_live_claim_of_its_owner(tmp_path: Path) -> Non
     again = await store.next_pending("!r:x")
     assert again is not None and again.attempts == 2
     store.close()
+
+
+# -- both stores: the same schema ------------------------------------------------------
+
+
+async def test_both_stores_migrate_to_the_same_tables_and_columns(
+        tmp_path: Path, postgres: PostgresServer) -> None:
+    # `storage migrate` copies rows table by table and checks both are at one version.
+    SqliteStore.open(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / DB_FILENAME)
+    tables = [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    in_sqlite = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
+    conn.close()
+    store = await PostgresStore.open(await postgres.new_database())
+    try:
+        assert await store.schema_version() == SCHEMA_VERSION
+        async with store._pool.acquire() as c:
+            rows = await c.fetch("SELECT table_name, column_name FROM information_schema.columns "
+                                 "WHERE table_schema = 'public' AND table_name != 'schema_version'")
+    finally:
+        await store.aclose()
+    in_postgres: dict[str, set[str]] = {}
+    for table, column in rows:
+        in_postgres.setdefault(table, set()).add(column)
+    assert in_postgres == in_sqlite
+
+
+# -- PostgreSQL: its server ------------------------------------------------------------
+
+
+async def test_postgres_newer_schema_is_refused(postgres: PostgresServer) -> None:
+    url = await postgres.new_database()
+    store = await PostgresStore.open(url)
+    async with store._pool.acquire() as c:
+        await c.execute("UPDATE schema_version SET version = $1", SCHEMA_VERSION + 1)
+    await store.aclose()
+    with pytest.raises(StorageError, match="upgrade newsbot"):
+        await PostgresStore.open(url)
+
+
+async def test_postgres_two_instances_starting_at_once_migrate_once(
+        postgres: PostgresServer) -> None:
+    url = await postgres.new_database()
+    stores = await asyncio.gather(*(PostgresStore.open(url) for _ in range(3)))
+    for store in stores:
+        assert await store.schema_version() == SCHEMA_VERSION
+        await store.aclose()
+
+
+async def test_a_version_1_postgres_database_is_migrated_keeping_its_data(
+        postgres: PostgresServer) -> None:
+    url = await postgres.new_database()
+    conn = await asyncpg.connect(url)
+    for statement in _split_statements(MIGRATIONS_PG[0]):
+        await conn.execute(statement)
+    await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL); "
+                       "INSERT INTO schema_version VALUES (1); "
+                       "INSERT INTO feed_state (name, url, configured_url) VALUES ('n', 'u', 'u'); "
+                       "INSERT INTO seen VALUES ('n', 'e1', 1.0); "
+                       "INSERT INTO outbox (key, feed, entry_id, room, content, created_at) "
+                       "VALUES ('k', 'n', 'e1', '!r:x', '{\"body\": \"hi\"}', 1.0)")
+    await conn.close()
+    store = await PostgresStore.open(url)
+    state = await store.feed_state("n")
+    assert state is not None and state.disabled is None
+    assert await store.unseen("n", ["e1", "e2"]) == {"e2"}
+    old = await store.next_pending("!r:x")
+    assert old is not None and old.payload == {"body": "hi"} and old.message is None
+    assert old.network == "matrix" and old.kind == "item" and old.subject == "e1"
+    # The identity goes on after the old rows: a new row comes after them.
+    await store.enqueue("n", [NewDelivery("e2", "!r:x", Message("e2", "e2"))], 2.0)
+    assert (await store.claim_next(Target("matrix", "!r:x"), owner="a", now=3.0,
+                                   lease=60)).key == "k"  # type: ignore[union-attr]
+    await store.aclose()
+
+
+async def test_an_unreachable_postgres_is_a_clear_error_without_the_password(
+        postgres: PostgresServer) -> None:
+    with pytest.raises(StorageError) as refused:
+        await PostgresStore.open(f"postgresql://newsbot:s3cr%21t@127.0.0.1:{free_port()}/db")
+    text = str(refused.value)
+    assert "server runs" in text and "newsbot:***@127.0.0.1" in text
+    assert "s3cr" not in text and refused.value.__cause__ is None
+    # A database that does not exist, on a server that does.
+    url = postgres.url("missing").replace("newsbot@", "newsbot:s3cr%21t@")
+    with pytest.raises(StorageError, match="create the database") as refused:
+        await PostgresStore.open(url)
+    assert "s3cr" not in str(refused.value)
+    with pytest.raises(StorageError, match="storage.url must read") as refused:
+        await PostgresStore.open("postgresql://newsbot:s3cr%21t@127.0.0.1:notaport/db")
+    assert "s3cr" not in str(refused.value)
+
+
+async def test_a_read_only_postgres_is_a_clear_error(postgres: PostgresServer) -> None:
+    url = await postgres.new_database()
+    first = await PostgresStore.open(url)
+    async with first._pool.acquire() as c:
+        await c.execute(f"ALTER DATABASE {url.rsplit('/', 1)[1]} "
+                        "SET default_transaction_read_only = on")
+    await first.aclose()
+    store = await PostgresStore.open(url)     # nothing to migrate: reads work
+    with pytest.raises(StorageError, match="must point at the primary"):
+        await store.ensure_feed("news", "http://a/feed")
+    await store.aclose()
+
+
+class _Relay:
+    """A TCP relay to the database that can be cut (the server gone, connections lost)
+    and restored on the same port."""
+
+    def __init__(self, port: int) -> None:
+        self.upstream = port
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", self.port)
+
+    async def cut(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+        self._writers.clear()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        self._writers += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_a_lost_database_server_is_a_storage_error_until_it_is_back(
+        postgres: PostgresServer) -> None:
+    url = await postgres.new_database()
+    relay = _Relay(postgres.port)
+    await relay.start()
+    store = await PostgresStore.open(url.replace(f":{postgres.port}/", f":{relay.port}/"))
+    await store.put("k", "1")
+    await relay.cut()
+    with pytest.raises(StorageError, match="cannot be reached or closed the connection"):
+        await store.put("k", "2")
+    await relay.start()
+    assert await store.get("k") == "1"         # the pool connects anew
+    await store.put("k", "3")
+    assert await store.get("k") == "3"
+    await store.aclose()
+    await relay.cut()
+
+
+# -- PostgreSQL: several instances on one database --------------------------------------
+
+ROUNDS = 40
+
+
+async def test_instances_racing_for_a_row_claim_it_once(postgres: PostgresServer) -> None:
+    url = await postgres.new_database()
+    a, b = [await PostgresStore.open(url) for _ in range(2)]
+    await a.ensure_feed("news", "http://a/feed")
+    entries = [f"e{i:03}" for i in range(ROUNDS)]
+    await a.record_poll(outcome("news", entries, ["!r:x"]))
+    target = Target("matrix", "!r:x")
+    sent = []
+    for i in range(ROUNDS):
+        # Odd rounds: the row's claim by a third instance has lapsed: both take over.
+        if i % 2:
+            assert await a.claim_next(target, owner="c", now=float(i), lease=0.5) is not None
+        now = i + 1.0
+        got = await asyncio.gather(a.claim_next(target, owner="a", now=now, lease=60),
+                                   b.claim_next(target, owner="b", now=now, lease=60))
+        winners = [(owner, row) for owner, row in zip("ab", got, strict=True) if row]
+        assert len(winners) == 1, (i, got)
+        owner, row = winners[0]
+        assert row.entry_id == entries[i]           # in order, never a later row
+        store = a if owner == "a" else b
+        loser = b if owner == "a" else a
+        assert not await loser.mark_attempt(row.key, now, owner="ba"[owner == "b"],
+                                            lease=60)
+        assert await store.mark_attempt(row.key, now, owner=owner, lease=60)
+        await store.mark_sent(row.key, f"${row.entry_id}", now)
+        sent.append(row.entry_id)
+    assert sent == entries
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_instances_racing_for_a_lease_take_it_once(postgres: PostgresServer) -> None:
+    url = await postgres.new_database()
+    stores = [await PostgresStore.open(url) for _ in range(3)]
+    for i in range(ROUNDS):
+        name = f"feed:{i // 2}"      # even rounds: a new lease; odd: the same one, lapsed
+        now = 100.0 * i
+        got = await asyncio.gather(*(s.take_lease(name, f"i{n}", now=now, duration=50)
+                                     for n, s in enumerate(stores)))
+        assert sum(got) == 1, (i, got)
+        holders = [le.owner for le in await stores[0].leases(now)]
+        assert holders == [f"i{got.index(True)}"]
+    for store in stores:
+        await store.aclose()
+
+
+async def test_instances_racing_for_an_event_take_it_once(postgres: PostgresServer) -> None:
+    url = await postgres.new_database()
+    stores = [await PostgresStore.open(url) for _ in range(3)]
+    for i in range(ROUNDS):
+        got = await asyncio.gather(*(s.take_once(f"command:$e{i}", f"i{n}", 1.0)
+                                     for n, s in enumerate(stores)))
+        assert sum(got) == 1, (i, got)
+    for store in stores:
+        await store.aclose()
+
+
+async def test_an_interval_set_by_one_instance_is_read_by_another(
+        postgres: PostgresServer) -> None:
+    url = await postgres.new_database()
+    a, b = [await PostgresStore.open(url) for _ in range(2)]
+    assert await b.feed_interval("news") is None
+    await a.set_feed_interval("news", 600.0)
+    assert await b.feed_interval("news") == 600.0
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_an_unchanged_poll_written_behind_never_overwrites_a_newer_one(
+        postgres: PostgresServer) -> None:
+    url = await postgres.new_database()
+    a, b = [await PostgresStore.open(url) for _ in range(2)]
+    await a.ensure_feed("news", "http://a/feed")
+    await a.record_not_modified("news", now=200.0, next_fetch=260.0, etag="old", later=True)
+    state = await a.feed_state("news")          # seen at once by its instance
+    assert state is not None and state.last_fetch == 200.0 and state.etag == "old"
+    # The feed's lease went to b, which polled it later; a writes its poll last.
+    await b.record_poll(outcome("news", ["x"], [], now=300.0, etag="new"))
+    state = await a.feed_state("news")
+    assert state is not None and state.last_fetch == 300.0 and state.etag == "new"
+    await a.aclose()
+    state = await b.feed_state("news")
+    assert state is not None and state.last_fetch == 300.0 and state.next_fetch == 360.0
+    assert state.etag == "new"
+    await b.aclose()
+
+
+async def test_unchanged_polls_written_behind_are_written_on_close(
+        open_store: StoreOpener) -> None:
+    store = await open_store()
+    await store.ensure_feed("news", "http://a/feed")
+    await store.record_not_modified("news", now=200.0, next_fetch=260.0, etag="e", later=True)
+    await store.aclose()
+    store = await open_store()
+    state = await store.feed_state("news")
+    assert state is not None and state.last_fetch == 200.0 and state.next_fetch == 260.0
+    assert state.etag == "e"
