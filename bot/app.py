@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from bot.clock import Clock, SystemClock
 from bot.commands import CommandRunner, FeedView
 from bot.config import Config, FeedConfig
-from bot.delivery import Deliverer, Outbox
+from bot.delivery import LOCAL_OWNER, Deliverer, Outbox
 from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher, FetchResult
+from bot.instances import FollowerMemory, Leadership, instance_name, taken_once
 from bot.media import MediaResolver
 from bot.metrics import DELIVERY_OUTCOMES, Metrics
 from bot.model import Delivery, Network
@@ -31,7 +32,14 @@ from bot.poller import FeedPoller, Polls
 from bot.rooms import RoomManager
 from bot.store import RoomFeed, SqliteStore, Store
 from bot.subscriptions import PersonalSubscriptions
-from bot.transport.base import EventHandlers, GroupChats, JoinToPoint, Messaging, Transport
+from bot.transport.base import (
+    EventHandlers,
+    GroupChats,
+    IncomingMessage,
+    JoinToPoint,
+    Messaging,
+    Transport,
+)
 from bot.welcome import Welcomer
 
 if TYPE_CHECKING:   # the listener's modules load aiohttp.web: only when it is on
@@ -47,6 +55,10 @@ ADMIN_ROOMS_KEY = "app.admin_invited_rooms"
 PRUNE_EVERY = 24 * 3600.0
 KEEP_SENT_ROWS = 30 * 24 * 3600.0
 KEEP_MEDIA_ROWS = 90 * 24 * 3600.0
+KEEP_TAKEN_EVENTS = 7 * 24 * 3600.0
+# Several instances: how often each looks for what another queued (rows of rooms it has
+# no worker for, feeds added by command elsewhere).
+SHARED_LOOK_EVERY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +78,14 @@ class App:
         self.config = config
         self.waits = waits
         self.clock: Clock = clock or SystemClock()
+        if store is None and config.storage.url is not None:
+            raise ValueError("storage.url: the database is opened first (App.open)")
         self.store: Store = store or SqliteStore.open(config.storage.path)
+        # Several instances on one database: this one's name, and whether it leads.
+        self.owner = instance_name(config.storage.path) if self.store.shared else LOCAL_OWNER
+        self._follower = FollowerMemory(self.clock)
+        self.leadership = Leadership(self.store, self.clock, self.owner,
+                                     on_lead=self._replay_commands)
         self._group_chats: GroupChats | None = None
         if transport is None:
             transport = self._transports(reset_cross_signing, reset_password)
@@ -81,7 +100,8 @@ class App:
         media = MediaResolver(self._image_fetcher, self.transport, self.store, self.clock)
         self.deliverer = Deliverer(self.store, self.transport, self.clock, media=media,
                                    on_delivered=self._on_delivered,
-                                   retry_cap=waits.delivery_retry_cap)
+                                   retry_cap=waits.delivery_retry_cap, owner=self.owner,
+                                   shared=self.store.shared)
         self.metrics = Metrics(
             self.store, self.transport, self.clock,
             lambda: [feed for feed, _ in self._feeds.values()], config.bot_ids,
@@ -105,9 +125,23 @@ class App:
         self._feeds: dict[str, tuple[FeedConfig, bool]] = {}   # name -> (feed, from config)
         self._pollers: dict[str, FeedPoller] = {}
         self._sync_task: asyncio.Task[None] | None = None
+        self._leadership_task: asyncio.Task[None] | None = None
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._tasks: asyncio.TaskGroup | None = None
         self._fetcher: Fetcher | None = None
+
+    def _replay_commands(self) -> None:
+        """Now leading: commands seen while following, which the last leader may not have
+        answered (each is answered once: the first instance to take it)."""
+        count = self._follower.replay()
+        if count:
+            log.info("looking at %d command(s) seen before leading", count)
+
+    @classmethod
+    async def open(cls, config: Config, **kwargs: Any) -> App:
+        """The bot, its state opened first (PostgreSQL is opened over the network)."""
+        from bot.store import open_store
+        return cls(config, store=await open_store(config.storage), **kwargs)
 
     def _transports(self, reset_cross_signing: bool, reset_password: str | None) -> Transport:
         """The network the configuration names, or one transport over both."""
@@ -153,7 +187,9 @@ class App:
         return None
 
     async def _on_invite(self, room_id: str, inviter: str,
-                         is_direct: bool = False) -> bool | JoinToPoint:
+                         is_direct: bool = False) -> bool | JoinToPoint | None:
+        if not self.leadership.leads:
+            return None     # the leading instance answers it
         if is_direct and self.subscriptions.accepts_conversations:
             # A person opening a private conversation, for personal subscriptions.
             return await self.subscriptions.answer_invitation(room_id, inviter)
@@ -189,7 +225,7 @@ class App:
         finally:
             await self._image_fetcher.close()
             await self.transport.close()
-            self.store.close()
+            await self.store.aclose()
             log.info("stopped")
 
     async def _connect(self) -> bool:
@@ -288,15 +324,21 @@ class App:
         if self.config.listen is None:
             return []
         # bot.http loads aiohttp.web (2 MiB): only a bot with the listener on imports it.
-        from bot.http import HttpListener
+        from bot.http import HEARTBEAT_KEY, HttpListener
         websub = self._websub()
+        shared = self.store.shared
         listener = HttpListener(self.store, self.clock, loops=self.loops,
                                 metrics=self.metrics, push=self.poll_soon,
                                 push_token=self.config.http.push_token,
-                                routes=websub.routes() if websub is not None else ())
+                                routes=websub.routes() if websub is not None else (),
+                                leases=self.leases_held if shared else None,
+                                heartbeat_key=f"{HEARTBEAT_KEY}.{self.owner}" if shared
+                                else HEARTBEAT_KEY)
         tasks = [tg.create_task(listener.serve(*self.config.listen), name="http")]
         if websub is not None:
-            tasks.append(tg.create_task(websub.run(), name="websub"))
+            # Subscribing and renewing at the hubs is the leader's; any instance takes pushes.
+            tasks.append(tg.create_task(self.leadership.while_leading("websub", websub.run),
+                                        name="websub"))
         return tasks
 
     def _websub(self) -> WebSub | None:
@@ -328,11 +370,18 @@ class App:
             return "stopped"
         return "queued" if poller.poll_soon() else "joined"
 
+    async def leases_held(self) -> list[str]:
+        """The leases this instance holds now (several instances: /healthz shows them)."""
+        return [lease.name for lease in await self.store.leases(self.clock.now())
+                if lease.owner == self.owner]
+
     def loops(self) -> list[Loop]:
         """The loops health wants running: the sync, the feeds' polling (one task for
         every feed) and the worker of every room the feeds post to."""
         from bot.http import Loop  # asked by the listener's health check
         loops = [Loop("sync", self._sync_task), Loop("feed polling", self._polls_task)]
+        if self.store.shared:
+            loops.append(Loop("leadership", self._leadership_task))
         rooms = dict.fromkeys(r for feed, _ in self._feeds.values() for r in feed.rooms)
         loops += [Loop(f"delivery to {room}", self._workers.get(room)) for room in rooms]
         return loops
@@ -451,23 +500,49 @@ class App:
             log.info("watching %d feed(s) for %d room(s)", len(self._feeds),
                      len(self._workers))
             commands = CommandRunner(cfg, self.store, self.transport, fetcher, self,
-                                     self.clock, self.outbox, subscriptions=self.subscriptions)
+                                     self.clock, self.outbox, subscriptions=self.subscriptions,
+                                     first=taken_once(self.store, self.owner, self.clock,
+                                                      "command"))
             welcomer = Welcomer(
                 cfg, self.store, self.transport, self.outbox, self.rooms.managed,
                 lambda room_id: [v.config.name for v in self.feeds_in_room(room_id)],
                 personal=self.subscriptions.enabled, clock=self.clock)
+            leading = self.leadership
+
+            def on_message(message: IncomingMessage) -> None:
+                if leading.leads:
+                    commands.submit(message)
+                else:       # answered here only if the leader dies before answering
+                    self._follower.keep(lambda: commands.submit(message))
+
+            def on_member_joined(room_id: str, user_id: str, event_id: str) -> None:
+                if leading.leads:
+                    welcomer.submit(room_id, user_id, event_id)
+
+            def on_direct_closed(room_id: str, user_id: str) -> None:
+                if leading.leads:
+                    self._direct_closed(room_id, user_id)
+
             handlers = EventHandlers(on_invite=self._on_invite,
                                      on_joined=self._joined,
-                                     on_message=commands.submit,
-                                     on_member_joined=welcomer.submit,
-                                     on_direct_closed=self._direct_closed)
+                                     on_message=on_message,
+                                     on_member_joined=on_member_joined,
+                                     on_direct_closed=on_direct_closed)
             self._sync_task = tg.create_task(self.transport.run_sync(handlers), name="sync")
+            self._leadership_task = tg.create_task(leading.run(), name="leadership")
             background = [self._sync_task, self._polls_task,
+                          self._leadership_task,
                           tg.create_task(commands.run(), name="commands"),
-                          tg.create_task(self.subscriptions.run(), name="digests"),
-                          tg.create_task(welcomer.run(), name="welcome"),
+                          tg.create_task(leading.while_leading("digests",
+                                                               self.subscriptions.run),
+                                         name="digests"),
+                          tg.create_task(leading.while_leading("welcome", welcomer.run),
+                                         name="welcome"),
                           *self._http_task(tg),
                           tg.create_task(self._maintain(), name="maintenance")]
+            if self.store.shared:
+                background.append(tg.create_task(self._look_for_others_work(config_names),
+                                                 name="shared state"))
             await self._stop.wait()
             for task in background:
                 task.cancel()
@@ -487,4 +562,26 @@ class App:
                 log.info("forgot %d delivered outbox rows older than 30 days", removed)
             # Old images: an item needing one again fetches and uploads it again.
             await self.store.prune_media(self.clock.now() - KEEP_MEDIA_ROWS)
+            await self.store.prune_taken(self.clock.now() - KEEP_TAKEN_EVENTS)
             await asyncio.sleep(PRUNE_EVERY)
+
+    async def _look_for_others_work(self, config_names: set[str]) -> None:
+        """Several instances: what another one queued or added reaches this one too —
+        rows of rooms it had no worker for, feeds added or removed by command there."""
+        while True:
+            await asyncio.sleep(SHARED_LOOK_EVERY)
+            for room in await self.store.pending_rooms():
+                self._start_worker(room)
+            added = {f.name: f for f in await self.store.room_feeds()
+                     if f.name not in config_names}
+            for name, (_, from_config) in list(self._feeds.items()):
+                if not from_config and name not in added:
+                    poller = self._pollers.pop(name, None)
+                    if poller is not None:
+                        self._polls.remove(poller)
+                    self._feeds.pop(name, None)
+                    log.info("feed %s was removed by another instance", name)
+            for name, feed in added.items():
+                if name not in self._feeds:
+                    log.info("feed %s was added by another instance", name)
+                    self._start_feed(self._room_feed_config(feed), from_config=False)

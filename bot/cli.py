@@ -195,8 +195,9 @@ async def _run_app(config: object, reset_cross_signing: bool = False,
     from bot.config import Config
     assert isinstance(config, Config)
     try:
-        await App(config, reset_cross_signing=reset_cross_signing,
-                  reset_password=reset_password).run()
+        app = await App.open(config, reset_cross_signing=reset_cross_signing,
+                             reset_password=reset_password)
+        await app.run()
     except* NewsbotError as group:
         # The supervisor wraps a loop's failure in an ExceptionGroup; report the cause.
         raise group.exceptions[0] from None

@@ -14,7 +14,7 @@ import logging
 import re
 import shlex
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -165,8 +165,12 @@ class RateLimiter:
 class CommandRunner:
     def __init__(self, config: Config, store: Store, transport: Transport, fetcher: Fetcher,
                  book: FeedBook, clock: Clock, outbox: Outbox,
-                 subscriptions: PersonalSubscriptions | None = None) -> None:
+                 subscriptions: PersonalSubscriptions | None = None,
+                 first: Callable[[str], Awaitable[bool]] | None = None) -> None:
         self._config = config
+        # Several instances: whether this one is the first to take a message (by its
+        # event id); only that one answers it.
+        self._first = first
         self._commands = config.commands
         self._store = store
         self._transport = transport
@@ -234,6 +238,9 @@ class CommandRunner:
             self._limiter.forget_idle()
 
     async def _answer(self, message: IncomingMessage, allowed: bool) -> None:
+        if self._first is not None and not await self._first(message.event_id):
+            log.info("a message in %s was answered by another instance", message.room_id)
+            return
         try:
             reply = await self.handle(message, allowed=allowed)
         except Exception:

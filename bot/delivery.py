@@ -43,6 +43,14 @@ PARK_AFTER_FAILURES = 5
 CLAIM_SECONDS = 300.0
 # Who claims rows: one instance per state database.
 LOCAL_OWNER = "local"
+# Several instances on one database: a claim lasts this long unless renewed (each attempt
+# renews it), so a dead instance's rows go on within it; a worker looks this often at a
+# row another holds, and at its target when idle (another instance may have queued).
+SHARED_CLAIM_SECONDS = 30.0
+SHARED_CLAIM_WAIT = 5.0
+SHARED_IDLE_LOOK = 10.0
+# A send is not begun with less than this left of its claim.
+FENCE_MARGIN = 5.0
 # A command's answer or a welcome not sent within this time is dropped, not sent late.
 ANSWER_EXPIRY = 3600.0
 
@@ -60,9 +68,11 @@ class DeliveryTransport(Protocol):
         ...
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> Sent:
+                   attempted_at: float | None, now: float,
+                   fence: Callable[[], bool] | None = None) -> Sent:
         """Send a payload once whatever happened before (``attempted_at``: when it was
-        first tried, if it was): its id on the network, and whether it was already there."""
+        first tried, if it was): its id on the network, and whether it was already there.
+        ``fence``: asked last before sending; False raises TemporaryTransportError."""
         ...
 
 
@@ -72,7 +82,7 @@ class Deliverer:
                  unavailable_retry: float = 300.0,
                  on_delivered: Callable[[Delivery, str, str], Awaitable[None]] | None = None,
                  media: ImageSource | None = None, owner: str = LOCAL_OWNER,
-                 claim_wait: float = CLAIM_SECONDS) -> None:
+                 claim_wait: float | None = None, shared: bool = False) -> None:
         self._store = store
         self._transport = transport
         self._clock = clock
@@ -84,7 +94,12 @@ class Deliverer:
         self._on_delivered = on_delivered
         self._media = media
         self._owner = owner
-        self._claim_wait = claim_wait      # how often a row claimed elsewhere is retried
+        # Several instances: claims are short and checked before each send.
+        self._shared = shared
+        self._claim_seconds = SHARED_CLAIM_SECONDS if shared else CLAIM_SECONDS
+        # How often a row claimed elsewhere is retried.
+        self._claim_wait = claim_wait if claim_wait is not None else (
+            SHARED_CLAIM_WAIT if shared else CLAIM_SECONDS)
         self._wakeups: dict[str, asyncio.Event] = {}
         self._stopping = asyncio.Event()
         self.delivered = 0
@@ -147,7 +162,8 @@ class Deliverer:
                     if self._stopping.is_set():
                         break
                 delivery = await self._store.claim_next(target, owner=self._owner,
-                                                  now=self._clock.now(), lease=CLAIM_SECONDS)
+                                                        now=self._clock.now(),
+                                                        lease=self._claim_seconds)
                 if delivery is None:
                     if await self._store.next_pending(room, network) is not None:
                         # Claimed by another instance: its claim holds until it lapses.
@@ -155,7 +171,10 @@ class Deliverer:
                         continue
                     if lost():
                         return
-                    await wakeup.wait()
+                    if self._shared:
+                        await self._pause(room, SHARED_IDLE_LOOK)
+                    else:
+                        await wakeup.wait()
                     continue
                 await self._deliver(room_id, delivery)
                 if unavailable_logged:
@@ -273,19 +292,22 @@ class Deliverer:
         if payload is None:
             return
         now = self._clock.now()
-        if not await self._store.mark_attempt(delivery.key, now, payload,
-                                              expected=delivery.message):
+        if self._shared:
+            if not await self._store.mark_attempt(delivery.key, now, payload,
+                                                  expected=delivery.message, owner=self._owner,
+                                                  lease=self._claim_seconds):
+                return      # corrected meanwhile, or our claim lapsed: read again
+            # Checked by the transport last before the message leaves: a process frozen
+            # (or slowed) past its claim must not send what another instance took over.
+            deadline = now + self._claim_seconds - FENCE_MARGIN
+            sent = await self._send(room_id, payload, delivery, now,
+                                    fence=lambda: self._clock.now() < deadline)
+        elif not await self._store.mark_attempt(delivery.key, now, payload,
+                                                expected=delivery.message):
             return      # a correction replaced it while it was encoded: read again
-        try:
-            sent = await self._transport.send(room_id, payload, delivery.key,
-                                              attempted_at=delivery.first_attempt_at,
-                                              now=now)
-        except MessageRejectedError as exc:
-            # Retrying cannot help and would hold back every later item of the room.
-            await self._store.mark_rejected(delivery.key, str(exc), self._clock.now())
-            self.refused += 1
-            log.error("room %s: item %s of feed %s was refused by the homeserver and is "
-                      "skipped: %s", delivery.room, delivery.entry_id, delivery.feed, exc)
+        else:
+            sent = await self._send(room_id, payload, delivery, now)
+        if sent is None:
             return
         event_id = sent.message_id
         await self._store.mark_sent(delivery.key, event_id, self._clock.now())
@@ -302,6 +324,26 @@ class Deliverer:
             except Exception:
                 log.warning("room %s: after posting %s:", delivery.room, event_id,
                             exc_info=True)
+
+    async def _send(self, room_id: str, payload: dict[str, Any], delivery: Delivery,
+                    now: float, fence: Callable[[], bool] | None = None) -> Sent | None:
+        """The transport's send; None when the network refused the message for good
+        (recorded, and the room goes on)."""
+        try:
+            if fence is None:
+                return await self._transport.send(room_id, payload, delivery.key,
+                                                  attempted_at=delivery.first_attempt_at,
+                                                  now=now)
+            return await self._transport.send(room_id, payload, delivery.key,
+                                              attempted_at=delivery.first_attempt_at,
+                                              now=now, fence=fence)
+        except MessageRejectedError as exc:
+            # Retrying cannot help and would hold back every later item of the room.
+            await self._store.mark_rejected(delivery.key, str(exc), self._clock.now())
+            self.refused += 1
+            log.error("room %s: item %s of feed %s was refused by the homeserver and is "
+                      "skipped: %s", delivery.room, delivery.entry_id, delivery.feed, exc)
+            return None
 
 
 class Outbox:

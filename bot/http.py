@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -80,7 +80,9 @@ class HttpListener:
                  push: Callable[[str], PushOutcome] | None = None,
                  push_token: str | None = None,
                  routes: Sequence[web.RouteDef] = (),
-                 body_timeout: float = BODY_TIMEOUT) -> None:
+                 body_timeout: float = BODY_TIMEOUT,
+                 leases: Callable[[], Awaitable[list[str]]] | None = None,
+                 heartbeat_key: str = HEARTBEAT_KEY) -> None:
         """``push`` and ``push_token``: both, or push is not served. ``routes``: more
         routes on the same listener."""
         self._store = store
@@ -91,6 +93,10 @@ class HttpListener:
         self._push = push if push_token else None
         self._token = push_token.encode() if push_token else b""
         self._routes = routes
+        # Several instances: the leases this one holds, shown by /healthz; each instance
+        # proves the database writable under its own key.
+        self._leases = leases
+        self._heartbeat_key = heartbeat_key
         self._health_lock = asyncio.Lock()
         self._health: tuple[float, list[str]] | None = None     # (checked at, problems)
         self._refusals = 0                  # not logged yet
@@ -137,7 +143,7 @@ class HttpListener:
                 return self._health[1]
             problems = [p for p in map(loop_problem, self._loops()) if p is not None]
             try:
-                await self._store.put(HEARTBEAT_KEY, f"{self._clock.now():.0f}")
+                await self._store.put(self._heartbeat_key, f"{self._clock.now():.0f}")
             except StorageError as exc:
                 problems.append(f"database not writable: {exc}")
             self._health = (asyncio.get_running_loop().time(), problems)
@@ -145,9 +151,16 @@ class HttpListener:
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         problems = await self.problems()
+        held = ""
+        if self._leases is not None:
+            try:
+                names = await self._leases()
+                held = f"leases held: {', '.join(names) if names else 'none'}\n"
+            except StorageError:
+                pass    # already a problem above
         if problems:
-            return web.Response(status=503, text="".join(f"{p}\n" for p in problems))
-        return web.Response(text="ok\n")
+            return web.Response(status=503, text="".join(f"{p}\n" for p in problems) + held)
+        return web.Response(text="ok\n" + held)
 
     async def _metrics_page(self, _request: web.Request) -> web.Response:
         assert self._metrics is not None

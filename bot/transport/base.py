@@ -31,7 +31,8 @@ class JoinToPoint:
 
 
 # Called for an invitation: (room_id, inviter, is_direct) -> accept, refuse, or point.
-InviteHandler = Callable[[str, str, bool], Awaitable[bool | JoinToPoint]]
+# True: join; False: refuse; None: not this instance's to answer (another one leads).
+InviteHandler = Callable[[str, str, bool], Awaitable[bool | JoinToPoint | None]]
 
 
 
@@ -113,9 +114,13 @@ class Messaging(RoomLookup, Protocol):
         ...
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> Sent:
+                   attempted_at: float | None, now: float,
+                   fence: Callable[[], bool] | None = None) -> Sent:
         """Send a prepared payload exactly once, whatever happened before: a row tried
-        before (``attempted_at``) may already be in the room, and is not sent twice."""
+        before (``attempted_at``) may already be in the room, and is not sent twice.
+        ``fence`` (several instances): asked last before the message leaves; False (this
+        instance's claim on the row lapsed, another may send it) raises
+        TemporaryTransportError and sends nothing."""
         ...
 
     async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:

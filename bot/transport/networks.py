@@ -9,7 +9,7 @@ group chats, configured through their forms (bot.transport.base.GroupChats).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import RoomUnavailableError
@@ -71,9 +71,10 @@ class Networks:
         return await self.on(outgoing.room).prepare(outgoing, images)
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> Sent:
+                   attempted_at: float | None, now: float,
+                   fence: Callable[[], bool] | None = None) -> Sent:
         return await self.on(room_id).send(room_id, payload, key, attempted_at=attempted_at,
-                                           now=now)
+                                           now=now, fence=fence)
 
     async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
         if self._admin is None:

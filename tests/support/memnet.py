@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,8 +84,11 @@ class MemoryTransport:
         return payload
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> Sent:
+                   attempted_at: float | None, now: float,
+                   fence: Callable[[], bool] | None = None) -> Sent:
         await asyncio.sleep(0)
+        if fence is not None and not fence():
+            raise TemporaryTransportError("claim lapsed")
         if self.network.down:
             raise TemporaryTransportError("network down")
         history = self.network.room(room_id)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -171,9 +171,10 @@ class MatrixTransport:
         return await self._outgoing.prepare(outgoing, images)
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> Sent:
+                   attempted_at: float | None, now: float,
+                   fence: Callable[[], bool] | None = None) -> Sent:
         return await self._outgoing.send(room_id, payload, key, attempted_at=attempted_at,
-                                         now=now)
+                                         now=now, fence=fence)
 
     async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str) -> str:
         """One event as it is (the outbox's rows go through ``prepare`` and ``send``)."""

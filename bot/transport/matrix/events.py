@@ -12,9 +12,11 @@ from __future__ import annotations
 import html
 import logging
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.clean import defang_text
+from bot.errors import TemporaryTransportError
 from bot.model import Message, Outgoing, Sent
 from bot.render import sanitize_html
 
@@ -189,7 +191,8 @@ class MatrixMessages:
         return content
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> Sent:
+                   attempted_at: float | None, now: float,
+                   fence: Callable[[], bool] | None = None) -> Sent:
         """Send a row's payload; the event id. A row attempted before may already be in
         the room: after the homeserver may have forgotten our transaction id, it is looked
         for (by its delivery key) before it is sent again."""
@@ -197,6 +200,9 @@ class MatrixMessages:
             found = await self._client.find_delivery(room_id, key)
             if found is not None:
                 return Sent(found, already_there=True)
+        if fence is not None and not fence():
+            raise TemporaryTransportError("this instance's claim on the message lapsed "
+                                          "(another instance may send it)")
         self._attempt_generation[key] = self._client.login_generation
         event_id = await self._client.send_message(room_id, payload, txn_id_for(key))
         self._attempt_generation.pop(key, None)

@@ -40,6 +40,8 @@ class Invites:
                 is_direct = isinstance(content, dict) and content.get("is_direct") is True
         try:
             answer = await on_invite(room_id, inviter, is_direct)
+            if answer is None:
+                return False        # left for the instance that leads
             if isinstance(answer, JoinToPoint):
                 await self._point_elsewhere(room_id, answer.notice)
                 return False

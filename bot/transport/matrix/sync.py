@@ -70,8 +70,16 @@ class Sync:
         # this bot started count.
         self._started_ms = int(time.time() * 1000)
 
+    def _token_key(self) -> str:
+        # A sync token belongs to a device (its to-device messages, its room keys): on a
+        # database several instances share, each device keeps its own.
+        if not self._store.shared:
+            return SYNC_TOKEN_KEY
+        return f"{SYNC_TOKEN_KEY}.{self._client.device_id}"
+
     async def run(self, handlers: EventHandlers) -> None:
-        since = await self._store.get(SYNC_TOKEN_KEY)
+        token_key = self._token_key()
+        since = await self._store.get(token_key)
         started_ms = self._started_ms
         self._directs.on_closed = handlers.on_direct_closed
         await self._directs.reconcile()
@@ -119,7 +127,7 @@ class Sync:
                             handlers.on_member_joined(room_id, str(event.source["state_key"]),
                                                       str(event.source.get("event_id")))
             since = resp.next_batch
-            await self._store.put(SYNC_TOKEN_KEY, since)
+            await self._store.put(token_key, since)
 
     async def _next(self, since: str | None) -> nio.SyncResponse | None:
         """The next sync answer; None when its request was called off, unanswered, because

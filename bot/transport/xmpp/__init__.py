@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -347,7 +347,8 @@ class XmppTransport:
         return encode(outgoing, message, image_ok)
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> Sent:
+                   attempted_at: float | None, now: float,
+                   fence: Callable[[], bool] | None = None) -> Sent:
         self.session.check_ready()
         jid = bare_jid(room_id)
         group = self._groups.get(jid)
@@ -357,6 +358,9 @@ class XmppTransport:
             found = await self.find_delivery(room_id, key)
             if found is not None:
                 return Sent(found, already_there=True)
+        if fence is not None and not fence():
+            raise TemporaryTransportError("this instance's claim on the message lapsed "
+                                          "(another instance may send it)")
         stanza = self._stanza(jid, payload, key, group=group is not None)
         if group is None:
             stanza.send()
