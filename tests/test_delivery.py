@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import nio
@@ -23,11 +22,12 @@ from bot.errors import (
 )
 from bot.media import ImageSource
 from bot.model import Image, Message, Outgoing, Sent, Target
-from bot.store import NewDelivery, PollOutcome, SqliteStore, Store
+from bot.store import NewDelivery, PollOutcome, Store
 from bot.transport.base import EventHandlers
 from bot.transport.matrix.errors import error_for
 from bot.transport.matrix.events import MatrixMessages
 from tests.support.clock import OffsetClock
+from tests.support.postgres import StoreOpener, row_of
 
 
 class ScriptedTransport:
@@ -149,8 +149,9 @@ async def run_until(deliverer: Deliverer, room: str, done: Callable[[], bool],
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return SqliteStore.open(tmp_path)
+async def store(open_store: StoreOpener) -> Store:
+    # On SQLite and on PostgreSQL.
+    return await open_store()
 
 
 async def test_a_refused_message_is_skipped_and_the_next_goes_out(store: Store) -> None:
@@ -161,7 +162,7 @@ async def test_a_refused_message_is_skipped_and_the_next_goes_out(store: Store) 
     deliverer = Deliverer(store, transport, SystemClock())
     await run_until(deliverer, "!r:x", lambda: transport.sent == ["next"])
     assert await store.pending_count() == 0
-    row = store._conn.execute("SELECT state, error FROM outbox WHERE entry_id = 'huge'").fetchone()
+    row = await row_of(store, "SELECT state, error FROM outbox WHERE entry_id = 'huge'")
     assert row == ("rejected", "M_TOO_LARGE")
 
 
@@ -283,7 +284,8 @@ async def test_an_image_the_homeserver_refuses_does_not_stop_the_item(store: Sto
     media = MediaResolver(Fetcher(), transport, store, SystemClock())  # type: ignore[arg-type]
     deliverer = Deliverer(store, transport, SystemClock(), media=media)
     await run_until(deliverer, "!r:x", lambda: transport.sent == ["a"])
-    row = store._conn.execute("SELECT payload FROM outbox WHERE entry_id = 'a'").fetchone()
+    row = await row_of(store, "SELECT payload FROM outbox WHERE entry_id = 'a'")
+    assert row is not None
     assert "<img" not in row[0] and "http://x/a.png" not in row[0]
 
 
@@ -314,7 +316,7 @@ async def test_a_reply_in_a_room_without_feeds_survives_a_failed_join(store: Sto
             await asyncio.sleep(0.01)
         await worker          # nothing left, a room it does not keep: it ends by itself
     # Sent: only the fact that it was is kept, not its words nor whom it named.
-    row = store._conn.execute("SELECT state, message, payload FROM outbox").fetchone()
+    row = await row_of(store, "SELECT state, message, payload FROM outbox")
     assert row == ("sent", None, None)
 
 
@@ -325,8 +327,7 @@ async def test_an_answer_too_late_to_be_useful_is_dropped_with_its_words(
     transport = ScriptedTransport()
     deliverer = Deliverer(store, transport, SystemClock())
     await run_until(deliverer, "!r:x", lambda: transport.sent == ["item"])
-    row = store._conn.execute(
-        "SELECT state, error, message FROM outbox WHERE kind = 'reply'").fetchone()
+    row = await row_of(store, "SELECT state, error, message FROM outbox WHERE kind = 'reply'")
     assert row == ("rejected", "too late to be useful", None)
 
 

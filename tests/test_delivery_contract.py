@@ -25,12 +25,14 @@ from bot.delivery import Deliverer, DeliveryTransport
 from bot.errors import TemporaryTransportError
 from bot.model import Message, Sent, delivery_key
 from bot.store import NewDelivery, PollOutcome, SqliteStore, Store
+from bot.store.postgres import PostgresStore
 from bot.transport.matrix import MatrixTransport
 from bot.transport.matrix.events import DELIVERY_KEY_FIELD, TXN_MEMORY_SECONDS
 from bot.transport.xmpp import XmppAccount, XmppTransport
 from tests.botkit import bot_config, load, write_config
 from tests.support import MemberFactory, NewUserFactory, SynapseServer
 from tests.support.memnet import MemoryNetwork, MemoryTransport
+from tests.support.postgres import PostgresServer
 from tests.support.prosody import ProsodyServer
 from tests.support.xmppmember import XmppMember
 
@@ -52,18 +54,33 @@ class Network:
     connect: Callable[[], Awaitable[DeliveryTransport]]
     received: Callable[[], Awaitable[list[tuple[str, str]]]]
     closers: list[Callable[[], Awaitable[None]]]
+    # The state the rows are queued in (opened again: the same state, as after a restart).
+    open_store: Callable[[], Awaitable[Store]]
 
 
-@pytest_asyncio.fixture(params=["matrix", "memory", "xmpp"])
+# The contract on each network with SQLite, and on the in-memory one with PostgreSQL too
+# (what the store does is the same whatever the network).
+@pytest_asyncio.fixture(params=["matrix", "memory", "xmpp", "memory-postgres"])
 async def network(request: pytest.FixtureRequest, tmp_path: Path, synapse: SynapseServer,
                   new_user: NewUserFactory, member: MemberFactory,
-                  prosody: ProsodyServer) -> AsyncIterator[Network]:
+                  prosody: ProsodyServer, postgres: PostgresServer) -> AsyncIterator[Network]:
     closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def open_sqlite() -> Store:
+        return SqliteStore.open(tmp_path / "state")
+
     if request.param == "xmpp":
-        async for xmpp in xmpp_network(prosody, tmp_path, closers):
+        async for xmpp in xmpp_network(prosody, tmp_path, closers, open_sqlite):
             yield xmpp
         return
-    if request.param == "memory":
+    if request.param.startswith("memory"):
+        open_store = open_sqlite
+        if request.param == "memory-postgres":
+            url = await postgres.new_database()
+
+            async def open_postgres() -> Store:
+                return await PostgresStore.open(url, max_size=4)
+            open_store = open_postgres
         net = MemoryNetwork()
 
         async def connect_memory() -> DeliveryTransport:
@@ -72,7 +89,7 @@ async def network(request: pytest.FixtureRequest, tmp_path: Path, synapse: Synap
         async def received_memory() -> list[tuple[str, str]]:
             return [(p.origin_id, p.text.split("\n", 1)[0]) for p in net.room("news")]
 
-        yield Network("memory", "news", connect_memory, received_memory, closers)
+        yield Network("memory", "news", connect_memory, received_memory, closers, open_store)
         return
     bot = await new_user("newsbot")
     alice = await member(await new_user("alice"))
@@ -95,7 +112,7 @@ async def network(request: pytest.FixtureRequest, tmp_path: Path, synapse: Synap
                  str(e["content"].get("body", "")).split("\n", 1)[0]) for e in events]
 
     try:
-        yield Network("matrix", room, connect_matrix, received_matrix, closers)
+        yield Network("matrix", room, connect_matrix, received_matrix, closers, open_sqlite)
     finally:
         for close in closers:
             await close()
@@ -103,7 +120,8 @@ async def network(request: pytest.FixtureRequest, tmp_path: Path, synapse: Synap
 
 
 async def xmpp_network(prosody: ProsodyServer, tmp_path: Path,
-                       closers: list[Callable[[], Awaitable[None]]]) -> AsyncIterator[Network]:
+                       closers: list[Callable[[], Awaitable[None]]],
+                       open_store: Callable[[], Awaitable[Store]]) -> AsyncIterator[Network]:
     """A group chat on a real Prosody, made by its member alice, who reads its archive."""
     bot = await prosody.register("newsbot")
     room = prosody.new_room("contract")
@@ -125,7 +143,8 @@ async def xmpp_network(prosody: ProsodyServer, tmp_path: Path,
                     for m in await alice.archive(room) if m.sender == "newsbot"]
 
         try:
-            yield Network("xmpp", f"xmpp:{room}", connect_xmpp, received_xmpp, closers)
+            yield Network("xmpp", f"xmpp:{room}", connect_xmpp, received_xmpp, closers,
+                          open_store)
         finally:
             for close in closers:
                 await close()
@@ -231,8 +250,8 @@ def assert_exactly_once_in_order(received: list[tuple[str, str]], keys: list[str
 
 
 async def test_rows_arrive_once_in_order_and_a_restart_posts_nothing_again(
-        network: Network, tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path / "state")
+        network: Network) -> None:
+    store = await network.open_store()
     titles = [f"Numéro {n}" for n in range(1, 6)]
     keys = await queue(store, network.room, titles)
     await deliver_all(store, await network.connect(), network.room)
@@ -258,9 +277,9 @@ CRASH_POINTS = [
                          ids=[f"{s}-{'after' if a else 'before'}" for s, _, a in CRASH_POINTS])
 @pytest.mark.parametrize("forgotten", [False, True], ids=["soon", "late"])
 async def test_a_crash_between_any_two_steps_loses_nothing_and_repeats_nothing(
-        network: Network, tmp_path: Path, step: str, where: str, after: bool,
+        network: Network, step: str, where: str, after: bool,
         forgotten: bool) -> None:
-    store = SqliteStore.open(tmp_path / "state")
+    store = await network.open_store()
     titles = ["Un", "Deux", "Trois"]
     keys = await queue(store, network.room, titles)
     victim = keys[1]
@@ -283,8 +302,8 @@ async def test_a_crash_between_any_two_steps_loses_nothing_and_repeats_nothing(
     store.close()
 
 
-async def test_temporary_failures_keep_the_order(network: Network, tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path / "state")
+async def test_temporary_failures_keep_the_order(network: Network) -> None:
+    store = await network.open_store()
     titles = ["A", "B", "C", "D"]
     keys = await queue(store, network.room, titles)
     transport = await network.connect()
@@ -303,9 +322,8 @@ async def test_temporary_failures_keep_the_order(network: Network, tmp_path: Pat
     store.close()
 
 
-async def test_an_edit_replaces_the_message_it_corrects(network: Network,
-                                                       tmp_path: Path) -> None:
-    store = SqliteStore.open(tmp_path / "state")
+async def test_an_edit_replaces_the_message_it_corrects(network: Network) -> None:
+    store = await network.open_store()
     keys = await queue(store, network.room, ["Titre"])
     await deliver_all(store, await network.connect(), network.room)
     await store.enqueue(FEED, [NewDelivery("Titre#edit#1", network.room,

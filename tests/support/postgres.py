@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import asyncpg
 
@@ -141,3 +142,17 @@ class PostgresServer:
         name = f"t_{self._databases}"
         await self._admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
         return self.url(name)
+
+
+async def row_of(store: Store, query: str) -> tuple[Any, ...] | None:
+    """The first row of a read-only query (no parameters, SQL both stores read alike) on
+    either store: for tests that look at what is stored beyond the protocol."""
+    from bot.store.postgres import PostgresStore
+    from bot.store.sqlite import SqliteStore
+    if isinstance(store, SqliteStore):
+        row = store._conn.execute(query).fetchone()
+        return None if row is None else tuple(row)
+    assert isinstance(store, PostgresStore)
+    async with store._pool.acquire() as c:
+        record = await c.fetchrow(query)
+    return None if record is None else tuple(record)
