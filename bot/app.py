@@ -56,9 +56,6 @@ PRUNE_EVERY = 24 * 3600.0
 KEEP_SENT_ROWS = 30 * 24 * 3600.0
 KEEP_MEDIA_ROWS = 90 * 24 * 3600.0
 KEEP_TAKEN_EVENTS = 7 * 24 * 3600.0
-# Several instances: how often each looks for what another queued (rows of rooms it has
-# no worker for, feeds added by command elsewhere).
-SHARED_LOOK_EVERY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +80,9 @@ class App:
         self.store: Store = store or SqliteStore.open(config.storage.path)
         # Several instances on one database: this one's name, and whether it leads.
         self.owner = instance_name(config.storage.path) if self.store.shared else LOCAL_OWNER
-        self._follower = FollowerMemory(self.clock)
+        self._follower = FollowerMemory(self.clock, config.storage.lease)
         self.leadership = Leadership(self.store, self.clock, self.owner,
+                                     duration=config.storage.lease,
                                      on_lead=self._replay_commands)
         self._group_chats: GroupChats | None = None
         if transport is None:
@@ -101,7 +99,8 @@ class App:
         self.deliverer = Deliverer(self.store, self.transport, self.clock, media=media,
                                    on_delivered=self._on_delivered,
                                    retry_cap=waits.delivery_retry_cap, owner=self.owner,
-                                   shared=self.store.shared)
+                                   shared_lease=config.storage.lease if self.store.shared
+                                   else None)
         self.metrics = Metrics(
             self.store, self.transport, self.clock,
             lambda: [feed for feed, _ in self._feeds.values()], config.bot_ids,
@@ -569,7 +568,8 @@ class App:
         """Several instances: what another one queued or added reaches this one too —
         rows of rooms it had no worker for, feeds added or removed by command there."""
         while True:
-            await asyncio.sleep(SHARED_LOOK_EVERY)
+            # As often as a lease is renewed: what a dead instance left waits no longer.
+            await asyncio.sleep(self.config.storage.lease / 3)
             for room in await self.store.pending_rooms():
                 self._start_worker(room)
             added = {f.name: f for f in await self.store.room_feeds()

@@ -1186,11 +1186,14 @@ class StorageConfig:
         "so several instances can run (SQLite in `path` otherwise); its password in a "
         "`${VAR}` or in `password_file`", _Custom(_read_database_url), shown="SQLite in `path`",
         also=(("password_file", "a file holding the database password (mode 0600)"),)))
+    lease: float = field(default=30.0, metadata=_key(
+        "with `url`: how long what a dead instance held (the lead, a message being sent, a "
+        "feed being polled) waits before another instance takes it over", _Duration(1.0)))
 
     def __repr__(self) -> str:
         # Hand-written so that logging a config (or a traceback showing it) cannot leak.
         url = None if self.url is None else _masked_url(self.url)
-        return f"StorageConfig(path={self.path!r}, url={url!r})"
+        return f"StorageConfig(path={self.path!r}, url={url!r}, lease={self.lease!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,14 +43,6 @@ PARK_AFTER_FAILURES = 5
 CLAIM_SECONDS = 300.0
 # Who claims rows: one instance per state database.
 LOCAL_OWNER = "local"
-# Several instances on one database: a claim lasts this long unless renewed (each attempt
-# renews it), so a dead instance's rows go on within it; a worker looks this often at a
-# row another holds, and at its target when idle (another instance may have queued).
-SHARED_CLAIM_SECONDS = 30.0
-SHARED_CLAIM_WAIT = 5.0
-SHARED_IDLE_LOOK = 10.0
-# A send is not begun with less than this left of its claim.
-FENCE_MARGIN = 5.0
 # A command's answer or a welcome not sent within this time is dropped, not sent late.
 ANSWER_EXPIRY = 3600.0
 
@@ -82,7 +74,12 @@ class Deliverer:
                  unavailable_retry: float = 300.0,
                  on_delivered: Callable[[Delivery, str, str], Awaitable[None]] | None = None,
                  media: ImageSource | None = None, owner: str = LOCAL_OWNER,
-                 claim_wait: float | None = None, shared: bool = False) -> None:
+                 claim_wait: float | None = None, shared_lease: float | None = None) -> None:
+        """``shared_lease`` (several instances on one database): how long a claim holds
+        unless renewed (each attempt renews it), so a dead instance's rows go on within
+        it; a row another instance holds is looked at again every sixth of it, a target
+        with nothing to send every third (another instance may have queued), and a send
+        is not begun with less than a sixth of its claim left."""
         self._store = store
         self._transport = transport
         self._clock = clock
@@ -94,12 +91,11 @@ class Deliverer:
         self._on_delivered = on_delivered
         self._media = media
         self._owner = owner
-        # Several instances: claims are short and checked before each send.
-        self._shared = shared
-        self._claim_seconds = SHARED_CLAIM_SECONDS if shared else CLAIM_SECONDS
+        self._shared = shared_lease is not None
+        self._claim_seconds = shared_lease if shared_lease is not None else CLAIM_SECONDS
         # How often a row claimed elsewhere is retried.
         self._claim_wait = claim_wait if claim_wait is not None else (
-            SHARED_CLAIM_WAIT if shared else CLAIM_SECONDS)
+            self._claim_seconds / 6 if self._shared else CLAIM_SECONDS)
         self._wakeups: dict[str, asyncio.Event] = {}
         self._stopping = asyncio.Event()
         self.delivered = 0
@@ -172,7 +168,7 @@ class Deliverer:
                     if lost():
                         return
                     if self._shared:
-                        await self._pause(room, SHARED_IDLE_LOOK)
+                        await self._pause(room, self._claim_seconds / 3)
                     else:
                         await wakeup.wait()
                     continue
@@ -299,7 +295,7 @@ class Deliverer:
                 return      # corrected meanwhile, or our claim lapsed: read again
             # Checked by the transport last before the message leaves: a process frozen
             # (or slowed) past its claim must not send what another instance took over.
-            deadline = now + self._claim_seconds - FENCE_MARGIN
+            deadline = now + self._claim_seconds * 5 / 6
             sent = await self._send(room_id, payload, delivery, now,
                                     fence=lambda: self._clock.now() < deadline)
         elif not await self._store.mark_attempt(delivery.key, now, payload,

@@ -32,12 +32,12 @@ log = logging.getLogger(__name__)
 
 INSTANCE_FILE = "instance"
 LEADER_LEASE = "leader"
-# A dead leader is replaced within this; renewed three times per lease, so one slow
-# renewal (a busy database) does not lose it.
+# A dead leader is replaced within this (storage.lease); renewed three times per lease,
+# so one slow renewal (a busy database) does not lose it.
 LEADER_SECONDS = 30.0
-# Commands seen by an instance that does not lead, kept this long: if the leader died
-# before answering them, the next leader answers (each is taken once, by one instance).
-FOLLOWER_MEMORY = 2 * LEADER_SECONDS
+# Commands seen by an instance that does not lead, kept this many leases: if the leader
+# died before answering them, the next leader answers (each is taken once, by one).
+FOLLOWER_MEMORY_LEASES = 2
 FOLLOWER_MEMORY_MAX = 200
 
 
@@ -146,8 +146,9 @@ class FollowerMemory:
     """What an instance that does not lead saw (commands): kept briefly, so that a new
     leader answers those its dead predecessor left unanswered."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, lease: float = LEADER_SECONDS) -> None:
         self._clock = clock
+        self._memory = FOLLOWER_MEMORY_LEASES * lease
         self._seen: collections.deque[tuple[float, Callable[[], None]]] = collections.deque(
             maxlen=FOLLOWER_MEMORY_MAX)
 
@@ -156,7 +157,7 @@ class FollowerMemory:
 
     def replay(self) -> int:
         """Hand what is still recent to the features; forget the rest."""
-        horizon = self._clock.now() - FOLLOWER_MEMORY
+        horizon = self._clock.now() - self._memory
         recent = [replay for at, replay in self._seen if at >= horizon]
         self._seen.clear()
         for replay in recent:

@@ -82,7 +82,12 @@ class InProcessBot:
         return self._app
 
     async def start(self) -> App:
-        app = self._app if self._app is not None and self.task is None else self.build()
+        if self._app is not None and self.task is None:
+            app = self._app
+        elif self.config.storage.url is not None:     # PostgreSQL: opened over the network
+            app = self._app = await App.open(self.config, clock=self.clock, waits=self.waits)
+        else:
+            app = self.build()
         self.task = asyncio.create_task(app.run())
         return app
 

@@ -418,6 +418,17 @@ class SynapseServer:
             device_id=answer["device_id"], password=password, localpart=localpart,
         )
 
+    async def login(self, user: RegisteredUser, device_id: str) -> RegisteredUser:
+        """The same user on another device (its own token): e.g. a second bot instance."""
+        url = f"{self.base_url}/_matrix/client/v3/login"
+        async with aiohttp.ClientSession() as session:
+            answer = await matrix_request(session, "POST", url, json_body={
+                "type": "m.login.password", "password": user.password, "device_id": device_id,
+                "identifier": {"type": "m.id.user", "user": user.localpart}})
+        return RegisteredUser(user_id=answer["user_id"], access_token=answer["access_token"],
+                              device_id=answer["device_id"], password=user.password,
+                              localpart=user.localpart)
+
     async def override_ratelimit(self, admin: RegisteredUser, user_id: str, *,
                                  messages_per_second: int = 0,
                                  burst_count: int = 0) -> None:
