@@ -149,10 +149,10 @@ def store_server(store_kind: str, request: pytest.FixtureRequest) -> PostgresSer
 async def open_store(store_server: PostgresServer | None,
                      tmp_path: Path) -> AsyncIterator[StoreOpener]:
     """``store = await open_store()``: a store of the test's kind (SQLite in ``tmp_path``,
-    or a fresh PostgreSQL database); calling it again opens the same state anew (as after
+    or an emptied PostgreSQL database); calling it again opens the same state anew (as after
     a restart). Every store opened is closed after the test."""
     stores: list[Store] = []
-    url = None if store_server is None else await store_server.new_database()
+    url = None if store_server is None else await store_server.clean_database()
 
     async def open_one() -> Store:
         store: Store

@@ -76,7 +76,7 @@ async def network(request: pytest.FixtureRequest, tmp_path: Path, synapse: Synap
     if request.param.startswith("memory"):
         open_store = open_sqlite
         if request.param == "memory-postgres":
-            url = await postgres.new_database()
+            url = await postgres.clean_database()
 
             async def open_postgres() -> Store:
                 return await PostgresStore.open(url, max_size=4)

@@ -11,13 +11,13 @@ import pytest
 
 from bot.errors import StorageError
 from bot.model import Image, Message, Target, delivery_key
-from bot.store import NewDelivery, PollOutcome, SqliteStore
+from bot.store import NewDelivery, PollOutcome, SqliteStore, Store
 from bot.store.postgres import PostgresStore
 from bot.store.schema import SCHEMA_VERSION
 from bot.store.schema_pg import MIGRATIONS_PG
-from bot.store.sqlite import DB_FILENAME, _split_statements
+from bot.store.sqlite import DB_FILENAME, WRITE_BEHIND_MAX, _split_statements
 from tests.support import free_port
-from tests.support.postgres import PostgresServer, StoreOpener
+from tests.support.postgres import PostgresServer, StoreOpener, row_of
 
 
 def outcome(feed: str, entries: list[str], rooms: list[str], *, now: float = 100.0,
@@ -544,3 +544,86 @@ async def test_unchanged_polls_written_behind_are_written_on_close(
     state = await store.feed_state("news")
     assert state is not None and state.last_fetch == 200.0 and state.next_fetch == 260.0
     assert state.etag == "e"
+
+
+async def stored_times(store: Store, feed: str) -> tuple[float, float, int] | None:
+    """What the database holds (not what the store answers, which shows what waits)."""
+    row = await row_of(store, "SELECT last_fetch, next_fetch, failures FROM feed_state "
+                              f"WHERE name = '{feed}'")
+    return None if row is None else (row[0], row[1], row[2])
+
+
+async def test_unchanged_polls_are_written_behind_together(open_store: StoreOpener) -> None:
+    store = await open_store()
+    for n in range(5):
+        await store.ensure_feed(f"f{n}", f"http://a/{n}")
+        await store.record_poll(outcome(f"f{n}", [], []))
+    for n in range(5):
+        await store.record_not_modified(f"f{n}", now=200.0, next_fetch=260.0, later=True)
+    # Not written yet, but what the store answers already shows them.
+    assert await stored_times(store, "f0") == (100.0, 160.0, 0)
+    state = await store.feed_state("f0")
+    assert state is not None and (state.last_fetch, state.next_fetch) == (200.0, 260.0)
+    async with asyncio.timeout(20):
+        while await stored_times(store, "f4") != (200.0, 260.0, 0):
+            await asyncio.sleep(0.05)
+    assert [await stored_times(store, f"f{n}") for n in range(5)] == [(200.0, 260.0, 0)] * 5
+
+
+async def test_so_many_unchanged_polls_waiting_are_written_at_once(
+        open_store: StoreOpener) -> None:
+    store = await open_store()
+    await store.ensure_feed("f", "http://a/f")
+    for n in range(WRITE_BEHIND_MAX - 1):
+        await store.record_not_modified(f"other{n}", now=1.0, next_fetch=2.0, later=True)
+    assert await stored_times(store, "f") == (None, None, 0)
+    await store.record_not_modified("f", now=200.0, next_fetch=260.0, later=True)
+    assert await stored_times(store, "f") == (200.0, 260.0, 0)
+
+
+async def test_a_later_write_is_never_overtaken_by_an_unchanged_poll_waiting(
+        open_store: StoreOpener) -> None:
+    store = await open_store()
+    await store.ensure_feed("f", "http://a/f")
+    await store.record_not_modified("f", now=200.0, next_fetch=260.0, later=True)
+    await store.record_failure("f", "HTTP 500", now=300.0, next_fetch=400.0)
+    assert await stored_times(store, "f") == (300.0, 400.0, 1)
+    await asyncio.sleep(1.5)            # past the write-behind
+    assert await stored_times(store, "f") == (300.0, 400.0, 1)
+    state = await store.feed_state("f")
+    assert state is not None and state.failures == 1 and state.last_error == "HTTP 500"
+
+
+async def test_an_interval_set_by_command_is_known_at_once_and_forgotten_with_the_feed(
+        open_store: StoreOpener) -> None:
+    store = await open_store()
+    assert await store.feed_interval("f") is None
+    await store.set_feed_interval("f", 7200.0)
+    assert await store.feed_interval("f") == 7200.0
+    await store.remove_room_feed("f")
+    assert await store.feed_interval("f") is None
+
+
+async def test_a_failed_write_behind_on_postgres_reaches_the_next_poll(
+        postgres: PostgresServer) -> None:
+    """The server gone: the next unchanged poll meets the error (as SQLite's does), and
+    nothing waiting is lost once it is back."""
+    url = await postgres.new_database()
+    relay = _Relay(postgres.port)
+    await relay.start()
+    store = await PostgresStore.open(url.replace(f":{postgres.port}/", f":{relay.port}/"))
+    try:
+        await store.ensure_feed("f", "http://a/f")
+        await store.record_not_modified("f", now=200.0, next_fetch=260.0, later=True)
+        await relay.cut()
+        await asyncio.sleep(1.5)        # the timer's write fails, and is kept
+        with pytest.raises(StorageError, match="cannot be reached"):
+            await store.record_not_modified("f", now=300.0, next_fetch=360.0, later=True)
+        await relay.start()
+        await store.record_not_modified("g", now=400.0, next_fetch=460.0, later=True)
+        state = await store.feed_state("f")
+        assert state is not None and (state.last_fetch, state.next_fetch) == (300.0, 360.0)
+        assert await stored_times(store, "f") == (300.0, 360.0, 0)
+    finally:
+        await store.aclose()
+        await relay.cut()

@@ -76,6 +76,8 @@ class PostgresServer:
         self.log_path = self.workdir / "postgres.log"
         self._admin: asyncpg.Connection | None = None
         self._databases = 0
+        self._shared: asyncpg.Connection | None = None
+        self._shared_url = ""
         self.started_in = 0.0       # seconds: initdb and start, for the report
 
     def url(self, database: str = "postgres") -> str:
@@ -127,6 +129,10 @@ class PostgresServer:
         self._admin = await asyncpg.connect(self.url(), timeout=30)
 
     async def stop(self) -> None:
+        if self._shared is not None:
+            with contextlib.suppress(Exception):
+                await self._shared.close(timeout=5)
+            self._shared = None
         if self._admin is not None:
             with contextlib.suppress(Exception):
                 await self._admin.close(timeout=5)
@@ -136,13 +142,28 @@ class PostgresServer:
             await self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     async def new_database(self) -> str:
-        """A fresh, empty database (from template0); its URL."""
+        """A fresh, empty database of its own (from template0): its URL."""
         assert self._admin is not None, "the cluster is not running"
         self._databases += 1
         name = f"t_{self._databases}"
         await self._admin.execute(f"CREATE DATABASE {name} TEMPLATE template0")
         return self.url(name)
 
+    async def clean_database(self) -> str:
+        """The URL of a database with newsbot's schema and no rows: one database for
+        the session, emptied for each test (TRUNCATE, ~10 times faster than a new
+        database on a busy machine). Its stores must be closed before the next test."""
+        if self._shared is None:
+            from bot.store.postgres import PostgresStore
+            url = await self.new_database()
+            await (await PostgresStore.open(url)).aclose()        # migrated once
+            self._shared = await asyncpg.connect(url)
+            self._shared_url = url
+        tables = [r[0] for r in await self._shared.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+            "AND tablename != 'schema_version'")]
+        await self._shared.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY")
+        return self._shared_url
 
 async def row_of(store: Store, query: str) -> tuple[Any, ...] | None:
     """The first row of a read-only query (no parameters, SQL both stores read alike) on
