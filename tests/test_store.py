@@ -4,6 +4,7 @@ particular to each: SQLite's file, PostgreSQL's server and several instances on 
 import asyncio
 import contextlib
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
@@ -11,11 +12,24 @@ import pytest
 
 from bot.errors import StorageError
 from bot.model import Image, Message, Target, delivery_key
-from bot.store import NewDelivery, PollOutcome, SqliteStore, Store
+from bot.store import (
+    RECENT_PER_FEED,
+    Correction,
+    DigestItem,
+    MediaRow,
+    NewDelivery,
+    PollOutcome,
+    RecentEntry,
+    RoomFeed,
+    RoomFeedSettings,
+    SqliteStore,
+    Store,
+    Subscriber,
+)
 from bot.store.postgres import PostgresStore
 from bot.store.schema import SCHEMA_VERSION
 from bot.store.schema_pg import MIGRATIONS_PG
-from bot.store.sqlite import DB_FILENAME, WRITE_BEHIND_MAX, _split_statements
+from bot.store.sqlite import DB_FILENAME, MAX_STORED_TITLE, WRITE_BEHIND_MAX, _split_statements
 from tests.support import free_port
 from tests.support.postgres import PostgresServer, StoreOpener, row_of
 
@@ -627,3 +641,197 @@ async def test_a_failed_write_behind_on_postgres_reaches_the_next_poll(
     finally:
         await store.aclose()
         await relay.cut()
+
+
+# -- both stores: corrections, subscribers, what moderators set ---------------------------
+
+
+def poll(feed: str, now: float = 1.0, **changes: object) -> PollOutcome:
+    base = PollOutcome(feed=feed, now=now, next_fetch=now + 60, etag=None,
+                       last_modified=None, body_hash=None, title=None, new_url=None,
+                       seen_entry_ids=[], deliveries=[])
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+async def test_a_correction_replaces_what_was_not_sent_and_edits_what_was(
+        open_store: StoreOpener) -> None:
+    store = await open_store()
+    await store.ensure_feed("news", "http://a/feed")
+    await store.record_poll(poll("news", seen_entry_ids=["a", "b"], deliveries=[
+        NewDelivery("a", "!r:x", Message("A", "A")), NewDelivery("b", "!r:x", Message("B", "B"))],
+        fingerprints=[("a", "fa"), ("b", "fb")]))
+    first = await store.claim_next(Target("matrix", "!r:x"), owner="o", now=2.0, lease=60)
+    assert first is not None and first.entry_id == "a"
+    await store.mark_attempt(first.key, 2.0, {"body": "A"})
+    await store.mark_sent(first.key, "$a", 3.0)
+    assert await store.event_of("news", "a", "!r:x") == "$a"
+    assert await store.posted("news", ["a", "b", "c"]) == {"a": ("fa", 0), "b": ("fb", 0)}
+    edit = NewDelivery("a#edit#1", "!r:x", Message("A2", "A2"), kind="edit", subject="a")
+    rooms = await store.record_poll(poll("news", now=4.0, changed=[("a", "fa2"), ("b", "fb2")],
+                                         corrections=[
+        Correction("a", "!r:x", Message("A2", "A2"), edit),
+        Correction("b", "!r:x", Message("B2", "B2"), None)]))
+    assert rooms == ["!r:x"]
+    assert await store.posted("news", ["a", "b"]) == {"a": ("fa2", 1), "b": ("fb2", 0)}
+    # b was never attempted: its row now holds the corrected version, and no edit.
+    pending = await store.next_pending("!r:x")
+    assert pending is not None and pending.entry_id == "b"
+    assert pending.message == Message("B2", "B2")
+    await store.mark_sent(pending.key, "$b", 5.0)
+    edit_row = await store.next_pending("!r:x")
+    assert edit_row is not None and (edit_row.kind, edit_row.subject) == ("edit", "a")
+    # An attempt recorded against what the row no longer holds is refused.
+    assert not await store.mark_attempt(edit_row.key, 6.0, expected=Message("old", "old"))
+    assert await store.mark_attempt(edit_row.key, 6.0, expected=edit_row.message)
+
+
+async def test_subscribers_their_copies_and_digests(open_store: StoreOpener) -> None:
+    store = await open_store()
+    await store.ensure_feed("news", "http://a/feed")
+    await store.save_subscriber("@al:x", "!dm-al:x", digest="daily", digest_due=50.0)
+    await store.save_subscriber("@bo:x", "!dm-bo:x", language="fr")
+    await store.subscribe("@al:x", ["news", "other"])
+    await store.subscribe("@bo:x", ["news"])
+    await store.subscribe("@bo:x", ["news"])          # twice is once
+    al = await store.subscriber("@al:x")
+    assert al == Subscriber("@al:x", "!dm-al:x", "daily", None, 50.0, ("news", "other"))
+    assert await store.subscriber_by_room("!dm-bo:x") == Subscriber(
+        "@bo:x", "!dm-bo:x", "off", "fr", None, ("news",))
+    assert [s.user_id for s in await store.subscribers_of("news")] == ["@al:x", "@bo:x"]
+    assert await store.subscriber_count("news") == 2
+    assert sorted(await store.dm_rooms()) == ["!dm-al:x", "!dm-bo:x"]
+    assert [s.user_id for s in await store.due_digests(60.0)] == ["@al:x"]
+    assert await store.due_digests(40.0) == []
+    # A personal copy goes only to who follows the feed there; digest items likewise.
+    rooms = await store.record_poll(poll("news", now=10.0, seen_entry_ids=["e"], deliveries=[
+        NewDelivery("e", "!dm-bo:x", Message("E", "E"), subscriber="@bo:x"),
+        NewDelivery("e", "!dm-al:x", Message("E", "E"), subscriber="@bo:x"),
+        NewDelivery("e", "!dm-zed:x", Message("E", "E"), subscriber="@zed:x")],
+        digest=[DigestItem("@al:x", "news", "e", "t" * 5000, "http://l/" + "x" * 3000, 9.0),
+                DigestItem("@al:x", "news", "d", "Older", None, 5.0),
+                DigestItem("@zed:x", "news", "e", "E", None, 9.0)]))
+    assert rooms == ["!dm-bo:x"]
+    items = await store.digest_items("@al:x")
+    assert [i.entry_id for i in items] == ["d", "e"]
+    assert len(items[1].title) == MAX_STORED_TITLE and items[1].title.endswith("…")
+    assert items[1].link is None                       # half a link is a broken link
+    assert await store.digest_items("@zed:x") == []
+    rooms = await store.send_digest("@al:x", items, [
+        NewDelivery("newsbot:digest:1", "!dm-al:x", Message("D", "D"), kind="digest")],
+        "newsbot:digests", next_due=150.0, now=60.0)
+    assert rooms == ["!dm-al:x"] and await store.digest_items("@al:x") == []
+    assert await store.due_digests(60.0) == []
+    await store.unsubscribe("@al:x", ["other"])
+    al = await store.subscriber("@al:x")
+    assert al is not None and al.feeds == ("news",)
+    # Forgetting someone: everything about them, and their conversation's rows.
+    await store.forget_user("@bo:x")
+    assert await store.subscriber("@bo:x") is None
+    assert await store.pending_count("!dm-bo:x") == 0
+    assert await store.subscribers_of("news") == [al]
+
+
+async def test_a_conversation_is_forgotten_once_said_goodbye_unless_it_is_someones(
+        open_store: StoreOpener) -> None:
+    store = await open_store()
+    await store.save_subscriber("@al:x", "!dm-al:x")
+    for room in ("!dm-al:x", "!gone:x"):
+        await store.enqueue("newsbot:replies", [NewDelivery(
+            "bye", room, Message("Bye @al", "Bye", mentions=("@al:x",)), kind="goodbye")], 1.0)
+        await store.set_room_language(room, "fr")
+    assert await store.goodbyes_said() == []
+    for room in ("!dm-al:x", "!gone:x"):
+        row = await store.claim_next(Target("matrix", room), owner="o", now=2.0, lease=60)
+        assert row is not None and row.message is not None
+        await store.mark_sent(row.key, "$bye", 3.0)
+    assert sorted(await store.goodbyes_said()) == ["!dm-al:x", "!gone:x"]
+    # Sent: its words and whom it named are gone.
+    assert await row_of(store, "SELECT message, payload FROM outbox WHERE room = '!gone:x'") \
+        == (None, None)
+    await store.forget_conversation("!gone:x")
+    await store.forget_conversation("!dm-al:x")          # still al's: kept
+    assert await store.goodbyes_said() == ["!dm-al:x"]
+    assert await store.room_language("!gone:x") is None
+    assert await store.room_language("!dm-al:x") == "fr"
+
+
+async def test_a_row_that_keeps_failing_is_parked_and_its_words_forgotten(
+        open_store: StoreOpener) -> None:
+    store = await open_store()
+    await store.enqueue("newsbot:replies", [
+        NewDelivery("r1", "!r:x", Message("ok @al", "ok", mentions=("@al:x",)), kind="reply"),
+        NewDelivery("r2", "!r:x", Message("no", "no"), kind="reply")], 1.0)
+    assert sorted(await store.pending_rooms()) == ["!r:x"]
+    first = await store.next_pending("!r:x")
+    assert first is not None and first.entry_id == "r1"
+    assert not await store.record_failure_of(first.key, "boom" * 200, 2.0, park_after=2)
+    assert await store.record_failure_of(first.key, "boom", 3.0, park_after=2)
+    assert await store.failed_count() == 1
+    assert await row_of(store, "SELECT state, message, failures FROM outbox "
+                               "WHERE entry_id = 'r1'") == ("failed", None, 2)
+    second = await store.next_pending("!r:x")
+    assert second is not None and second.entry_id == "r2"
+    await store.mark_rejected(second.key, "M_FORBIDDEN", 4.0)
+    assert await row_of(store, "SELECT state, error, message FROM outbox "
+                               "WHERE entry_id = 'r2'") == ("rejected", "M_FORBIDDEN", None)
+    assert await store.pending_rooms() == [] and await store.pending_count("!r:x") == 0
+    assert await store.prune_sent(3.5) == 1            # the parked one, older
+    assert await store.failed_count() == 0
+    assert await store.prune_sent(10.0) == 1
+
+
+async def test_what_moderators_set_and_the_latest_entries(open_store: StoreOpener) -> None:
+    store = await open_store()
+    feed = RoomFeed("blog", "http://a/blog", "!r:x", 900.0, "@mod:x", 5.0)
+    await store.add_room_feed(feed)
+    await store.add_room_feed(RoomFeed("older", "http://a/o", "!r:x", 600.0, "@mod:x", 1.0))
+    assert [f.name for f in await store.room_feeds()] == ["older", "blog"]
+    await store.set_feed_room_settings("blog", "!r:x", RoomFeedSettings(True, ("a",), ()))
+    await store.set_feed_room_settings("blog", "!r:x", RoomFeedSettings(False, ("b", "c"),
+                                                                        ("d",)))
+    assert await store.feed_room_settings("blog") == {
+        "!r:x": RoomFeedSettings(False, ("b", "c"), ("d",))}
+    await store.set_feed_interval("blog", 1800.0)
+    assert [f.interval for f in await store.room_feeds()] == [600.0, 1800.0]
+    await store.ensure_feed("blog", "http://a/blog")
+    recent = [RecentEntry("blog", f"e{n:02}", f"T{n}", None, float(n))
+              for n in range(RECENT_PER_FEED + 5)]
+    await store.record_poll(poll("blog", now=100.0, seen_entry_ids=["x"], recent=recent,
+                                 carried=["x"], deliveries=[
+                                     NewDelivery("x", "!r:x", Message("X", "X"))]))
+    assert await store.carried("blog") == ["x"]
+    latest = await store.latest(["blog", "none"], 3)
+    assert [e.entry_id for e in latest] == ["e24", "e23", "e22"]
+    assert len(await store.latest(["blog"], 100)) == RECENT_PER_FEED
+    assert await store.latest([], 3) == []
+    await store.record_poll(poll("blog", now=200.0, carried=[]))
+    assert await store.carried("blog") == []
+    await store.remove_room_feed("blog")
+    assert [f.name for f in await store.room_feeds()] == ["older"]
+    assert await store.feed_room_settings("blog") == {}
+    assert await store.feed_interval("blog") is None
+    assert await store.pending_count() == 0
+    assert await store.unseen("blog", ["x"]) == set()   # seen stays: never reposted
+
+
+async def test_media_rows_are_replaced_and_a_failed_poll_counted(
+        open_store: StoreOpener) -> None:
+    store = await open_store()
+    await store.put_media(MediaRow("http://a/p.png", None, None, None, None, None), 1.0)
+    await store.put_media(MediaRow("http://a/p.png", "mxc://x/1", "image/png", 3_000_000_000,
+                                   640, 480), 2.0)
+    assert await store.media("http://a/p.png") == MediaRow(
+        "http://a/p.png", "mxc://x/1", "image/png", 3_000_000_000, 640, 480)
+    assert await store.media("http://a/none.png") is None
+    await store.ensure_feed("news", "http://a/feed")
+    assert await store.record_failure("news", "HTTP 500", now=10.0, next_fetch=70.0) == 1
+    assert await store.record_failure("news", "HTTP 502", now=70.0, next_fetch=190.0) == 2
+    assert await store.record_failure("missing", "x", now=1.0, next_fetch=2.0) == 0
+    state = await store.feed_state("news")
+    assert state is not None and (state.failures, state.last_error, state.next_fetch) == (
+        2, "HTTP 502", 190.0)
+    await store.record_poll(poll("news", now=200.0, hints='{"ttl": 60}', new_url="http://b/f",
+                                 title="News"))
+    state = await store.feed_state("news")
+    assert state is not None and state.failures == 0 and state.last_error is None
+    assert (state.url, state.title, state.hints) == ("http://b/f", "News", '{"ttl": 60}')

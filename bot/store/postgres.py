@@ -127,10 +127,10 @@ def _storage_error(label: str, exc: BaseException, secret: str | None, *,
     if secret:
         text = text.replace(secret, "***")
     hint = _hint(exc)
-    if opening and hint == _CONNECTION_LOST:
-        hint = "check that the server runs and that storage.url (host, port) points at it"
-    elif isinstance(exc, ValueError) and not isinstance(exc, asyncpg.PostgresError):
+    if isinstance(exc, ValueError) and not isinstance(exc, asyncpg.PostgresError):
         hint = "storage.url must read postgresql://user@host[:port]/database"
+    elif opening and hint == _CONNECTION_LOST:
+        hint = "check that the server runs and that storage.url (host, port) points at it"
     return StorageError(f"state database {label}: {text}; {hint}")
 
 
@@ -188,7 +188,10 @@ class PostgresStore:
     async def _migrate(self) -> None:
         async with self._transaction() as c:
             await c.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await c.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            # Written only when there is something to do: an up-to-date database opens
+            # read-only too (and then refuses the first write, with a hint).
+            if await c.fetchval("SELECT to_regclass('schema_version')") is None:
+                await c.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
             version = await c.fetchval("SELECT version FROM schema_version")
             if version is None:
                 version = 0
