@@ -835,3 +835,27 @@ async def test_media_rows_are_replaced_and_a_failed_poll_counted(
     state = await store.feed_state("news")
     assert state is not None and state.failures == 0 and state.last_error is None
     assert (state.url, state.title, state.hints) == ("http://b/f", "News", '{"ttl": 60}')
+
+
+async def test_words_holding_a_nul_are_stored_and_an_id_holding_one_is_seen_once(
+        open_store: StoreOpener) -> None:
+    # A JSON Feed may send "\u0000" (PostgreSQL's text cannot hold it: stored as U+FFFD).
+    store = await open_store()
+    await store.ensure_feed("news", "http://a/feed")
+    odd = "id\x00odd"
+    rooms = await store.record_poll(poll(
+        "news", seen_entry_ids=[odd], title="T\x00",
+        deliveries=[NewDelivery(odd, "!r:x", Message("A\x00", "A"))],
+        recent=[RecentEntry("news", odd, "title\x00", None, 1.0)],
+        fingerprints=[(odd, "fp\x00")]))
+    assert rooms == ["!r:x"]
+    assert await store.unseen("news", [odd, "other"]) == {"other"}
+    assert list(await store.posted("news", [odd])) == [odd]
+    assert await store.record_poll(poll("news", seen_entry_ids=[odd], deliveries=[
+        NewDelivery(odd, "!r:x", Message("A", "A"))])) == []
+    row = await store.next_pending("!r:x")
+    assert row is not None and row.key == delivery_key("news", odd, "!r:x")
+    assert row.message is not None and row.message.body == "A\x00"     # JSON keeps it
+    await store.put("k", "v\x00")
+    assert (await store.get("k") or "").startswith("v")
+    assert len(await store.latest(["news"], 5)) == 1

@@ -97,6 +97,23 @@ def masked(url: str) -> str:
         return "the PostgreSQL URL (unreadable)"
 
 
+def _text(value: str) -> str:
+    """PostgreSQL's text cannot hold NUL (SQLite's can), and a feed's or a person's words
+    may (a JSON Feed's "\u0000"): stored as U+FFFD instead, the same way in every query,
+    so an id holding one is still one id, seen once."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def _texts(values: Iterable[str | None]) -> list[str | None]:
+    # Arrays bypass the connection's text codec (_init_connection).
+    return [None if v is None else _text(v) for v in values]
+
+
+async def _init_connection(c: asyncpg.Connection) -> None:
+    await c.set_type_codec("text", schema="pg_catalog", encoder=_text, decoder=str,
+                           format="text")
+
+
 def _status_count(status: str) -> int:
     """The row count of a command's status ("UPDATE 3", "INSERT 0 1", "DELETE 0")."""
     return int(status.rsplit(" ", 1)[-1])
@@ -174,7 +191,7 @@ class PostgresStore:
         try:
             pool = await asyncpg.create_pool(
                 url, min_size=min_size, max_size=max_size, timeout=CONNECT_TIMEOUT,
-                server_settings={"application_name": "newsbot"})
+                server_settings={"application_name": "newsbot"}, init=_init_connection)
         except (*_DB_ERRORS, ValueError) as exc:
             raise _storage_error(label, exc, secret, opening=True) from None
         store = cls(pool, label, secret)
@@ -361,9 +378,9 @@ class PostgresStore:
             return set()
         async with self._transaction(readonly=True) as c:
             rows = await c.fetch("SELECT entry_id FROM seen WHERE feed = $1 AND "
-                                 "entry_id = ANY($2::text[])", feed, ids)
+                                 "entry_id = ANY($2::text[])", feed, _texts(ids))
         seen = {r[0] for r in rows}
-        return {i for i in ids if i not in seen}
+        return {i for i in ids if _text(i) not in seen}
 
     async def record_poll(self, outcome: PollOutcome) -> list[str]:
         """Commit a successful poll atomically. Returns the rooms that got new deliveries."""
@@ -373,7 +390,7 @@ class PostgresStore:
                 await c.execute(
                     "INSERT INTO seen (feed, entry_id, seen_at) SELECT $1::text, e, $3::float8 "
                     "FROM unnest($2::text[]) AS e ON CONFLICT DO NOTHING",
-                    feed, list(outcome.seen_entry_ids), now)
+                    feed, _texts(outcome.seen_entry_ids), now)
             rooms = await self._enqueue(c, feed, outcome.deliveries, now)
             if outcome.recent:
                 await self._remember_recent(c, feed, outcome.recent, now)
@@ -462,10 +479,11 @@ class PostgresStore:
             "subscriber p ON p.user_id = s.user_id WHERE s.user_id = d.subscriber AND "
             "s.feed = $1 AND p.dm_room = d.room) ORDER BY d.n "
             "ON CONFLICT (key) DO NOTHING RETURNING key",
-            feed, now, keys, [d.entry_id for d in deliveries], [d.kind for d in deliveries],
-            [d.network for d in deliveries], [d.room for d in deliveries], subjects,
+            feed, now, keys, _texts(d.entry_id for d in deliveries),
+            [d.kind for d in deliveries], [d.network for d in deliveries],
+            _texts(d.room for d in deliveries), _texts(subjects),
             [_message_json(d.message) for d in deliveries],
-            [d.subscriber for d in deliveries])
+            _texts(d.subscriber for d in deliveries))
         added = {r[0] for r in rows}
         rooms: list[str] = []
         for key, d in zip(keys, deliveries, strict=True):
@@ -654,8 +672,9 @@ class PostgresStore:
             return {}
         async with self._transaction(readonly=True) as c:
             rows = await c.fetch("SELECT entry_id, fingerprint, edits FROM posted_entry WHERE "
-                                 "feed = $1 AND entry_id = ANY($2::text[])", feed, ids)
-        return {entry_id: (fp, edits) for entry_id, fp, edits in rows}
+                                 "feed = $1 AND entry_id = ANY($2::text[])", feed, _texts(ids))
+        asked = {_text(i): i for i in ids}
+        return {asked.get(entry_id, entry_id): (fp, edits) for entry_id, fp, edits in rows}
 
     # -- subscribers -------------------------------------------------------------------
 
@@ -709,14 +728,14 @@ class PostgresStore:
         async with self._transaction() as c:
             await c.execute("INSERT INTO subscription (user_id, feed) SELECT $1::text, f FROM "
                             "unnest($2::text[]) AS f ON CONFLICT DO NOTHING",
-                            user_id, list(feeds))
+                            user_id, _texts(feeds))
 
     async def unsubscribe(self, user_id: str, feeds: Sequence[str]) -> None:
         async with self._transaction() as c:
             await c.execute("DELETE FROM subscription WHERE user_id = $1 AND "
-                            "feed = ANY($2::text[])", user_id, list(feeds))
+                            "feed = ANY($2::text[])", user_id, _texts(feeds))
             await c.execute("DELETE FROM digest_item WHERE user_id = $1 AND "
-                            "feed = ANY($2::text[])", user_id, list(feeds))
+                            "feed = ANY($2::text[])", user_id, _texts(feeds))
 
     async def forget_user(self, user_id: str) -> None:
         """Everything stored about a person, gone in one transaction."""
@@ -822,7 +841,7 @@ class PostgresStore:
             rows = await c.fetch(
                 "SELECT feed, entry_id, title, link, published FROM recent_entry "
                 "WHERE feed = ANY($1::text[]) ORDER BY COALESCE(published, seen_at) DESC "
-                "LIMIT $2", list(feeds), count)
+                "LIMIT $2", _texts(feeds), count)
         return [RecentEntry(*row) for row in rows]
 
     # -- what moderators set -------------------------------------------------------------
