@@ -25,7 +25,7 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.errors import StorageError
-from bot.filemodes import private_file
+from bot.filemodes import private_dir, private_file
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def instance_name(directory: Path) -> str:
     """This instance's name, made once and kept in its own storage directory."""
     path = directory / INSTANCE_FILE
     try:
+        private_dir(directory)      # with PostgreSQL, nothing else made it yet
         name = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         name = ""

@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 # one after the other, and the later ones find nothing to do.
 _MIGRATION_LOCK = 0x6E657773626F74      # "newsbot"
 CONNECT_TIMEOUT = 10.0
+# A transaction of ours is a few statements sent at once: one left open this long belongs
+# to an instance that stopped (frozen, or its machine gone while its connection lingers).
+# The server then ends its session, so the rows it locked (a claim being taken) go to the
+# others instead of waiting for it (milliseconds, as PostgreSQL takes it).
+IDLE_IN_TRANSACTION = "10000"
 CLOSE_TIMEOUT = 10.0
 
 # As SqliteStore's, with PostgreSQL's parameters. Guarded by last_fetch: a poll recorded
@@ -191,7 +196,9 @@ class PostgresStore:
         try:
             pool = await asyncpg.create_pool(
                 url, min_size=min_size, max_size=max_size, timeout=CONNECT_TIMEOUT,
-                server_settings={"application_name": "newsbot"}, init=_init_connection)
+                server_settings={"application_name": "newsbot",
+                                 "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION},
+                init=_init_connection)
         except (*_DB_ERRORS, ValueError) as exc:
             raise _storage_error(label, exc, secret, opening=True) from None
         store = cls(pool, label, secret)

@@ -92,7 +92,7 @@ class MatrixTransport:
                           invites=invites, activity=self._messages.activity)
         self._admin = RoomAdministration(self._connection)
         # Rows of the outbox made Matrix events, sent exactly once.
-        self._outgoing = MatrixMessages(self)
+        self._outgoing = MatrixMessages(self, shared=store.shared)
 
     @property
     def user_id(self) -> str:

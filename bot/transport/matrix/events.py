@@ -134,11 +134,14 @@ class _Client(Protocol):
 class MatrixMessages:
     """Encodes an outbox row for Matrix, and sends it exactly once."""
 
-    def __init__(self, client: _Client) -> None:
+    def __init__(self, client: _Client, *, shared: bool = False) -> None:
         self._client = client
         # Login generation of each attempt made by this process: after a re-login the
         # homeserver may no longer recognise our earlier transaction ids.
         self._attempt_generation: dict[str, int] = {}
+        # Several instances on one database: a row attempted by another process may have
+        # been attempted by another instance's device, whose transaction ids are not ours.
+        self._shared = shared
 
     async def prepare(self, outgoing: Outgoing,
                       images: ImageSource | None) -> dict[str, Any] | None:
@@ -213,8 +216,12 @@ class MatrixMessages:
             return False           # never tried: nothing to find
         if now - attempted_at > TXN_MEMORY_SECONDS:
             return True
-        # Attempts by an earlier process ran under login generation 0.
-        return self._attempt_generation.get(key, 0) != self._client.login_generation
+        ours = self._attempt_generation.get(key)
+        if ours is not None:
+            return ours != self._client.login_generation
+        # Attempted by an earlier process: of this device, under login generation 0 (its
+        # transaction id is still known) — or, on a shared database, by another device.
+        return self._shared or self._client.login_generation != 0
 
 
 async def _image(images: ImageSource | None, url: str) -> MediaRow | None:
