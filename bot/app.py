@@ -24,7 +24,13 @@ from bot.config import Config, FeedConfig
 from bot.delivery import LOCAL_OWNER, Deliverer, Outbox
 from bot.errors import TransportError
 from bot.feeds.fetch import Fetcher, FetchResult
-from bot.instances import FollowerMemory, Leadership, instance_name, taken_once
+from bot.instances import (
+    FollowerMemory,
+    Leadership,
+    PollLeases,
+    instance_name,
+    taken_once,
+)
 from bot.media import MediaResolver
 from bot.metrics import DELIVERY_OUTCOMES, Metrics
 from bot.model import Delivery, Network
@@ -81,6 +87,10 @@ class App:
         # Several instances on one database: this one's name, and whether it leads.
         self.owner = instance_name(config.storage.path) if self.store.shared else LOCAL_OWNER
         self._follower = FollowerMemory(self.clock, config.storage.lease)
+        self._poll_leases = PollLeases(
+            self.store, self.clock, self.owner,
+            duration=config.storage.lease + config.fetch.timeout,
+            retry=min(config.storage.lease / 10, 5.0)) if self.store.shared else None
         self.leadership = Leadership(self.store, self.clock, self.owner,
                                      duration=config.storage.lease,
                                      on_lead=self._replay_commands)
@@ -311,7 +321,7 @@ class App:
                             fetch_config=self.config.fetch, language=self.config.language,
                             on_enqueued=self._enqueued,
                             room_language=self._room_language, observe=self.metrics.fetched,
-                            rng=self._rng)
+                            rng=self._rng, leases=self._poll_leases)
         self._pollers[feed.name] = poller
         self._polls.add(poller, first)
         for room in feed.rooms:

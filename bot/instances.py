@@ -175,3 +175,24 @@ def taken_once(store: Store, owner: str, clock: Clock,
             return True
         return await store.take_once(f"{kind}:{event_id}", owner, clock.now())
     return first
+
+
+class PollLeases:
+    """Several instances: each feed is polled by one instance at a time, under a lease
+    held for that poll; between them, once per interval (an instance whose turn comes
+    after another polled the feed waits for the next poll that one timed)."""
+
+    def __init__(self, store: Store, clock: Clock, owner: str, *, duration: float,
+                 retry: float) -> None:
+        self._store = store
+        self._clock = clock
+        self._owner = owner
+        self.duration = duration        # long enough for one poll (its fetch's timeout)
+        self.retry = retry              # how soon to look again when another polls it
+
+    async def take(self, feed: str) -> bool:
+        return await self._store.take_lease(f"feed:{feed}", self._owner,
+                                            now=self._clock.now(), duration=self.duration)
+
+    async def release(self, feed: str) -> None:
+        await self._store.release_lease(f"feed:{feed}", self._owner)

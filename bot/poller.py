@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import heapq
 import html
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from bot.clock import Clock
 from bot.config import FeedConfig, FetchConfig
@@ -43,6 +45,9 @@ from bot.store.types import (
     RoomFeedSettings,
 )
 from bot.urls import url_for_members
+
+if TYPE_CHECKING:
+    from bot.instances import PollLeases
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +120,7 @@ class FeedPoller:
 
     # 10,000 feeds are 10,000 of these: no __dict__, and nothing made before it is needed.
     __slots__ = ("_clock", "_entry", "_fetch_config", "_fetch_observed",
-                 "_fetcher", "_first", "_hints", "_interval", "_language", "_last_push",
+                 "_fetcher", "_first", "_hints", "_interval", "_language", "_last_push", "_leases",
                  "_observe", "_on_enqueued", "_plan_budget", "_polls", "_push_asked",
                  "_push_gap", "_pushed_body", "_rng", "_room_language", "_state", "_store",
                  "_task", "ended", "feed")
@@ -127,8 +132,10 @@ class FeedPoller:
                  rng: random.Random | None = None,
                  plan_budget: float = PLAN_BUDGET_SECONDS,
                  observe: Callable[[str], None] | None = None,
-                 push_gap: float = PUSH_GAP) -> None:
+                 push_gap: float = PUSH_GAP, leases: PollLeases | None = None) -> None:
         self.feed = feed
+        # Several instances on one database: polled only under the feed's lease.
+        self._leases = leases
         self._store = store
         self._fetcher = fetcher
         self._clock = clock
@@ -240,15 +247,39 @@ class FeedPoller:
         return replace(state, name=feed.name, configured_url=feed.url,
                        url=feed.url if state.url == feed.url else state.url)
 
-    async def _poll_due(self) -> float:
+    async def _poll_due(self, pushed: bool = False) -> float:
         """The poll Polls starts: of the body given at the start, or the one a hub pushed
-        last, or fetched."""
+        last, or fetched (``pushed``: a push asked for it)."""
         fetched: FetchResult | None
         if self._first is not None:
             fetched, self._first = self._first, None
         else:
             fetched, self._pushed_body = self._pushed_body, None
+        if self._leases is not None:
+            return await self._poll_under_lease(self._leases, fetched, pushed)
         return await self.poll_once(fetched)
+
+    async def _poll_under_lease(self, leases: PollLeases, fetched: FetchResult | None,
+                                pushed: bool) -> float:
+        """Several instances: polled here only under the feed's lease, and only if no
+        other instance polled it since (the next poll it timed is then the one to wait
+        for; a push polls at once)."""
+        name = self.feed.name
+        if not await leases.take(name):
+            if fetched is not None:
+                self._pushed_body = fetched     # kept for when it is this one's turn
+            return leases.retry                 # another instance polls it now
+        try:
+            self._state = None      # written by whichever instance polled last
+            state = await self._store.feed_state(name)
+            now = self._clock.now()
+            if fetched is None and not pushed and state is not None and \
+                    state.next_fetch is not None and state.next_fetch > now + 1.0:
+                return state.next_fetch - now
+            return await self.poll_once(fetched)
+        finally:
+            with contextlib.suppress(StorageError):     # it lapses by itself anyway
+                await leases.release(name)
 
     async def poll_once(self, fetched: FetchResult | None = None) -> float:
         """Poll now (or handle ``fetched``); returns the seconds to wait before the next
@@ -454,7 +485,8 @@ class FeedPoller:
                 feed.name, now=now, next_fetch=now + delay,
                 etag=None if after_304 else read.validators.etag,
                 last_modified=None if after_304 else read.validators.last_modified,
-                later=clean)
+                # Several instances: the others read when it was polled, at once.
+                later=clean and self._leases is None)
             if clean:
                 self._state = state
             return
@@ -545,10 +577,11 @@ class Polls:
                 heapq.heappop(self._heap)
                 poller = entry[2]
                 poller._entry = None
-                if poller._push_asked:      # this poll is the push's
+                pushed = poller._push_asked
+                if pushed:      # this poll is the push's
                     poller._push_asked = False
                     poller._last_push = loop.time()
-                task = poller._task = group.create_task(poller._poll_due(),
+                task = poller._task = group.create_task(poller._poll_due(pushed),
                                                         name=f"poll {poller.feed.name}")
                 # A callback, not a finally: a task cancelled before it ran (a feed
                 # removed at once) runs no code of its own, and its slot must come back.

@@ -7,12 +7,13 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bot.store.postgres import PostgresStore
@@ -24,6 +25,7 @@ from tests.support import (
     NewUserFactory,
     RegisteredUser,
     SynapseServer,
+    free_port,
     make_items,
 )
 from tests.support.postgres import PostgresServer
@@ -85,6 +87,7 @@ class Cluster:
 @asynccontextmanager
 async def cluster(count: int, *, synapse: SynapseServer, postgres: PostgresServer,
                   new_user: NewUserFactory, tmp_path: Path, feeds: list[dict[str, Any]],
+                  per_instance: Callable[[int], dict[str, Any]] | None = None,
                   **extra: Any) -> AsyncIterator[Cluster]:
     """``count`` instances of one bot (one Matrix account, a device each) on a fresh
     database, started; all stopped at the end (each must stop cleanly)."""
@@ -94,7 +97,8 @@ async def cluster(count: int, *, synapse: SynapseServer, postgres: PostgresServe
     instances = []
     for i, device in enumerate(devices):
         data = bot_config(homeserver=synapse.base_url, bot=device,
-                          storage=tmp_path / f"state{i}", feeds=feeds, **extra)
+                          storage=tmp_path / f"state{i}", feeds=feeds, **extra,
+                          **(per_instance(i) if per_instance is not None else {}))
         data["storage"].update(url=database, lease=f"{LEASE:g}s")
         instances.append(Instance(f"instance {i}", write_config(tmp_path / f"c{i}.yaml", data),
                                   device, tmp_path / f"bot{i}.log"))
@@ -278,3 +282,36 @@ async def until(check: Any, what: str, timeout: float = 60) -> None:
     while not check():
         assert time.monotonic() < deadline, what
         await asyncio.sleep(0.1)
+
+
+async def test_each_feed_is_polled_by_one_instance_once_per_interval_and_health_says_who_leads(
+        synapse: SynapseServer, postgres: PostgresServer, feed_server: FeedServer,
+        feed_path: str, new_user: NewUserFactory, member: MemberFactory,
+        tmp_path: Path) -> None:
+    alice = await member(await new_user("alice"))
+    room = await alice.create_room(name="polite")
+    feed_server.set_feed(feed_path, make_items(1))
+    interval = 2.0
+    feeds = [{"name": "news", "url": feed_server.url(feed_path), "rooms": [room],
+              "interval": f"{interval:g}s", "backfill": 1}]
+    ports = [free_port() for _ in range(2)]
+    async with cluster(2, synapse=synapse, postgres=postgres, new_user=new_user,
+                       tmp_path=tmp_path, feeds=feeds,
+                       per_instance=lambda i: {"http": {"listen": f"127.0.0.1:{ports[i]}"}}) as c:
+        await alice.wait_for_messages(room, 1, sender=c.bot.user_id, timeout=60)
+        start = time.time()
+        window = 8 * interval
+        await asyncio.sleep(window)
+        polls = [r for r in feed_server.requests(feed_path) if start <= r.at < start + window]
+        # Two instances each polling on their own would make ~16 (interval jittered
+        # ±10 %); under one lease between them, ~8.
+        assert 4 <= len(polls) <= 11, f"{len(polls)} polls in {window:g} s"
+        bodies = {}
+        async with aiohttp.ClientSession() as session:
+            for port in ports:
+                async with session.get(f"http://127.0.0.1:{port}/healthz") as answer:
+                    assert answer.status == 200
+                    bodies[port] = await answer.text()
+        held = [b for b in bodies.values() if "leader" in b.split("leases held:")[-1]]
+        assert len(held) == 1, bodies
+        assert all("leases held:" in b for b in bodies.values()), bodies
