@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,6 +18,7 @@ import aiohttp
 import pytest
 
 from bot.store.postgres import PostgresStore
+from bot.transport.matrix.cross_signing import KEYS_FILE
 from tests.botkit import BotProcess, bot_config, write_config
 from tests.support import (
     FeedServer,
@@ -103,10 +105,19 @@ async def cluster(count: int, *, synapse: SynapseServer, postgres: PostgresServe
         instances.append(Instance(f"instance {i}", write_config(tmp_path / f"c{i}.yaml", data),
                                   device, tmp_path / f"bot{i}.log"))
     try:
-        for instance in instances:
+        # The first makes the account's cross-signing keys; the others get a copy (as the
+        # README says), so that every instance's device is signed by the same identity.
+        await instances[0].start()
+        await instances[0].ready()
+        keys = tmp_path / "state0" / "crypto" / KEYS_FILE
+        for i, instance in enumerate(instances[1:], start=1):
+            crypto = tmp_path / f"state{i}" / "crypto"
+            crypto.mkdir(mode=0o700, parents=True)
+            shutil.copy2(keys, crypto / KEYS_FILE)
             await instance.start()
         for instance in instances:
             await instance.ready()
+            assert "NOT signed" not in instance.log(), instance.log()[-2000:]
         yield Cluster(instances, database, bot)
     finally:
         for instance in instances:

@@ -249,8 +249,10 @@ async def ensure_device_signed(api: KeysApi, user_id: str, device_id: str, store
     if master is not None and not ours and not reset:
         return CrossSigningStatus(False, (
             "the account already has cross-signing keys that newsbot does not hold (set up "
-            "from another client); they were left as they are. To let newsbot sign its "
-            "device, replace them: run `newsbot run --reset-cross-signing` once (it needs "
+            "from another client); they were left as they are. Made by another newsbot "
+            "instance of this account: copy its crypto/cross-signing.json into this "
+            "instance's crypto directory (mode 0600). Else, to let newsbot sign its device, "
+            "replace them: run `newsbot run --reset-cross-signing` once (it needs "
             "matrix.password), or verify the device from that other client"))
     if not ours or reset:
         new = CrossSigningKeys.generate()
