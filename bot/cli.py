@@ -1,4 +1,4 @@
-"""Command line: ``newsbot run | doctor | check-config | preview | feeds | login``.
+"""Command line: ``newsbot run | doctor | check-config | preview | feeds | login | storage``.
 
 Exit codes: 0 clean stop, 1 runtime failure, 2 configuration error.
 """
@@ -80,6 +80,21 @@ def _parser() -> argparse.ArgumentParser:
     import_.add_argument("--room", action="append", default=[], metavar="ROOM",
                          help="a room for the feeds the file names none (repeatable)")
 
+    storage = sub.add_parser("storage", help="the state database: copy it to another")
+    storage_sub = storage.add_subparsers(dest="storage_command", required=True,
+                                         metavar="ACTION")
+    migrate = storage_sub.add_parser(
+        "migrate", help="copy a SQLite state into an empty PostgreSQL database (stop "
+                        "newsbot first)")
+    migrate.add_argument("--from", dest="source", metavar="sqlite:PATH",
+                         help="the SQLite state: the storage directory or its "
+                              "newsbot.sqlite3 (default: the config's storage.path)")
+    migrate.add_argument("--to", dest="target", metavar="postgresql://...",
+                         help="the PostgreSQL database; its password in the URL or in "
+                              "PGPASSWORD (default: the config's storage.url)")
+    migrate.add_argument("-c", "--config", type=Path, default=None,
+                         help="the config: its storage.path, storage.url and Matrix device")
+
     login = sub.add_parser("login", help="log in with the password once and write the "
                                          "access token to a 0600 file")
     login.add_argument("-c", "--config", type=Path, required=True)
@@ -107,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 else _feeds_import(args)
         if args.command == "login":
             return _login(args)
+        if args.command == "storage":
+            return _storage_migrate(args)
         return _run(args)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -312,6 +329,55 @@ def _feeds_import(args: argparse.Namespace) -> int:
     added = ", ".join(new[:10]) + (f" and {len(new) - 10} more" if len(new) > 10 else "")
     print(f"{into}: {len(plan.entries)} feed(s) added ({added}); the file checks OK",
           file=sys.stderr)
+    return EXIT_OK
+
+
+def _storage_migrate(args: argparse.Namespace) -> int:
+    """Copy a SQLite state into PostgreSQL (bot.store.transfer); the password is never
+    printed."""
+    matrix = None
+    source, target = args.source, args.target
+    if args.config is not None:
+        loaded = _load_or_report(args.config)
+        if loaded is None:
+            return EXIT_CONFIG
+        config = loaded[0]
+        matrix = config.matrix
+        source = source or f"sqlite:{config.storage.path}"
+        target = target or config.storage.url
+    if source is None or target is None:
+        print("storage migrate: give --from sqlite:PATH and --to postgresql://... (or "
+              "-c CONFIG for its storage.path and storage.url)", file=sys.stderr)
+        return EXIT_CONFIG
+    _setup_logs(args, "WARNING", ())
+    from bot.errors import StorageError
+    from bot.store.transfer import copy_state, session_device, sqlite_file
+    try:
+        path = sqlite_file(source)
+    except StorageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    if not target.startswith(("postgresql://", "postgres://")):
+        print("--to: the target is a PostgreSQL database, postgresql://user@host[:port]/"
+              "database", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        done = asyncio.run(copy_state(path, target,
+                                      device_id=session_device(path.parent, matrix)))
+    except StorageError as exc:
+        print(f"storage migrate: nothing was copied: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"Copied {path} (schema version {done.version}) into {done.target}:")
+    width = max(map(len, done.rows), default=0)
+    for table, count in done.rows.items():
+        extra = f" ({done.pending} pending)" if table == "outbox" and done.pending else ""
+        print(f"  {table:<{width}}  {count:>9} row(s){extra}")
+    for note in done.notes:
+        print(f"note: {note}")
+    print(f"Next: set storage.url to {done.target} in the configuration (its password in "
+          "a ${VAR} or password_file) and start newsbot; keep storage.path, which holds "
+          "this instance's own files (its session, its encryption keys). The SQLite file is "
+          "left as it was: do not run newsbot on it again.")
     return EXIT_OK
 
 
