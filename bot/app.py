@@ -165,7 +165,8 @@ class App:
                 max_connect_wait=self.waits.reconnect_cap)
         if config.xmpp is not None:
             from bot.transport.xmpp import XmppTransport, account_of
-            xmpp = XmppTransport(account_of(config.xmpp), self.store)
+            instance = self.owner if self.store.shared else None
+            xmpp = XmppTransport(account_of(config.xmpp, instance), self.store)
             transports["xmpp"] = self._group_chats = xmpp
         if matrix is not None and len(transports) == 1:
             return matrix

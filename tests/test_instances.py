@@ -31,6 +31,9 @@ from tests.support import (
     make_items,
 )
 from tests.support.postgres import PostgresServer
+from tests.support.prosody import ProsodyServer
+from tests.support.xmppmember import XmppMember
+from tests.test_xmpp import answers, titles, xmpp_section
 
 LEASE = 3.0         # storage.lease in these tests: a dead instance's work waits this long
 
@@ -326,3 +329,57 @@ async def test_each_feed_is_polled_by_one_instance_once_per_interval_and_health_
         held = [b for b in bodies.values() if "leader" in b.split("leases held:")[-1]]
         assert len(held) == 1, bodies
         assert all("leases held:" in b for b in bodies.values()), bodies
+
+
+async def test_two_instances_on_xmpp_killed_over_and_over_post_each_item_once_in_order(
+        prosody: ProsodyServer, postgres: PostgresServer, feed_server: FeedServer,
+        feed_path: str, tmp_path: Path) -> None:
+    """The same on XMPP group chats: one account, a resource per instance."""
+    groups = [prosody.new_room(f"instances{i}") for i in range(2)]
+    account = await prosody.register("newsbot")
+    database = await postgres.new_database()
+    cycles = 6
+    items = make_items(3 * cycles + 1)
+    published = 1
+    feed_server.set_feed(feed_path, items[-published:])
+    nobody = RegisteredUser("@nobody:localhost", "", "", "", "nobody")   # no Matrix here
+    instances = []
+    for i in range(2):
+        config = write_config(tmp_path / f"c{i}.yaml", {
+            "xmpp": xmpp_section(prosody, account),
+            "storage": {"path": str(tmp_path / f"s{i}"), "url": database,
+                        "lease": f"{LEASE:g}s"},
+            "fetch": {"allow_private_networks": True},
+            "feeds": [{"name": "news", "url": feed_server.url(feed_path), "interval": "1s",
+                       "backfill": 1, "max_per_poll": len(items),
+                       "rooms": [f"xmpp:{group}" for group in groups]}]})
+        instances.append(Instance(f"instance {i}", config, nobody, tmp_path / f"bot{i}.log"))
+    async with XmppMember(prosody, await prosody.register("owner")) as owner:
+        for group in groups:
+            await owner.join(group)
+        try:
+            for instance in instances:
+                await instance.start()
+            for instance in instances:
+                await instance.ready()
+            rng = random.Random(20261130)
+            for _ in range(cycles):
+                published += 3
+                feed_server.set_feed(feed_path, items[-published:])
+                await asyncio.sleep(rng.uniform(0.2, 2.0))
+                victim = rng.choice(instances)
+                await victim.kill9()
+                await victim.start()
+                await victim.ready()
+            async with asyncio.timeout(90):
+                while [len(answers(await owner.archive(g), g)) for g in groups] != \
+                        [published] * 2:
+                    await asyncio.sleep(0.5)
+            await nothing_pending(database)
+            expected = [f"*{item.title}*" for item in reversed(items[-published:])]
+            for group in groups:
+                got = titles([m.body for m in answers(await owner.archive(group), group)])
+                assert got == expected, f"{group}: duplicates or losses"
+        finally:
+            for instance in instances:
+                await instance.stop()

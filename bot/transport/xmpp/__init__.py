@@ -61,10 +61,13 @@ _MODERATOR_LEVEL = 50.0      # a role of moderator: commands.min_power_level's d
 _ADMIN_LEVEL = 100.0         # an owner or admin affiliation
 
 
-def account_of(config: XmppConfig) -> XmppAccount:
+def account_of(config: XmppConfig, instance: str | None = None) -> XmppAccount:
+    """``instance``: this instance's name when several share the state: each connects
+    with its own resource (one resource, one session: a second would push the first out)."""
     assert config.password is not None      # the config refuses a section without one
+    resource = "newsbot" if instance is None else f"newsbot.{instance}"
     return XmppAccount(config.jid, config.password, nick=config.nick, host=config.host,
-                       port=config.port, tls=config.tls)
+                       port=config.port, tls=config.tls, resource=resource)
 
 
 @dataclass
