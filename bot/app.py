@@ -62,6 +62,9 @@ PRUNE_EVERY = 24 * 3600.0
 KEEP_SENT_ROWS = 30 * 24 * 3600.0
 KEEP_MEDIA_ROWS = 90 * 24 * 3600.0
 KEEP_TAKEN_EVENTS = 7 * 24 * 3600.0
+# Several instances: the declared rooms are checked and corrected by one at a time.
+ROOMS_LEASE = "rooms"
+ROOMS_LEASE_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +244,20 @@ class App:
     async def _connect(self) -> bool:
         await self.transport.connect()
         # Declared rooms exist, as declared, before any feed resolves or posts into them.
-        await self.rooms.prepare()
+        if not self.store.shared:
+            await self.rooms.prepare()
+            return True
+        # Several instances starting together: one at a time, or two would both create a
+        # declared room that does not exist yet.
+        while True:
+            if await self.store.take_lease(ROOMS_LEASE, self.owner, now=self.clock.now(),
+                                           duration=ROOMS_LEASE_SECONDS):
+                break
+            await asyncio.sleep(1.0)        # another instance is at it: seconds
+        try:
+            await self.rooms.prepare()
+        finally:
+            await self.store.release_lease(ROOMS_LEASE, self.owner)
         return True
 
     async def _same_rooms(self) -> dict[str, str]:

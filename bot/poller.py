@@ -218,6 +218,8 @@ class FeedPoller:
         """Jittered, then moved out of the hours and days the feed asks to skip; the ceiling
         still bounds the wait."""
         delay = jittered(interval.seconds, self._rng)
+        if not hints.skips:
+            return delay
         latest = now + max(delay, self._fetch_config.max_interval)
         return next_allowed(now + delay, hints, latest) - now
 
@@ -270,7 +272,8 @@ class FeedPoller:
                 self._pushed_body = fetched     # kept for when it is this one's turn
             return leases.retry                 # another instance polls it now
         try:
-            self._state = None      # written by whichever instance polled last
+            # Written by whichever instance polled last: read afresh, hints too.
+            self._state = self._hints = None
             state = await self._store.feed_state(name)
             now = self._clock.now()
             if fetched is None and not pushed and state is not None and \

@@ -93,9 +93,10 @@ class Cluster:
 async def cluster(count: int, *, synapse: SynapseServer, postgres: PostgresServer,
                   new_user: NewUserFactory, tmp_path: Path, feeds: list[dict[str, Any]],
                   per_instance: Callable[[int], dict[str, Any]] | None = None,
-                  **extra: Any) -> AsyncIterator[Cluster]:
+                  together: bool = False, **extra: Any) -> AsyncIterator[Cluster]:
     """``count`` instances of one bot (one Matrix account, a device each) on a fresh
-    database, started; all stopped at the end (each must stop cleanly)."""
+    database, started; all stopped at the end (each must stop cleanly). ``together``:
+    all started at the same moment (their devices then are not all cross-signed)."""
     database = await postgres.new_database()
     bot = await new_user("newsbot")
     devices = [bot, *[await synapse.login(bot, f"NEWSBOT{i}") for i in range(1, count)]]
@@ -108,6 +109,12 @@ async def cluster(count: int, *, synapse: SynapseServer, postgres: PostgresServe
         instances.append(Instance(f"instance {i}", write_config(tmp_path / f"c{i}.yaml", data),
                                   device, tmp_path / f"bot{i}.log"))
     try:
+        if together:
+            await asyncio.gather(*(instance.start() for instance in instances))
+            for instance in instances:
+                await instance.ready()
+            yield Cluster(instances, database, bot)
+            return
         # The first makes the account's cross-signing keys; the others get a copy (as the
         # README says), so that every instance's device is signed by the same identity.
         await instances[0].start()
@@ -383,3 +390,25 @@ async def test_two_instances_on_xmpp_killed_over_and_over_post_each_item_once_in
         finally:
             for instance in instances:
                 await instance.stop()
+
+
+async def test_instances_starting_together_create_a_declared_room_once(
+        synapse: SynapseServer, postgres: PostgresServer, feed_server: FeedServer,
+        feed_path: str, new_user: NewUserFactory, member: MemberFactory,
+        tmp_path: Path) -> None:
+    alice = await member(await new_user("alice"))
+    alias = f"together{random.randrange(10**9)}"
+    feed_server.set_feed(feed_path, make_items(2))
+    feeds = [{"name": "news", "url": feed_server.url(feed_path),
+              "rooms": [f"#{alias}:localhost"], "interval": "1s", "backfill": 2}]
+    async with cluster(3, synapse=synapse, postgres=postgres, new_user=new_user,
+                       tmp_path=tmp_path, feeds=feeds, together=True,
+                       rooms=[{"alias": alias, "name": "Ensemble"}]) as c:
+        created = [i for i in c.instances if f"room #{alias}:localhost: created" in i.log()]
+        assert len(created) == 1, [i.log()[-1500:] for i in c.instances]
+        for instance in c.instances:
+            assert "ERROR" not in instance.log(), instance.log()[-2000:]
+        room = await alice.join(f"#{alias}:localhost")
+        await alice.wait_for_messages(room, 2, sender=c.bot.user_id, timeout=60)
+        await asyncio.sleep(2 * LEASE)
+        assert len(await alice.messages(room, sender=c.bot.user_id)) == 2
