@@ -151,13 +151,16 @@ def _check_config(path: Path) -> int:
     if loaded is None:
         return EXIT_CONFIG
     config, warnings = loaded
+    from bot.feeds.schedules import schedules
     from bot.statecheck import state_warnings
-    for warning in [*warnings, *state_warnings(config)]:
+    from bot.store.readonly import StateReader
+    with StateReader(config) as state:      # one read-only look at the state, for both
+        stored, intervals = state_warnings(config, state), schedules(config, state)
+    for warning in [*warnings, *stored]:
         print(f"warning: {warning}", file=sys.stderr)
     rooms = {room for feed in config.feeds for room in feed.rooms}
     print(f"{path}: OK ({len(config.feeds)} feed(s), {len(rooms)} room(s))")
-    from bot.feeds.schedules import schedules
-    for name, why in schedules(config):
+    for name, why in intervals:
         print(f"  {name}: {why}")
     return EXIT_OK
 
