@@ -61,6 +61,8 @@ class FeedServer:
         r.add_get("/retry-after", self.retry_after)
         r.add_get("/redirect/{code}", self.redirect)
         r.add_get("/chain/{n}", self.chain)
+        r.add_get("/slow-chain/{n}", self.slow_chain)
+        r.add_get("/slow-redirect", self.slow_redirect)
         r.add_get("/loop/{side}", self.loop)
         self.server = TestServer(self.app, host="127.0.0.1", port=0)
 
@@ -154,6 +156,18 @@ class FeedServer:
         if n == 0:
             return await self.feed(request)
         return web.Response(status=302, headers={"Location": f"/chain/{n - 1}"})
+
+    async def slow_chain(self, request: web.Request) -> web.Response:
+        # Each hop well within a deadline of 1.5 s, all of them together beyond it.
+        await asyncio.sleep(0.6)
+        n = int(request.match_info["n"])
+        if n == 0:
+            return await self.feed(request)
+        return web.Response(status=302, headers={"Location": f"/slow-chain/{n - 1}"})
+
+    async def slow_redirect(self, request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query["wait"]))
+        return web.Response(status=302, headers={"Location": request.query["to"]})
 
     async def loop(self, request: web.Request) -> web.Response:
         other = "b" if request.match_info["side"] == "a" else "a"
@@ -252,6 +266,29 @@ async def test_trickle_stopped_by_total_deadline(srv: FeedServer) -> None:
     # Not before the deadline; the upper bound only needs to be well below the 20 s
     # body, with room for a busy machine (the message already names the deadline).
     assert 1.4 < elapsed < 10
+
+
+async def test_one_deadline_across_redirects(srv: FeedServer) -> None:
+    """The deadline is the whole fetch's, not each request's: three hops of 0.6 s each
+    (then the feed) stop at 1.5 s, and a redirect to a trickle too."""
+    async with Fetcher(allow_private_networks=True, total_timeout=1.5) as fetcher:
+        for path in ("/slow-chain/3", "/redirect/302?to=/trickle"):
+            start = time.monotonic()
+            error = await fetch_error(fetcher, srv.url(path))
+            elapsed = time.monotonic() - start
+            assert str(error) == "timed out after 1.5 s", path
+            assert 1.4 < elapsed < 10, (path, elapsed)
+
+
+async def test_redirect_hop_gets_what_is_left_of_the_deadline(srv: FeedServer) -> None:
+    # A first hop of 1.8 s of a 2 s deadline, then a body that trickles for 20 s: the
+    # second request has 0.2 s left, not 2 s afresh (which would end at 3.8 s).
+    async with Fetcher(allow_private_networks=True, total_timeout=2) as fetcher:
+        start = time.monotonic()
+        error = await fetch_error(fetcher, srv.url("/slow-redirect?wait=1.8&to=/trickle"))
+        elapsed = time.monotonic() - start
+    assert str(error) == "timed out after 2 s"
+    assert 1.9 < elapsed < 3.3, elapsed
 
 
 async def test_connection_refused(local: Fetcher) -> None:

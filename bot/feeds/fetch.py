@@ -17,7 +17,6 @@ The SSRF guard has three parts, all applied on every redirect hop:
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import email.utils
 import logging
@@ -63,7 +62,9 @@ _ACCEPT: Final = (
 )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+# Not frozen: one is made at every poll (a frozen dataclass sets each field through
+# object.__setattr__, three times slower), and none is changed once made.
+@dataclasses.dataclass(slots=True)
 class FetchResult:
     """What one successful fetch returned."""
 
@@ -75,7 +76,8 @@ class FetchResult:
     final_url: str              # after redirects (the URL given, untouched, if none)
     permanent_url: str | None   # set when every hop to final_url was 301/308
     # The response's Cache-Control, Expires, Date and Age headers, as sent (read by
-    # bot.feeds.hints: how long the server asks us not to come back).
+    # bot.feeds.hints: how long the server asks us not to come back); none of them
+    # without Cache-Control or Expires.
     caching: tuple[tuple[str, str], ...] = ()
 
 
@@ -151,6 +153,8 @@ class Fetcher:
         self._connect_timeout = connect_timeout
         self._user_agent = user_agent
         self._max_redirects = max_redirects
+        self._first_timeout = aiohttp.ClientTimeout(total=total_timeout,
+                                                    sock_connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._resolver: AbstractResolver | None = None
         self._closed = False
@@ -198,9 +202,8 @@ class Fetcher:
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                # The overall deadline is enforced in fetch() across all hops; the
-                # connect limit is per socket.
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._connect_timeout),
+                # Each request is given its own (fetch): what is left of the deadline.
+                timeout=self._first_timeout,
                 headers={
                     "User-Agent": self._user_agent,
                     "Accept": _ACCEPT,
@@ -218,14 +221,14 @@ class Fetcher:
     async def fetch(
         self, url: str, *, etag: str | None = None, last_modified: str | None = None
     ) -> FetchResult:
-        """GET ``url``, following redirects; raise FetchError (or BlockedURLError)."""
-        try:
-            async with asyncio.timeout(self._total_timeout):
-                return await self._fetch(url, etag, last_modified)
-        except TimeoutError as exc:
-            raise FetchError(f"timed out after {_seconds(self._total_timeout)} s") from exc
+        """GET ``url``, following redirects; raise FetchError (or BlockedURLError).
 
-    async def _fetch(self, url: str, etag: str | None, last_modified: str | None) -> FetchResult:
+        One deadline (``total_timeout``) bounds the whole fetch, every hop included: each
+        request carries what is left of it as its aiohttp total timeout (connecting,
+        sending, reading the body), rather than an asyncio.timeout around the whole
+        fetch: one context and one coroutine less on every poll. aiohttp rounds a deadline
+        of 5 s or more up to the next whole second."""
+        started = time.monotonic()
         try:
             current = URL(url)
         except (ValueError, TypeError) as exc:
@@ -239,6 +242,7 @@ class Fetcher:
         seen: set[URL] | None = None     # made at the first redirect: most fetches have none
         all_permanent = True
         hops = 0
+        timeout = self._first_timeout       # the whole deadline
         while True:
             if hops or url not in self._checked:
                 self._check_url(current)
@@ -248,7 +252,7 @@ class Fetcher:
                     self._checked.add(url)
             # Keep the caller's spelling: an unchanged URL must compare equal.
             outcome = await self._hop(current, headers, etag, last_modified,
-                                      url if hops == 0 else None)
+                                      url if hops == 0 else None, timeout)
             if isinstance(outcome, FetchResult):
                 if hops == 0:
                     return outcome
@@ -266,6 +270,13 @@ class Fetcher:
             all_permanent = all_permanent and outcome.status in _PERMANENT_STATUSES
             log.debug("redirect %d from %s to %s", outcome.status, current, outcome.target)
             current = outcome.target
+            left = self._total_timeout - (time.monotonic() - started)
+            if left <= 0:       # aiohttp reads a total of 0 as no limit at all
+                raise self._timed_out()
+            timeout = aiohttp.ClientTimeout(total=left, sock_connect=self._connect_timeout)
+
+    def _timed_out(self) -> FetchError:
+        return FetchError(f"timed out after {_seconds(self._total_timeout)} s")
 
     def _check_url(self, url: URL) -> None:
         if url.scheme not in _ALLOWED_SCHEMES:
@@ -290,13 +301,14 @@ class Fetcher:
 
     async def _hop(
         self, url: URL, headers: dict[str, str], etag: str | None, last_modified: str | None,
-        spelled: str | None,
+        spelled: str | None, left: aiohttp.ClientTimeout,
     ) -> FetchResult | _Redirect:
         """One request; ``spelled``: the URL as the caller wrote it (the final URL if no
-        redirect follows)."""
+        redirect follows); ``left``: what is left of the deadline."""
         session = self._get_session()
         try:
-            async with session.get(url, headers=headers, allow_redirects=False) as resp:
+            async with session.get(url, headers=headers, allow_redirects=False,
+                                   timeout=left) as resp:
                 status = resp.status
                 if status in _REDIRECT_STATUSES and "Location" in resp.headers:
                     location = resp.headers["Location"]
@@ -346,7 +358,8 @@ class Fetcher:
         except aiohttp.ClientError as exc:
             raise FetchError(_describe_client_error(exc, url, self._connect_timeout)) from exc
         except TimeoutError as exc:
-            raise FetchError(f"timed out talking to {url.host}") from exc
+            # Not a ClientError: aiohttp's total timeout, the fetch's deadline.
+            raise self._timed_out() from exc
         except ssl.SSLError as exc:
             raise FetchError(f"TLS error: {_ssl_reason(exc)}") from exc
         except OSError as exc:
@@ -377,6 +390,10 @@ _CACHING_HEADERS: Final = ("Cache-Control", "Expires", "Date", "Age")
 
 
 def _caching(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    # Date and Age say nothing without Cache-Control or Expires: a 304 with neither (most
+    # of them, though nearly all have a Date) has nothing to read.
+    if "Cache-Control" not in headers and "Expires" not in headers:
+        return ()
     # The first of each, cut short: a header is a stranger's text (aiohttp already
     # bounds a header line to 8 KiB).
     found = []

@@ -23,7 +23,8 @@ MAX_ID_BYTES = 256
 Unseen = Callable[[Iterable[str]], Awaitable[set[str]]]
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, as FetchResult: made at every poll, never changed.
+@dataclass(slots=True)
 class Validators:
     """What lets the next poll of an unchanged feed cost one conditional request and no
     parsing."""
@@ -33,7 +34,7 @@ class Validators:
     body_hash: str | None           # None after a 304: there was no body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)      # not frozen, as Validators
 class PollResult:
     """One poll of a feed: its validators, and (unless the body was unchanged) its
     entries sorted into new ones and known ones."""

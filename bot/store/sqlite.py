@@ -60,6 +60,22 @@ WRITE_BEHIND_MAX = 1000
 _NOT_MODIFIED = ("UPDATE feed_state SET last_fetch = ?, last_success = ?, last_error = NULL, "
                  "failures = 0, next_fetch = ?, etag = COALESCE(?, etag), "
                  "last_modified = COALESCE(?, last_modified) WHERE name = ?")
+# The same for a poll that brought no validators (a 304): a third cheaper than the above.
+_NOT_MODIFIED_TIMES = ("UPDATE feed_state SET last_fetch = ?, last_success = ?, "
+                       "last_error = NULL, failures = 0, next_fetch = ? WHERE name = ?")
+
+
+def _write_waiting(c: sqlite3.Connection, waiting: dict[str, _NotModified]) -> None:
+    times, full = [], []
+    for feed, w in waiting.items():
+        if w.etag is None and w.last_modified is None:
+            times.append((w.now, w.now, w.next_fetch, feed))
+        else:
+            full.append(w.row(feed))
+    if times:
+        c.executemany(_NOT_MODIFIED_TIMES, times)
+    if full:
+        c.executemany(_NOT_MODIFIED, full)
 
 
 @dataclass(slots=True)     # not frozen: made at every unchanged poll, never changed
@@ -237,7 +253,7 @@ class SqliteStore:
         try:
             waiting = self._waiting
             if waiting:
-                c.executemany(_NOT_MODIFIED, [w.row(feed) for feed, w in waiting.items()])
+                _write_waiting(c, waiting)
             yield c
         except BaseException:
             # SQLite rolls back by itself on some errors (a full disk): a second
