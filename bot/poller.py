@@ -121,6 +121,7 @@ class FeedPoller:
     # 10,000 feeds are 10,000 of these: no __dict__, and nothing made before it is needed.
     __slots__ = ("_clock", "_entry", "_fetch_config", "_fetch_observed",
                  "_fetcher", "_first", "_hints", "_interval", "_language", "_last_push", "_leases",
+                 "_polled_at",
                  "_observe", "_on_enqueued", "_plan_budget", "_polls", "_push_asked",
                  "_push_gap", "_pushed_body", "_rng", "_room_language", "_state", "_store",
                  "_task", "ended", "feed")
@@ -134,8 +135,10 @@ class FeedPoller:
                  observe: Callable[[str], None] | None = None,
                  push_gap: float = PUSH_GAP, leases: PollLeases | None = None) -> None:
         self.feed = feed
-        # Several instances on one database: polled only under the feed's lease.
+        # Several instances on one database: polled only under the feed's lease; when
+        # this instance's last poll of it ended (clock time).
         self._leases = leases
+        self._polled_at: float | None = None
         self._store = store
         self._fetcher = fetcher
         self._clock = clock
@@ -276,10 +279,15 @@ class FeedPoller:
             self._state = self._hints = None
             state = await self._store.feed_state(name)
             now = self._clock.now()
-            if fetched is None and not pushed and state is not None and \
-                    state.next_fetch is not None and state.next_fetch > now + 1.0:
-                return state.next_fetch - now
-            return await self.poll_once(fetched)
+            ours = self._polled_at
+            elsewhere = state is not None and state.last_fetch is not None and (
+                ours is None or state.last_fetch > ours)
+            if fetched is None and not pushed and elsewhere and state is not None and \
+                    state.next_fetch is not None and state.next_fetch > now:
+                return state.next_fetch - now       # polled by another since: its turn
+            delay = await self.poll_once(fetched)
+            self._polled_at = self._clock.now()
+            return delay
         finally:
             with contextlib.suppress(StorageError):     # it lapses by itself anyway
                 await leases.release(name)

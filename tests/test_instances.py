@@ -163,7 +163,7 @@ async def test_instances_killed_over_and_over_post_each_item_once_in_order(
         tmp_path: Path) -> None:
     alice = await member(await new_user("alice"))
     rooms = [await alice.create_room(name=f"instances {i}") for i in range(3)]
-    cycles = 8
+    cycles = 5
     items = make_items(3 * cycles + 1)               # newest first
     published = 1
     feed_server.set_feed(feed_path, items[-published:])
@@ -195,7 +195,7 @@ async def test_a_frozen_instance_does_not_send_what_another_took_over(
         tmp_path: Path) -> None:
     alice = await member(await new_user("alice"))
     rooms = [await alice.create_room(name=f"frozen {i}") for i in range(2)]
-    cycles = 4
+    cycles = 2          # each instance frozen once
     items = make_items(4 * cycles + 1)
     published = 1
     feed_server.set_feed(feed_path, items[-published:])
@@ -253,7 +253,7 @@ async def test_each_command_is_answered_once_and_a_dead_leaders_successor_answer
             await moderator.send_text(room, body)
             await moderator.wait_for_messages(room, previous + 1, sender=c.bot.user_id,
                                               timeout=60)
-            await asyncio.sleep(2 * LEASE)      # time for a second answer, if any came
+            await asyncio.sleep(1.5 * LEASE)    # time for a second answer, if any came
             return len(await moderator.messages(room, sender=c.bot.user_id))
 
         count = await answers_to("!news help", 1)
@@ -312,7 +312,7 @@ async def test_each_feed_is_polled_by_one_instance_once_per_interval_and_health_
     alice = await member(await new_user("alice"))
     room = await alice.create_room(name="polite")
     feed_server.set_feed(feed_path, make_items(1))
-    interval = 2.0
+    interval = 1.0
     feeds = [{"name": "news", "url": feed_server.url(feed_path), "rooms": [room],
               "interval": f"{interval:g}s", "backfill": 1}]
     ports = [free_port() for _ in range(2)]
@@ -321,12 +321,12 @@ async def test_each_feed_is_polled_by_one_instance_once_per_interval_and_health_
                        per_instance=lambda i: {"http": {"listen": f"127.0.0.1:{ports[i]}"}}) as c:
         await alice.wait_for_messages(room, 1, sender=c.bot.user_id, timeout=60)
         start = time.time()
-        window = 8 * interval
+        window = 10 * interval
         await asyncio.sleep(window)
         polls = [r for r in feed_server.requests(feed_path) if start <= r.at < start + window]
-        # Two instances each polling on their own would make ~16 (interval jittered
-        # ±10 %); under one lease between them, ~8.
-        assert 4 <= len(polls) <= 11, f"{len(polls)} polls in {window:g} s"
+        # Two instances each polling on their own would make ~20 (interval jittered
+        # ±10 %); under one lease between them, ~10.
+        assert 5 <= len(polls) <= 14, f"{len(polls)} polls in {window:g} s"
         bodies = {}
         async with aiohttp.ClientSession() as session:
             for port in ports:
@@ -345,7 +345,7 @@ async def test_two_instances_on_xmpp_killed_over_and_over_post_each_item_once_in
     groups = [prosody.new_room(f"instances{i}") for i in range(2)]
     account = await prosody.register("newsbot")
     database = await postgres.new_database()
-    cycles = 6
+    cycles = 4
     items = make_items(3 * cycles + 1)
     published = 1
     feed_server.set_feed(feed_path, items[-published:])
@@ -369,6 +369,10 @@ async def test_two_instances_on_xmpp_killed_over_and_over_post_each_item_once_in
                 await instance.start()
             for instance in instances:
                 await instance.ready()
+            # The feed's first sight (its backfill posted) before items flow.
+            async with asyncio.timeout(60):
+                while min([len(answers(await owner.archive(g), g)) for g in groups]) < 1:
+                    await asyncio.sleep(0.2)
             rng = random.Random(20261130)
             for _ in range(cycles):
                 published += 3
@@ -379,8 +383,7 @@ async def test_two_instances_on_xmpp_killed_over_and_over_post_each_item_once_in
                 await victim.start()
                 await victim.ready()
             async with asyncio.timeout(90):
-                while [len(answers(await owner.archive(g), g)) for g in groups] != \
-                        [published] * 2:
+                while min([len(answers(await owner.archive(g), g)) for g in groups]) < published:
                     await asyncio.sleep(0.5)
             await nothing_pending(database)
             expected = [f"*{item.title}*" for item in reversed(items[-published:])]
