@@ -18,6 +18,10 @@ never counted as the bot's. Lines:
 6. resident memory of an idle bot process: 1 feed with encryption on, and 10,000
    feeds, vs a bare matrix-nio + aiohttp process (benchmarks/memory.py).
 
+Opt-in, not in the default run (about 3 minutes more): ``--only instances``, the
+throughput of one, two and three instances on one PostgreSQL database against one
+(benchmarks/instances.py).
+
 Figures vary with the machine's load: the load averages at the start and the end are
 recorded with them, and ``--note`` adds what was known about the machine.
 """
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import fanout, latency, memory, polls
+from benchmarks import fanout, instances, latency, memory, polls
 from benchmarks.feedproc import FeedProcess
 from benchmarks.scene import Scene
 from tests.support import SynapseServer
@@ -153,6 +157,15 @@ def rows(results: dict[str, Any]) -> list[Row]:
                            f"{b:.1f} MiB", _ratio(n / b), "≤ 120 MiB at 10,000",
                            _met(n <= 120 if feeds >= 10_000 else None),
                            AT_FILING["6many"] if feeds >= 10_000 else ""))
+    several = results.get("instances")
+    if isinstance(several, dict) and "setups" in several:
+        one = next(r for r in several["setups"]
+                   if r["store"] == "postgresql" and r["instances"] == 1)
+        out.extend(Row(f"{r['items']} items × {r['rooms']} rooms, " + (
+                       f"{r['instances']} instance(s) on {r['store']}" if r["instances"]
+                       else "raw matrix-nio sends") + ": messages/s", f"{r['msgs_per_s']:.1f}/s",
+                       f"{one['msgs_per_s']:.1f}/s (1 on postgresql)", _ratio(r["ratio"]),
+                       "measured", "n/a") for r in several["setups"])
     for line, value in sorted(results.items()):
         if isinstance(value, dict) and "error" in value:
             out.append(Row(f"line {line}: failed", value["error"], "", "", "", "NO"))
@@ -219,8 +232,12 @@ async def run(lines: list[str], size: Size, quick: bool, saturated_feeds: int,
                 async def line6() -> dict[str, Any]:
                     return await memory.measure(scene, many, "/sat/", saturated_state)
 
+                async def several() -> dict[str, Any]:
+                    return await instances.measure(scene, quick)
+
                 steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
-                    "1": line1, "2": line2, "3": line3, "4": line4, "5": line5, "6": line6}
+                    "1": line1, "2": line2, "3": line3, "4": line4, "5": line5, "6": line6,
+                    "instances": several}
                 for line in lines:
                     log(f"line {line}...")
                     began = time.monotonic()
@@ -242,7 +259,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="fewer feeds, rooms and rounds (figures less steady)")
     parser.add_argument("--only", default="1,2,3,4,5,6",
-                        help="lines to run, e.g. 1,2 (line 6's 10,000 feeds need line 2)")
+                        help="lines to run, e.g. 1,2 (line 6's 10,000 feeds need line 2); "
+                             "'instances' (opt-in) for one, two and three instances")
     parser.add_argument("--feeds", type=int, default=None,
                         help="feeds of line 2 (and of line 6's second figure); "
                              "default 10,000, or 2,000 with --quick")
@@ -253,9 +271,10 @@ def main() -> None:
     args = parser.parse_args()
     size = QUICK if args.quick else FULL
     lines = [line.strip() for line in args.only.split(",") if line.strip()]
-    unknown = [line for line in lines if line not in "123456" or len(line) != 1]
+    unknown = [line for line in lines
+               if line != "instances" and (line not in "123456" or len(line) != 1)]
     if unknown:
-        parser.error(f"unknown line(s) {', '.join(unknown)}: 1 to 6")
+        parser.error(f"unknown line(s) {', '.join(unknown)}: 1 to 6, or instances")
     saturated = args.feeds or size.saturated_feeds
     began, load_before = time.monotonic(), os.getloadavg()
 
@@ -285,6 +304,9 @@ def main() -> None:
     print()
     print(table(table_rows))
     print()
+    if "setups" in results.get("instances", {}):
+        print(instances.table(results["instances"]))
+        print()
     print(f"{report['mode']} run of {report['commit']} in {total / 60:.1f} min on "
           f"{os.cpu_count()} cores; load average {load_before[0]:.2f} at the start, "
           f"{load_after[0]:.2f} at the end{'; ' + note if note else ''}.")

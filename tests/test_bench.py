@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from benchmarks import polls
+from benchmarks import instances, polls
 from benchmarks.bench import rows, table
 from benchmarks.feedproc import FeedProcess
 from benchmarks.member_sync import MemberSync
@@ -81,6 +81,29 @@ def test_the_table_has_a_row_per_figure_and_names_a_failed_line() -> None:
     assert printed.splitlines()[0].startswith("| measure | newsbot | limit (bare) |")
     assert printed.splitlines()[0].endswith("| at filing |")
     assert len(printed.splitlines()) == len(made) + 2
+
+
+def test_the_instances_figure_has_a_row_per_setup_against_one_instance() -> None:
+    # ./dev bench --only instances runs for minutes (real processes, PostgreSQL): only its
+    # table is checked here, from figures of the shape it writes.
+    def setup(store: str, count: int, per_s: float) -> dict[str, Any]:
+        cores = {"synapse": 0.9, "synapse_waiting": 0.2, "bots": [0.05] * count,
+                 "others": 0.5, "postgresql": 0.03, "synapse_s": 18.0, "bots_s": 1.0}
+        return {"store": store, "instances": count, "items": 40, "rooms": 10, "messages": 400,
+                "msgs_per_s": per_s, "seconds": 400 / per_s, "ratio": per_s / 20.0,
+                "sent_by": [400 // max(count, 1)] * max(count, 1), "cores": cores,
+                "rss_mib": [70.0] * count, "load_average": [1.5, 1.2, 1.0]}
+    figures = {"items": 40, "rooms": 10, "setups": [
+        setup("sqlite", 1, 22.0), setup("postgresql", 1, 20.0), setup("postgresql", 2, 19.0),
+        setup("postgresql", 3, 18.0), setup("raw matrix-nio", 0, 21.0)]}
+    made = rows({"instances": figures})
+    assert [row.ratio for row in made] == ["1.10×", "1.00×", "0.95×", "0.90×", "1.05×"]
+    assert made[2].measure == "40 items × 10 rooms, 2 instance(s) on postgresql: messages/s"
+    assert made[4].measure.startswith("40 items × 10 rooms, raw matrix-nio sends")
+    printed = instances.table(figures).splitlines()
+    assert printed[0].startswith("| instances | store | seconds | msgs/s | ratio |")
+    assert printed[5].startswith("| 3 | postgresql | 22.2 | 18.0 | 0.90× | 133 / 133 / 133 |")
+    assert len(printed) == 2 + len(figures["setups"])
 
 
 def test_memory_and_cpu_are_read_from_proc() -> None:
