@@ -1136,8 +1136,13 @@ def _read_database_url(f: _Field) -> Any:
             return _BAD
         return _BAD if f.given else None
     text, node = found
-    url = text.strip()
-    parts = urlsplit(url)
+    url = _quoted_userinfo(text.strip())
+    try:
+        parts = urlsplit(url)
+        parts.port      # noqa: B018 (a port that is no number raises here)
+    except ValueError:
+        return f.problem(node, "is not a readable address (write it like "
+                               "postgresql://newsbot@db.example.org:5432/newsbot)")
     if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
         return f.problem(node, "expected a PostgreSQL address like "
                                "postgresql://newsbot@db.example.org/newsbot")
@@ -1164,6 +1169,22 @@ def _read_database_url(f: _Field) -> Any:
         f.r.warn(node, f.full, "the connection to a database on another machine may be "
                                "unencrypted; add ?sslmode=verify-full (or require)")
     return url
+
+
+def _quoted_userinfo(url: str) -> str:
+    """The address with its user and password percent-encoded where they hold what would
+    end them (a password from ``${VAR}`` is put in as it is: ``/``, ``?``, ``#``, ``@``
+    would otherwise cut the address, and show part of the password as its host)."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return url
+    userinfo, host = rest[:at], rest[at + 1:]
+    user, colon, password = userinfo.partition(":")
+
+    def enc(part: str) -> str:
+        return "".join(f"%{ord(c):02X}" if c in "/?#@[] " else c for c in part)
+    return f"{scheme}://{enc(user)}{colon}{enc(password)}@{host}"
 
 
 def _masked_url(url: str) -> str:

@@ -785,7 +785,7 @@ def test_storage_url_selects_postgresql_with_its_password_from_a_variable() -> N
     config, warnings = load(with_storage(
         "  url: postgresql://newsbot:${DB_PASSWORD}@127.0.0.1:5433/newsbot\n"),
         env={"DB_PASSWORD": "s3cr3t-p@ss"})
-    assert config.storage.url == "postgresql://newsbot:s3cr3t-p@ss@127.0.0.1:5433/newsbot"
+    assert config.storage.url == "postgresql://newsbot:s3cr3t-p%40ss@127.0.0.1:5433/newsbot"
     assert "s3cr3t" not in repr(config) and "***" in repr(config.storage)
     assert warnings == []
     default, _ = load(VALID)
@@ -817,3 +817,22 @@ def test_bad_storage_urls_are_explained() -> None:
     _, warnings = load(with_storage(
         "  url: postgresql://newsbot@db.example.org/newsbot?sslmode=verify-full\n"))
     assert warnings == []
+
+
+def test_a_password_from_a_variable_may_hold_what_ends_an_address() -> None:
+    # base64 passwords hold '/'; put in as they are, they would cut the address and show
+    # part of the password as its host.
+    config, _ = load(with_storage(
+        "  url: postgresql://newsbot:${DB_PASSWORD}@127.0.0.1:5433/newsbot\n"),
+        env={"DB_PASSWORD": "Zq9/Se#c?r@t"})
+    assert config.storage.url == \
+        "postgresql://newsbot:Zq9%2FSe%23c%3Fr%40t@127.0.0.1:5433/newsbot"
+    from urllib.parse import unquote, urlsplit
+
+    from bot.store.postgres import masked
+    parts = urlsplit(config.storage.url)
+    assert (parts.hostname, parts.port, unquote(parts.password or "")) == \
+        ("127.0.0.1", 5433, "Zq9/Se#c?r@t")
+    for shown in (repr(config.storage), masked(config.storage.url),
+                  masked("postgresql://newsbot:Zq9/Se#c?r@t@127.0.0.1:1/newsbot")):
+        assert "Zq9" not in shown and "***" in shown, shown

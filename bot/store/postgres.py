@@ -88,10 +88,17 @@ _CONNECTION_LOST = ("the database server cannot be reached or closed the connect
 
 def masked(url: str) -> str:
     """The URL as it may be shown: without its password (in the address or a parameter)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        # Whatever the password holds (even what would end it unencoded), all between the
+        # user's ':' and the last '@' is hidden, before anything tries to parse it.
+        userinfo, _, host = rest.rpartition("@")
+        if ":" in userinfo:
+            url = f"{scheme}://{userinfo.split(':', 1)[0]}:***@{host}"
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
-        if parts.password is not None:
+        if parts.password not in (None, "***"):
             userinfo, _, hostinfo = netloc.rpartition("@")
             netloc = f"{userinfo.split(':', 1)[0]}:***@{hostinfo}"
         query = urlencode([(k, "***" if k.lower() == "password" else v)
