@@ -21,7 +21,7 @@ from bot.errors import (
     TransportError,
 )
 from bot.media import ImageSource
-from bot.model import Image, Message, Outgoing, Sent, Target
+from bot.model import Image, Message, Outgoing, Sent, Target, delivery_key
 from bot.store import NewDelivery, PollOutcome, Store
 from bot.transport.base import EventHandlers
 from bot.transport.matrix.errors import error_for
@@ -33,7 +33,7 @@ from tests.support.postgres import StoreOpener, row_of
 class ScriptedTransport:
     """Sends succeed unless ``fail_send`` says otherwise; joins likewise."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shared: bool = False) -> None:
         self.login_generation = 0
         self.sent: list[str] = []
         self.joins = 0
@@ -41,17 +41,20 @@ class ScriptedTransport:
         self.fail_send: Callable[[dict[str, object]], Exception | None] = lambda _: None
         self.fail_join: Exception | None = None
         self.join_delay = 0.0
+        self.before_send: Callable[[], None] = lambda: None
+        self.fenced = 0             # sends the fence stopped
         # Encoding and idempotency as the Matrix transport has them.
-        self._messages = MatrixMessages(self)
+        self._messages = MatrixMessages(self, shared=shared)
 
     async def prepare(self, outgoing: Outgoing, images: ImageSource | None,
                       ) -> dict[str, Any] | None:
         return await self._messages.prepare(outgoing, images)
 
     async def send(self, room_id: str, payload: dict[str, Any], key: str, *,
-                   attempted_at: float | None, now: float) -> Sent:
+                   attempted_at: float | None, now: float,
+                   fence: Callable[[], bool] | None = None) -> Sent:
         return await self._messages.send(room_id, payload, key, attempted_at=attempted_at,
-                                         now=now)
+                                         now=now, fence=fence)
 
     async def connect(self) -> None:
         pass
@@ -66,7 +69,12 @@ class ScriptedTransport:
             raise self.fail_join
         return room
 
-    async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str) -> str:
+    async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str,
+                           fence: Callable[[], bool] | None = None) -> str:
+        self.before_send()
+        if fence is not None and not fence():      # as Messages.send_message asks it
+            self.fenced += 1
+            raise TemporaryTransportError("claim lapsed")
         error = self.fail_send(content)
         if error is not None:
             raise error
@@ -351,3 +359,31 @@ async def test_a_row_claimed_by_another_instance_waits_for_its_claim_to_lapse(
     finally:
         deliverer.stop()
         await asyncio.wait_for(worker, 5)
+
+
+async def test_several_instances_a_send_after_its_claim_lapsed_is_not_made_and_is_looked_for(
+        store: Store) -> None:
+    """Shared store: the claim's deadline is asked last before the message leaves (a process
+    frozen past it sends nothing), and a row tried before is looked for in the room before
+    it is sent again, even when this very process tried it (another instance may have sent
+    it meanwhile, from its own device)."""
+    await enqueue(store, ["a"])
+    transport = ScriptedTransport(shared=True)
+    clock = OffsetClock()
+    jumps = iter([True])
+
+    def frozen_once() -> None:
+        if next(jumps, False):
+            clock.offset += 100.0       # as if frozen past its 30 s claim, once
+
+    transport.before_send = frozen_once
+    deliverer = Deliverer(store, transport, clock, retry_base=0.2, owner="one",
+                          shared_lease=30.0)
+    worker = asyncio.create_task(deliverer.run_room("!r:x"))
+    async with asyncio.timeout(10):
+        while transport.sent != ["a"]:
+            await asyncio.sleep(0.01)
+    deliverer.stop()
+    await asyncio.wait_for(worker, 5)
+    assert transport.fenced == 1
+    assert transport.searches == [delivery_key("news", "a", "!r:x")]

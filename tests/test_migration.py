@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ class RecordingMatrix:
         return await self.messages.send(room_id, payload, key, attempted_at=attempted_at,
                                         now=now)
 
-    async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str) -> str:
+    async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str,
+                           fence: Callable[[], bool] | None = None) -> str:
         self.sent.append((room_id, content, txn_id))
         return f"$new-{len(self.sent)}"
 

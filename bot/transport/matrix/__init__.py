@@ -176,9 +176,10 @@ class MatrixTransport:
         return await self._outgoing.send(room_id, payload, key, attempted_at=attempted_at,
                                          now=now, fence=fence)
 
-    async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str) -> str:
+    async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str,
+                           fence: Callable[[], bool] | None = None) -> str:
         """One event as it is (the outbox's rows go through ``prepare`` and ``send``)."""
-        return await self._messages.send_message(room_id, content, txn_id)
+        return await self._messages.send_message(room_id, content, txn_id, fence)
 
     async def upload_media(self, data: bytes, content_type: str, filename: str) -> str:
         return await self._messages.upload_media(data, content_type, filename)

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.clean import defang_text
-from bot.errors import TemporaryTransportError
 from bot.model import Message, Outgoing, Sent
 from bot.render import sanitize_html
 
@@ -125,7 +124,8 @@ def _safe_text_fields(content: dict[str, Any]) -> dict[str, Any]:
 class _Client(Protocol):
     login_generation: int
 
-    async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str) -> str: ...
+    async def send_message(self, room_id: str, content: dict[str, Any], txn_id: str,
+                           fence: Callable[[], bool] | None = None) -> str: ...
 
     async def find_delivery(self, room_id: str, key: str, *,
                             max_events: int = 500) -> str | None: ...
@@ -203,25 +203,26 @@ class MatrixMessages:
             found = await self._client.find_delivery(room_id, key)
             if found is not None:
                 return Sent(found, already_there=True)
-        if fence is not None and not fence():
-            raise TemporaryTransportError("this instance's claim on the message lapsed "
-                                          "(another instance may send it)")
         self._attempt_generation[key] = self._client.login_generation
-        event_id = await self._client.send_message(room_id, payload, txn_id_for(key))
+        event_id = await self._client.send_message(room_id, payload, txn_id_for(key), fence)
         self._attempt_generation.pop(key, None)
         return Sent(event_id)
 
     def _txn_may_be_forgotten(self, key: str, attempted_at: float | None, now: float) -> bool:
         if attempted_at is None:
             return False           # never tried: nothing to find
+        if self._shared:
+            # Several instances: another may have sent it (from its own device) since this
+            # one tried, whoever tried first.
+            return True
         if now - attempted_at > TXN_MEMORY_SECONDS:
             return True
         ours = self._attempt_generation.get(key)
         if ours is not None:
             return ours != self._client.login_generation
-        # Attempted by an earlier process: of this device, under login generation 0 (its
-        # transaction id is still known) — or, on a shared database, by another device.
-        return self._shared or self._client.login_generation != 0
+        # Attempted by an earlier process of this device, under login generation 0: its
+        # transaction id is still known.
+        return self._client.login_generation != 0
 
 
 async def _image(images: ImageSource | None, url: str) -> MediaRow | None:

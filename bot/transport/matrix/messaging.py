@@ -9,9 +9,10 @@ import contextlib
 import functools
 import io
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from bot.errors import TemporaryTransportError
 from bot.transport.matrix.encryption import Encryption
 from bot.transport.matrix.events import DELIVERY_KEY_FIELD, safe_event_content
 from bot.transport.matrix.membership import Membership
@@ -76,15 +77,21 @@ class Messages:
         self.activity = SendActivity()
 
     async def send_message(self, room_id: str, content: dict[str, object],
-                           txn_id: str) -> str:
+                           txn_id: str, fence: Callable[[], bool] | None = None) -> str:
+        """``fence`` (several instances): asked last, after the room's keys were shared,
+        right before the request (each time it is made): False sends nothing."""
         content = safe_event_content(content)  # whoever wrote it: one sanitiser, one cleaner
         self._membership.check_not_removed(room_id)
         await self._encryption.before_send(room_id)
+
+        async def send() -> Any:
+            if fence is not None and not fence():
+                raise TemporaryTransportError("this instance's claim on the message lapsed "
+                                              "(another instance may send it)")
+            return await self._client.room_send(room_id, "m.room.message", dict(content),
+                                                tx_id=txn_id, ignore_unverified_devices=True)
         with self.activity.sending():
-            resp = await self._connection.call(
-                f"sending to {room_id}", lambda: self._client.room_send(
-                    room_id, "m.room.message", dict(content), tx_id=txn_id,
-                    ignore_unverified_devices=True))
+            resp = await self._connection.call(f"sending to {room_id}", send)
         self._encryption.sent(room_id)
         return str(resp.event_id)
 
