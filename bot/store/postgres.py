@@ -413,8 +413,9 @@ class PostgresStore:
                 await c.executemany(
                     "INSERT INTO digest_item (user_id, feed, entry_id, title, link, published, "
                     "added_at) SELECT $1::text, $2::text, $3::text, $4::text, $5::text, "
-                    "$6::float8, $7::float8 WHERE EXISTS (SELECT 1 FROM subscription WHERE "
-                    "user_id = $1 AND feed = $2) ON CONFLICT DO NOTHING",
+                    "$6::float8, $7::float8 WHERE EXISTS (SELECT 1 FROM subscription s JOIN "
+                    "subscriber p ON p.user_id = s.user_id WHERE s.user_id = $1 AND "
+                    "s.feed = $2 FOR SHARE OF p) ON CONFLICT DO NOTHING",
                     [(d.user_id, d.feed, d.entry_id, _title(d.title), _link(d.link),
                       d.published, now) for d in outcome.digest])
             if outcome.fingerprints:
@@ -491,7 +492,7 @@ class PostgresStore:
             "d(key, entry_id, kind, network, room, subject, message, subscriber, n) "
             "WHERE d.subscriber IS NULL OR EXISTS (SELECT 1 FROM subscription s JOIN "
             "subscriber p ON p.user_id = s.user_id WHERE s.user_id = d.subscriber AND "
-            "s.feed = $1 AND p.dm_room = d.room) ORDER BY d.n "
+            "s.feed = $1 AND p.dm_room = d.room FOR SHARE OF p) ORDER BY d.n "
             "ON CONFLICT (key) DO NOTHING RETURNING key",
             feed, now, keys, _texts(d.entry_id for d in deliveries),
             [d.kind for d in deliveries], [d.network for d in deliveries],
@@ -746,6 +747,7 @@ class PostgresStore:
 
     async def unsubscribe(self, user_id: str, feeds: Sequence[str]) -> None:
         async with self._transaction() as c:
+            await self._lock_subscriber(c, user_id)
             await c.execute("DELETE FROM subscription WHERE user_id = $1 AND "
                             "feed = ANY($2::text[])", user_id, _texts(feeds))
             await c.execute("DELETE FROM digest_item WHERE user_id = $1 AND "
@@ -754,6 +756,7 @@ class PostgresStore:
     async def forget_user(self, user_id: str) -> None:
         """Everything stored about a person, gone in one transaction."""
         async with self._transaction() as c:
+            await self._lock_subscriber(c, user_id)
             room = await c.fetchval("DELETE FROM subscriber WHERE user_id = $1 "
                                     "RETURNING dm_room", user_id)
             await c.execute("DELETE FROM subscription WHERE user_id = $1", user_id)
@@ -763,6 +766,13 @@ class PostgresStore:
             if room is not None and await c.fetchval(
                     "SELECT 1 FROM subscriber WHERE dm_room = $1", room) is None:
                 await self._forget_room(c, room)
+
+    @staticmethod
+    async def _lock_subscriber(c: asyncpg.Connection, user_id: str) -> None:
+        # A poll queueing this person's copies holds their row FOR SHARE (another instance,
+        # the same moment): the forgetting waits for it and then sees its rows, or goes
+        # first and the poll finds nobody to send to. One row, one lock: no deadlock.
+        await c.execute("SELECT 1 FROM subscriber WHERE user_id = $1 FOR UPDATE", user_id)
 
     async def goodbyes_said(self) -> list[str]:
         """Conversations whose goodbye is no longer pending (sent, refused or parked):
