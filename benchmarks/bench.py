@@ -68,8 +68,8 @@ class Size:
     delay_feeds: int
 
 
-FULL = Size(cpu_feeds=1000, cpu_rounds=7, saturated_feeds=10_000, saturated_rounds=2,
-            rooms=100, fanout_rounds=3, commands=10, delay_feeds=20)
+FULL = Size(cpu_feeds=1000, cpu_rounds=7, saturated_feeds=10_000, saturated_rounds=4,
+            rooms=100, fanout_rounds=5, commands=10, delay_feeds=20)
 QUICK = Size(cpu_feeds=300, cpu_rounds=2, saturated_feeds=2000, saturated_rounds=1,
              rooms=20, fanout_rounds=1, commands=4, delay_feeds=6)
 
