@@ -204,7 +204,11 @@ class MatrixMessages:
             if found is not None:
                 return Sent(found, already_there=True)
         self._attempt_generation[key] = self._client.login_generation
-        event_id = await self._client.send_message(room_id, payload, txn_id_for(key), fence)
+        if fence is None:
+            event_id = await self._client.send_message(room_id, payload, txn_id_for(key))
+        else:
+            event_id = await self._client.send_message(room_id, payload, txn_id_for(key),
+                                                       fence=fence)
         self._attempt_generation.pop(key, None)
         return Sent(event_id)
 
