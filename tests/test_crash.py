@@ -114,6 +114,10 @@ async def test_kill_9_at_random_points_over_many_cycles(
     process = upcoming
     await process.start()
     try:
+        # Started for good (its stop handled) before it is checked and stopped: when the
+        # earlier ones had sent everything, the check could end while it still started,
+        # and a SIGTERM then found no handler yet (-15).
+        await wait_until_ready(process, cycles + 2)
         expected = [item.title for item in reversed(all_items[-published:])]
         await assert_exactly_once(alice, rooms, bot, expected, tmp_path / "state")
     finally:
