@@ -12,9 +12,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import aiohttp
+
 from bot.errors import TemporaryTransportError
 from bot.transport.matrix.encryption import Encryption
 from bot.transport.matrix.events import DELIVERY_KEY_FIELD, safe_event_content
+from bot.transport.matrix.fence import fenced
 from bot.transport.matrix.membership import Membership
 from bot.transport.matrix.session import Connection
 
@@ -66,6 +69,11 @@ class SendActivity:
                 await asyncio.wait_for(self._changed.wait(), wait)
 
 
+def _claim_lapsed() -> TemporaryTransportError:
+    return TemporaryTransportError("this instance's claim on the message lapsed (another "
+                                   "instance may send it)")
+
+
 class Messages:
     def __init__(self, connection: Connection, user_id: str, membership: Membership,
                  encryption: Encryption) -> None:
@@ -85,11 +93,21 @@ class Messages:
         await self._encryption.before_send(room_id)
 
         async def send() -> Any:
-            if fence is not None and not fence():
-                raise TemporaryTransportError("this instance's claim on the message lapsed "
-                                              "(another instance may send it)")
-            return await self._client.room_send(room_id, "m.room.message", dict(content),
-                                                tx_id=txn_id, ignore_unverified_devices=True)
+            if fence is None:
+                return await self._client.room_send(room_id, "m.room.message", dict(content),
+                                                    tx_id=txn_id, ignore_unverified_devices=True)
+            if not fence():
+                raise _claim_lapsed()
+            # Asked again by the connection itself, right before the request is written.
+            with fenced(self._client, fence):
+                try:
+                    return await self._client.room_send(
+                        room_id, "m.room.message", dict(content), tx_id=txn_id,
+                        ignore_unverified_devices=True)
+                except (aiohttp.ClientError, OSError) as exc:
+                    if not fence():
+                        raise _claim_lapsed() from exc
+                    raise
         with self.activity.sending():
             resp = await self._connection.call(f"sending to {room_id}", send)
         self._encryption.sent(room_id)

@@ -1,0 +1,55 @@
+"""Several instances: a send is held back by its fence up to the moment its request is
+written. A process frozen after the last question of its claim and before the write
+(SIGSTOP, a suspended VM) must not, once woken, send what another instance took over."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from bot.errors import TemporaryTransportError
+from bot.store import SqliteStore
+from bot.transport.matrix import MatrixTransport
+from tests.botkit import bot_config, load, write_config
+from tests.support import MemberFactory, NewUserFactory, SynapseServer
+
+
+async def test_a_claim_that_lapses_after_its_last_check_sends_nothing(
+        synapse: SynapseServer, new_user: NewUserFactory, member: MemberFactory,
+        tmp_path: Path) -> None:
+    bot = await new_user("newsbot")
+    alice = await member(await new_user("alice"))
+    room = await alice.create_room(invite=[bot.user_id])
+    cfg = load(write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
+        feeds=[{"name": "news", "url": "http://127.0.0.1:9/feed", "rooms": [room]}])), bot)
+    store = SqliteStore.open(tmp_path / "state")
+    transport = MatrixTransport(cfg.matrix, store, tmp_path / "state")
+    try:
+        await transport.connect()
+        await transport.join_room(room)
+        asked: list[float] = []
+
+        def lapses_after_the_first_question() -> bool:
+            # Holds when the send begins; lapsed by the time its bytes would leave, as
+            # for a process frozen in between.
+            asked.append(time.monotonic())
+            return len(asked) == 1
+
+        with pytest.raises(TemporaryTransportError, match="claim on the message lapsed"):
+            await transport.send_message(room, {"msgtype": "m.notice", "body": "too late"},
+                                         "fence-too-late", fence=lapses_after_the_first_question)
+        assert len(asked) >= 2, "the fence was not asked again before the write"
+        # The connection it would have used is gone; the next send, whose claim holds, goes.
+        await transport.send_message(room, {"msgtype": "m.notice", "body": "in time"},
+                                     "fence-in-time", fence=lambda: True)
+        await transport.send_message(room, {"msgtype": "m.notice", "body": "unfenced"},
+                                     "no-fence")
+        await alice.wait_for_messages(room, 2, sender=bot.user_id, timeout=30)
+        bodies = [e["content"]["body"] for e in await alice.messages(room, sender=bot.user_id)]
+        assert bodies == ["in time", "unfenced"]
+    finally:
+        await transport.close()
+        store.close()
