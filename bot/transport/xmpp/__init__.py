@@ -88,6 +88,11 @@ class GroupChat:
         self.last_ours = origin_id
 
 
+def _claim_lapsed() -> TemporaryTransportError:
+    return TemporaryTransportError("this instance's claim on the message lapsed (another "
+                                   "instance may send it)")
+
+
 class XmppTransport:
     def __init__(self, account: XmppAccount, store: KeyValueStore, *,
                  join_history: int = JOIN_HISTORY) -> None:
@@ -100,6 +105,11 @@ class XmppTransport:
         self._services: dict[str, bool] = {}       # domain -> hosts group chats
         self._join_locks: dict[str, asyncio.Lock] = {}
         self._reflections: dict[str, asyncio.Future[str]] = {}
+        # Several instances: the fence of each stanza on its way (by its id), asked by
+        # the stream's last filter, right before the stanza is written; the ids of those
+        # it held back.
+        self._fences: dict[str, Callable[[], bool]] = {}
+        self._held_back: set[str] = set()
         self._directs: dict[str, str] = {}        # conversation -> its person
         self._handlers: EventHandlers | None = None
         # Work started from slixmpp's handlers (which cannot wait): held until done, and
@@ -115,6 +125,8 @@ class XmppTransport:
         client.add_event_handler("groupchat_invite", self._on_mediated_invite)
         client.add_event_handler("session_start", self._on_new_session)
         client.add_event_handler("groupchat_subject", self._on_subject)
+        # Synchronous filters run last, just before the stanza is serialised and written.
+        client.add_filter("out_sync", self._fence_filter)
 
     # -- connecting ---------------------------------------------------------------------
 
@@ -362,15 +374,29 @@ class XmppTransport:
             if found is not None:
                 return Sent(found, already_there=True)
         if fence is not None and not fence():
-            raise TemporaryTransportError("this instance's claim on the message lapsed "
-                                          "(another instance may send it)")
+            raise _claim_lapsed()
         stanza = self._stanza(jid, payload, key, group=group is not None)
-        if group is None:
-            stanza.send()
-            await self._server_has_it()
-            return Sent(key)
-        if not group.joined:
+        if group is not None and not group.joined:
             raise TemporaryTransportError(f"not in {room_id} (rejoining)")
+        if fence is not None:
+            # slixmpp writes from its own task, a turn of the event loop or more later:
+            # asked again there, by _fence_filter.
+            self._fences[key] = fence
+        try:
+            if group is None:
+                stanza.send()
+                await self._server_has_it()
+            else:
+                await self._reflected(room_id, key, stanza)
+        finally:
+            self._fences.pop(key, None)
+            if key in self._held_back:
+                self._held_back.discard(key)
+                raise _claim_lapsed()
+        return Sent(key)
+
+    async def _reflected(self, room_id: str, key: str, stanza: Stanza) -> None:
+        """Send a group chat message and wait for the group chat to reflect it."""
         reflected: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._reflections[key] = reflected
         try:
@@ -378,10 +404,24 @@ class XmppTransport:
             async with asyncio.timeout(SEND_TIMEOUT):
                 await reflected
         except TimeoutError as exc:
+            if key in self._held_back:
+                return      # never written: said by send()
             raise TemporaryTransportError(f"{room_id} did not reflect our message") from exc
         finally:
             self._reflections.pop(key, None)
-        return Sent(key)
+
+    def _fence_filter(self, stanza: Any) -> Any:
+        """The stream's last outgoing filter: a message whose send's claim lapsed while
+        it waited in slixmpp's queue is dropped unwritten (None)."""
+        key = str(stanza["id"] or "") if stanza.name == "message" else ""
+        fence = self._fences.get(key) if key else None
+        if fence is None or fence():
+            return stanza
+        self._held_back.add(key)
+        waiting = self._reflections.get(key)
+        if waiting is not None and not waiting.done():
+            waiting.set_exception(TimeoutError())      # no reflection will come
+        return None
 
     def _stanza(self, jid: str, payload: dict[str, Any], key: str, *, group: bool) -> Stanza:
         message = self.client.make_message(mto=jid, mbody=str(payload.get("body", "")),
