@@ -137,6 +137,20 @@ async def test_a_bot_moves_to_postgresql_delivering_what_was_pending_once_and_no
 
 # -- every table, row for row -------------------------------------------------------------
 
+def filled_state(tmp_path: Path) -> Path:
+    """A SQLite state of the current schema with rows in every table (``fill``)."""
+    state = tmp_path / "state"
+    SqliteStore.open(state).close()
+    fill(state)
+    return state
+
+
+async def migrate(state: Path, url: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """``newsbot storage migrate`` from that SQLite state to ``url``."""
+    return await newsbot("storage", "migrate", "--from", f"sqlite:{state}", "--to", url,
+                         env=env)
+
+
 def fill(state: Path) -> None:
     """One or more rows in every table, raw (what the store API would write, and what it
     never would: an id holding NUL, integers in REAL columns, claims, leases)."""
@@ -254,16 +268,12 @@ async def test_every_table_is_copied_row_for_row(postgres: PostgresServer,
 
 async def test_a_target_holding_a_state_is_refused_and_left_as_it_was(
         postgres: PostgresServer, tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    SqliteStore.open(state).close()
-    fill(state)
+    state = filled_state(tmp_path)
     url = await postgres.new_database()
-    code, output = await newsbot("storage", "migrate", "--from", f"sqlite:{state}",
-                                 "--to", url)
+    code, output = await migrate(state, url)
     assert code == 0, output
     before = await target_rows(url)
-    code, output = await newsbot("storage", "migrate", "--from", f"sqlite:{state}",
-                                 "--to", url)
+    code, output = await migrate(state, url)
     assert code == 1
     assert "already holds a state" in output and "never merging" in output, output
     assert await target_rows(url) == before
@@ -281,9 +291,7 @@ async def test_a_target_holding_a_state_is_refused_and_left_as_it_was(
 
 async def test_a_failure_midway_copies_nothing(postgres: PostgresServer,
                                                tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    SqliteStore.open(state).close()
-    fill(state)
+    state = filled_state(tmp_path)
     db = sqlite3.connect(state / DB_FILENAME)
     with db:    # SQLite keeps what its column cannot convert; PostgreSQL will not take it
         db.execute("UPDATE taken SET taken_at = 'yesterday'")
@@ -330,31 +338,25 @@ async def test_the_cli_refuses_a_bad_path_and_a_target_that_is_no_database(
 
 async def test_a_wrong_address_is_reported_without_the_password(
         postgres: PostgresServer, tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    SqliteStore.open(state).close()
-    fill(state)
+    state = filled_state(tmp_path)
     nobody = f"postgresql://newsbot:{PASSWORD}@127.0.0.1:{free_port()}/newsbot"
     missing = postgres.url("no_such_database").replace("newsbot@",
                                                        f"newsbot:{PASSWORD}@")
     for url, hint in [(nobody, "check that the server runs"),
                       (missing, "create the database first")]:
-        code, output = await newsbot("storage", "migrate", "--from", f"sqlite:{state}",
-                                     "--to", url)
+        code, output = await migrate(state, url)
         assert code == 1, output
         assert hint in output and "nothing was copied" in output, output
         assert PASSWORD not in output and "newsbot:***@127.0.0.1" in output, output
     # A password asyncpg reads from the environment is never shown either.
-    code, output = await newsbot("storage", "migrate", "--from", f"sqlite:{state}",
-                                 "--to", postgres.url("no_such_database"),
+    code, output = await migrate(state, postgres.url("no_such_database"),
                                  env={"PGPASSWORD": PASSWORD})
     assert code == 1 and PASSWORD not in output, output
 
 
 async def test_another_schema_version_is_refused(postgres: PostgresServer,
                                                  tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    SqliteStore.open(state).close()
-    fill(state)
+    state = filled_state(tmp_path)
     url = await postgres.new_database()
     await (await PostgresStore.open(url)).aclose()
     conn = await asyncpg.connect(url)
@@ -362,8 +364,7 @@ async def test_another_schema_version_is_refused(postgres: PostgresServer,
         await conn.execute("UPDATE schema_version SET version = $1", SCHEMA_VERSION + 1)
     finally:
         await conn.close()
-    code, output = await newsbot("storage", "migrate", "--from", f"sqlite:{state}",
-                                 "--to", url)
+    code, output = await migrate(state, url)
     assert code == 1 and "newer than this newsbot understands" in output, output
     assert (await target_rows(url))["feed_state"] == 0
 
@@ -371,8 +372,7 @@ async def test_another_schema_version_is_refused(postgres: PostgresServer,
     db = sqlite3.connect(state / DB_FILENAME)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
-    code, output = await newsbot("storage", "migrate", "--from", f"sqlite:{state}",
-                                 "--to", url)
+    code, output = await migrate(state, url)
     assert code == 1 and "newer than this newsbot understands" in output, output
 
 
@@ -398,12 +398,9 @@ def test_the_device_is_the_configured_tokens_or_the_saved_sessions(tmp_path: Pat
 
 async def test_an_unknown_device_drops_the_sync_token_with_a_note(
         postgres: PostgresServer, tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    SqliteStore.open(state).close()
-    fill(state)
+    state = filled_state(tmp_path)
     url = await postgres.new_database()
-    code, output = await newsbot("storage", "migrate", "--from", f"sqlite:{state}",
-                                 "--to", url)
+    code, output = await migrate(state, url)
     assert code == 0 and "sync token was dropped" in output, output
     conn = await asyncpg.connect(url)
     try:
