@@ -53,6 +53,15 @@ class TemporaryTransportError(TransportError):
         self.retry_after = retry_after
 
 
+class ClaimLapsedError(TemporaryTransportError):
+    """Several instances: this instance's claim on a message lapsed before it left, so
+    another instance may send it; nothing was sent."""
+
+    def __init__(self) -> None:
+        super().__init__("this instance's claim on the message lapsed (another instance "
+                         "may send it)")
+
+
 class RateLimitedError(TemporaryTransportError):
     """The homeserver asked us to slow down (M_LIMIT_EXCEEDED)."""
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.errors import TemporaryTransportError
+from bot.errors import ClaimLapsedError
 from bot.transport.matrix.encryption import Encryption
 from bot.transport.matrix.events import DELIVERY_KEY_FIELD, safe_event_content
 from bot.transport.matrix.fence import fenced
@@ -69,11 +69,6 @@ class SendActivity:
                 await asyncio.wait_for(self._changed.wait(), wait)
 
 
-def _claim_lapsed() -> TemporaryTransportError:
-    return TemporaryTransportError("this instance's claim on the message lapsed (another "
-                                   "instance may send it)")
-
-
 class Messages:
     def __init__(self, connection: Connection, user_id: str, membership: Membership,
                  encryption: Encryption) -> None:
@@ -97,7 +92,7 @@ class Messages:
                 return await self._client.room_send(room_id, "m.room.message", dict(content),
                                                     tx_id=txn_id, ignore_unverified_devices=True)
             if not fence():
-                raise _claim_lapsed()
+                raise ClaimLapsedError
             # Asked again by the connection itself, right before the request is written.
             with fenced(self._client, fence):
                 try:
@@ -106,7 +101,7 @@ class Messages:
                         ignore_unverified_devices=True)
                 except (aiohttp.ClientError, OSError) as exc:
                     if not fence():
-                        raise _claim_lapsed() from exc
+                        raise ClaimLapsedError from exc
                     raise
         with self.activity.sending():
             resp = await self._connection.call(f"sending to {room_id}", send)

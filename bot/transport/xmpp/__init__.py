@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from slixmpp import JID
 from slixmpp.exceptions import IqError, IqTimeout, PresenceError
 
-from bot.errors import RoomUnavailableError, TemporaryTransportError
+from bot.errors import ClaimLapsedError, RoomUnavailableError, TemporaryTransportError
 from bot.model import Outgoing, Sent
 from bot.transport.base import EventHandlers, GroupChatReport, GroupChatSpec, IncomingMessage
 from bot.transport.xmpp.addresses import bare_jid, is_xmpp, ref_of
@@ -86,11 +86,6 @@ class GroupChat:
         while len(self.ours) > KNOWN_IDS:
             self.ours.popitem(last=False)
         self.last_ours = origin_id
-
-
-def _claim_lapsed() -> TemporaryTransportError:
-    return TemporaryTransportError("this instance's claim on the message lapsed (another "
-                                   "instance may send it)")
 
 
 class XmppTransport:
@@ -374,7 +369,7 @@ class XmppTransport:
             if found is not None:
                 return Sent(found, already_there=True)
         if fence is not None and not fence():
-            raise _claim_lapsed()
+            raise ClaimLapsedError
         stanza = self._stanza(jid, payload, key, group=group is not None)
         if group is not None and not group.joined:
             raise TemporaryTransportError(f"not in {room_id} (rejoining)")
@@ -392,7 +387,7 @@ class XmppTransport:
             self._fences.pop(key, None)
             if key in self._held_back:
                 self._held_back.discard(key)
-                raise _claim_lapsed()
+                raise ClaimLapsedError
         return Sent(key)
 
     async def _reflected(self, room_id: str, key: str, stanza: Stanza) -> None:
