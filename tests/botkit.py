@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import yaml
 from bot.app import App, Waits
 from bot.clock import Clock
 from bot.config import Config, load_config
+from bot.store import SqliteStore
+from bot.transport.matrix import MatrixTransport
 from tests.support import RegisteredUser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +54,26 @@ def bot_environ(bot: RegisteredUser) -> dict[str, str]:
 def load(path: Path, bot: RegisteredUser) -> Config:
     config, _ = load_config(path, environ=bot_environ(bot))
     return config
+
+
+@contextlib.asynccontextmanager
+async def matrix_transport(homeserver: str, bot: RegisteredUser, rooms: Sequence[str],
+                           tmp_path: Path) -> AsyncIterator[tuple[MatrixTransport, SqliteStore]]:
+    """The bot's Matrix transport alone, without the app around it: logged in, on a SQLite
+    state in ``tmp_path / "state"``, configured with one feed posting to ``rooms``; closed
+    afterwards."""
+    cfg = load(write_config(tmp_path / "c.yaml", bot_config(
+        homeserver=homeserver, bot=bot, storage=tmp_path / "state",
+        feeds=[{"name": "news", "url": "http://127.0.0.1:9/feed", "rooms": list(rooms)}])), bot)
+    assert cfg.matrix is not None
+    store = SqliteStore.open(tmp_path / "state")
+    transport = MatrixTransport(cfg.matrix, store, tmp_path / "state")
+    try:
+        await transport.connect()
+        yield transport, store
+    finally:
+        await transport.close()
+        store.close()
 
 
 class InProcessBot:

@@ -11,9 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from bot.store import SqliteStore
 from bot.transport.matrix import MatrixTransport
-from tests.botkit import InProcessBot, bot_config, load, write_config
+from tests.botkit import InProcessBot, bot_config, load, matrix_transport, write_config
 from tests.support import MemberFactory, NewUserFactory, SynapseServer
 
 
@@ -45,13 +44,7 @@ async def test_an_invitation_the_workers_join_answered_is_not_joined_again(
     bot = await new_user("newsbot")
     alice = await member(await new_user("alice"))
     room = await alice.create_room(name="news", invite=[bot.user_id])
-    cfg = load(write_config(tmp_path / "c.yaml", bot_config(
-        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
-        feeds=[{"name": "news", "url": "http://127.0.0.1:9/feed", "rooms": [room]}])), bot)
-    store = SqliteStore.open(tmp_path / "state")
-    transport = MatrixTransport(cfg.matrix, store, tmp_path / "state")
-    try:
-        await transport.connect()
+    async with matrix_transport(synapse.base_url, bot, [room], tmp_path) as (transport, _):
         assert await transport.join_room(room) == room      # the delivery worker's join
         joins = _count_joins(transport)
         # The sync computed before that join brings the invitation: it is answered, and
@@ -66,9 +59,6 @@ async def test_an_invitation_the_workers_join_answered_is_not_joined_again(
         assert await _accept(transport, room)
         assert joins == [room]
         assert bot.user_id in await alice.joined_members(room)
-    finally:
-        await transport.close()
-        store.close()
 
 
 async def test_an_invitation_never_joined_before_is_joined(
@@ -77,20 +67,11 @@ async def test_an_invitation_never_joined_before_is_joined(
     bot = await new_user("newsbot")
     alice = await member(await new_user("alice"))
     room = await alice.create_room(name="elsewhere", invite=[bot.user_id])
-    cfg = load(write_config(tmp_path / "c.yaml", bot_config(
-        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
-        feeds=[{"name": "news", "url": "http://127.0.0.1:9/feed", "rooms": [room]}])), bot)
-    store = SqliteStore.open(tmp_path / "state")
-    transport = MatrixTransport(cfg.matrix, store, tmp_path / "state")
-    try:
-        await transport.connect()
+    async with matrix_transport(synapse.base_url, bot, [room], tmp_path) as (transport, _):
         joins = _count_joins(transport)
         assert await _accept(transport, room)
         assert joins == [room]
         assert bot.user_id in await alice.joined_members(room)
-    finally:
-        await transport.close()
-        store.close()
 
 
 async def test_an_answered_invitation_wakes_its_rooms_worker_only(

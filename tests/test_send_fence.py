@@ -13,10 +13,9 @@ import pytest
 
 from bot.errors import TemporaryTransportError
 from bot.store import SqliteStore
-from bot.transport.matrix import MatrixTransport
 from bot.transport.xmpp import XmppTransport
 from bot.transport.xmpp.session import XmppAccount
-from tests.botkit import bot_config, load, write_config
+from tests.botkit import matrix_transport
 from tests.support import MemberFactory, NewUserFactory, SynapseServer
 from tests.support.prosody import ProsodyServer
 from tests.support.xmppmember import XmppMember
@@ -39,13 +38,7 @@ async def test_a_claim_that_lapses_after_its_last_check_sends_nothing(
     bot = await new_user("newsbot")
     alice = await member(await new_user("alice"))
     room = await alice.create_room(invite=[bot.user_id])
-    cfg = load(write_config(tmp_path / "c.yaml", bot_config(
-        homeserver=synapse.base_url, bot=bot, storage=tmp_path / "state",
-        feeds=[{"name": "news", "url": "http://127.0.0.1:9/feed", "rooms": [room]}])), bot)
-    store = SqliteStore.open(tmp_path / "state")
-    transport = MatrixTransport(cfg.matrix, store, tmp_path / "state")
-    try:
-        await transport.connect()
+    async with matrix_transport(synapse.base_url, bot, [room], tmp_path) as (transport, _):
         await transport.join_room(room)
         fence = LapsingFence()
         with pytest.raises(TemporaryTransportError, match="claim on the message lapsed"):
@@ -60,9 +53,6 @@ async def test_a_claim_that_lapses_after_its_last_check_sends_nothing(
         await alice.wait_for_messages(room, 2, sender=bot.user_id, timeout=30)
         bodies = [e["content"]["body"] for e in await alice.messages(room, sender=bot.user_id)]
         assert bodies == ["in time", "unfenced"]
-    finally:
-        await transport.close()
-        store.close()
 
 
 async def test_on_xmpp_a_claim_that_lapses_after_its_last_check_sends_nothing(
