@@ -456,6 +456,26 @@ async def test_a_lost_database_server_is_a_storage_error_until_it_is_back(
     await relay.cut()
 
 
+async def test_a_connection_asyncpg_cannot_go_on_with_is_a_storage_error(
+        postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Seen once in a process frozen past the server's idle-in-transaction timeout, then
+    # woken: asyncpg's own InternalClientError at commit stopped the bot with a traceback
+    # that named no database. Unit-level: asyncpg cannot be brought there on purpose.
+    store = await PostgresStore.open(await postgres.new_database())
+    await store.put("k", "1")
+
+    async def stuck(self: object, *args: object, **kwargs: object) -> None:
+        raise asyncpg.InternalClientError(
+            "cannot switch to state 15; another operation (2) is in progress")
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "start", stuck)
+    with pytest.raises(StorageError, match="state database .*another operation"):
+        await store.put("k", "2")
+    monkeypatch.undo()
+    assert await store.get("k") == "1"
+    await store.aclose()
+
+
 # -- PostgreSQL: several instances on one database --------------------------------------
 
 ROUNDS = 40

@@ -164,8 +164,12 @@ def _storage_error(label: str, exc: BaseException, secret: str | None, *,
 
 
 # What an asyncpg call raises when the database fails (not when the bot passes it a
-# wrong value: asyncpg's DataError for a bad argument is a bug, and stays one).
-_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+# wrong value: asyncpg's DataError for a bad argument is a bug, and stays one). A
+# connection asyncpg finds in a state it cannot go on from (InternalClientError: seen in
+# a process frozen past the server's idle-in-transaction timeout, then woken) is one too:
+# the bot stops with the database named, for its supervisor to restart it.
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError,
+              OSError, TimeoutError)
 
 
 class PostgresStore:
