@@ -88,19 +88,16 @@ class Messages:
         await self._encryption.before_send(room_id)
 
         async def send() -> Any:
-            if fence is None:
-                return await self._client.room_send(room_id, "m.room.message", dict(content),
-                                                    tx_id=txn_id, ignore_unverified_devices=True)
-            if not fence():
+            if fence is not None and not fence():
                 raise ClaimLapsedError
-            # Asked again by the connection itself, right before the request is written.
-            with fenced(self._client, fence):
+            # A fence is asked again by the connection itself, right before the write.
+            with fenced(self._client, fence) if fence is not None else contextlib.nullcontext():
                 try:
                     return await self._client.room_send(
                         room_id, "m.room.message", dict(content), tx_id=txn_id,
                         ignore_unverified_devices=True)
                 except (aiohttp.ClientError, OSError) as exc:
-                    if not fence():
+                    if fence is not None and not fence():
                         raise ClaimLapsedError from exc
                     raise
         with self.activity.sending():
